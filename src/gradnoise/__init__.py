@@ -1,0 +1,42 @@
+"""gradnoise: measure, test and draw the structure of stochastic gradient noise.
+
+Layers (dependencies point one way): ``gradnoise.stats`` (numpy/scipy, no torch) ->
+``gradnoise.capture`` (torch, no statistics) -> ``gradnoise.study`` and the CLI (compose them) ->
+``gradnoise.report`` (plots and HTML from stored runs, no torch).
+
+Importing ``gradnoise`` does not import torch; the torch-side names below load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ._version import __version__
+
+_LAZY = {
+    "per_sample_grads": "gradnoise.capture",
+    "full_grad": "gradnoise.capture",
+    "minibatch_grads": "gradnoise.capture",
+    "gradient_noise": "gradnoise.capture",
+    "select_params": "gradnoise.capture",
+    "Recorder": "gradnoise.recorder",
+    "open_run": "gradnoise.store",
+    "ParamSelection": "gradnoise.selection",
+    "load_dataset": "gradnoise.datasets",
+    "build_model": "gradnoise.models",
+}
+
+__all__ = ["__version__", *sorted(_LAZY)]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'gradnoise' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

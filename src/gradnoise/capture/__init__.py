@@ -1,0 +1,21 @@
+"""Gradient capture (the torch layer): per-example, minibatch and full gradients, and SGN.
+
+This package knows torch and nothing of statistics.
+"""
+
+from ._common import select_params
+from .batches import full_grad, gradient_noise, minibatch_grads
+from .layers import LAYER_RULES, LayerRule, register_layer_rule
+from .per_sample import choose_backend, per_sample_grads
+
+__all__ = [
+    "LAYER_RULES",
+    "LayerRule",
+    "choose_backend",
+    "full_grad",
+    "gradient_noise",
+    "minibatch_grads",
+    "per_sample_grads",
+    "register_layer_rule",
+    "select_params",
+]

@@ -1,0 +1,153 @@
+"""Full-batch gradient, minibatch gradients and stochastic gradient noise at fixed parameters.
+
+Notation (``../shared/research/methods.md`` §0): per-example loss ``l_i`` (``loss_fn`` on a batch
+of one), full gradient ``G = (1/N) sum_i grad l_i``, minibatch gradient
+``g_B = (1/B) sum_{i in B} grad l_i`` and SGN ``xi_B = g_B - G`` at the *same* parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..selection import ParamSelection
+from ._common import (
+    DataArg,
+    DropoutChoice,
+    ParamsArg,
+    check_batchnorm,
+    check_finite,
+    dataset_size,
+    dropout_policy,
+    fetch,
+    iter_batches,
+    model_device,
+    per_example_losses,
+    require_examples,
+    resolve_selection,
+)
+
+
+def _summed_grad(model: nn.Module, loss_fn: Any, x: Tensor, y: Tensor, tensors: list[Tensor],
+                 indices: list[Tensor | None]) -> Tensor:
+    """``sum_i grad l_i`` over the batch, flattened over the selected coordinates."""
+    with torch.enable_grad():
+        losses = per_example_losses(loss_fn, model(x), y)
+        grads = torch.autograd.grad(losses.sum(), tensors, allow_unused=True)
+    parts = []
+    for g, p, index in zip(grads, tensors, indices, strict=True):
+        flat = (torch.zeros_like(p) if g is None else g).reshape(-1)
+        parts.append(flat if index is None else flat.index_select(0, index))
+    return torch.cat(parts)
+
+
+class _Setup:
+    """Validated common arguments of the functions below."""
+
+    def __init__(self, model: nn.Module, params: ParamsArg, device: Any) -> None:
+        self.selection: ParamSelection
+        self.selection, self.tensors = resolve_selection(model, params)
+        self.device = model_device(model, device)
+        check_batchnorm(model)
+        self.indices = [
+            None if i is None else torch.as_tensor(i, dtype=torch.long, device=self.device)
+            for i in self.selection.indices
+        ]
+
+
+def full_grad(
+    model: nn.Module,
+    loss_fn: Any,
+    data: DataArg,
+    *,
+    batch_size: int = 256,
+    params: ParamsArg = None,
+    dropout: DropoutChoice = "error",
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Exact mean gradient ``G = (1/N) sum_i grad l_i`` over a dataset, streamed in batches.
+
+    Args:
+        data: a map-style Dataset of ``(input, target)`` pairs or an ``(X, y)`` pair of tensors.
+        batch_size: examples per forward/backward (memory only; the result does not depend on it
+            beyond floating-point summation order).
+
+    Returns:
+        ``[C]`` tensor over the selected coordinates.
+    """
+    setup = _Setup(model, params, device)
+    n = dataset_size(data)
+    require_examples(n, 1, "full_grad")
+    total = None
+    with dropout_policy(model, dropout):
+        for x, y in iter_batches(data, batch_size, setup.device):
+            part = _summed_grad(model, loss_fn, x, y, setup.tensors, setup.indices)
+            total = part if total is None else total.add_(part)
+    assert total is not None
+    result = total / n
+    check_finite(result, setup.selection, where="in the full gradient")
+    return result
+
+
+def minibatch_grads(
+    model: nn.Module,
+    loss_fn: Any,
+    data: DataArg,
+    *,
+    batch_size: int,
+    num_batches: int,
+    seed: int = 0,
+    params: ParamsArg = None,
+    dropout: DropoutChoice = "error",
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """``K`` minibatch gradients ``g_B = (1/B) sum_{i in B} grad l_i`` at fixed parameters.
+
+    Each minibatch holds ``batch_size`` distinct examples drawn uniformly without replacement;
+    minibatches are drawn independently of each other (``numpy.random.default_rng(seed)``).
+
+    Returns:
+        ``[num_batches, C]`` tensor.
+    """
+    setup = _Setup(model, params, device)
+    n = dataset_size(data)
+    if batch_size < 1 or num_batches < 1:
+        raise ValueError(f"batch_size and num_batches must be >= 1, got {batch_size}, {num_batches}")
+    require_examples(n, batch_size, f"minibatches of size {batch_size} without replacement")
+    rng = np.random.default_rng(seed)
+    out = torch.empty(num_batches, setup.selection.num_columns, dtype=setup.tensors[0].dtype,
+                      device=setup.device)
+    with dropout_policy(model, dropout):
+        for k in range(num_batches):
+            x, y = fetch(data, rng.choice(n, size=batch_size, replace=False), setup.device)
+            out[k] = _summed_grad(model, loss_fn, x, y, setup.tensors, setup.indices) / batch_size
+    check_finite(out, setup.selection, where="in a minibatch gradient")
+    return out
+
+
+def gradient_noise(
+    model: nn.Module,
+    loss_fn: Any,
+    data: DataArg,
+    *,
+    batch_size: int,
+    num_batches: int,
+    seed: int = 0,
+    params: ParamsArg = None,
+    dropout: DropoutChoice = "error",
+    device: torch.device | str | None = None,
+    full_batch_size: int = 256,
+) -> Tensor:
+    """Stochastic gradient noise ``xi_k = g_{B_k} - G`` at fixed parameters (``[K, C]``).
+
+    The minibatches are those of :func:`minibatch_grads` with the same arguments; ``G`` is
+    :func:`full_grad` over the whole of ``data`` (computed in batches of ``full_batch_size``).
+    """
+    grads = minibatch_grads(model, loss_fn, data, batch_size=batch_size, num_batches=num_batches,
+                            seed=seed, params=params, dropout=dropout, device=device)
+    full = full_grad(model, loss_fn, data, batch_size=full_batch_size, params=params,
+                     dropout=dropout, device=device)
+    return grads.sub_(full)

@@ -1,0 +1,190 @@
+"""Per-example gradient rules of common layers, from a layer's input and output gradient.
+
+For an example b with layer input ``x_b`` and output gradient ``g_b = dL_b/dy_b``, the per-example
+parameter gradient has closed forms, e.g. ``dL_b/dW = sum_s g_bs x_bs^T`` for ``y = W x + c``
+(Linear; the sum runs over sequence positions, or over output pixels of a Conv after unfolding
+the input). Writing these products straight into the caller's output buffer is what makes the
+structured backend fast: no ``[B, P]`` temporary is materialised.
+
+A rule is registered per exact module type in :data:`LAYER_RULES`; add one with
+:func:`register_layer_rule`. A module whose type has no rule (or whose configuration the rule does
+not support) makes :func:`gradnoise.per_sample_grads` fall back to the generic torch.func backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class LayerRule:
+    """How to compute per-example gradients of one module type.
+
+    Attributes:
+        supports: ``supports(module) -> bool``; False routes the model to the generic backend.
+        compute: ``compute(module, pname, x, g, index, dest, accumulate)``: write (or add, when
+            ``accumulate``) the per-example gradient of parameter ``pname`` for the ``c`` examples
+            of input ``x`` and output gradient ``g`` into ``dest`` (``[c, width]``). ``index`` is
+            a LongTensor of selected flat coordinates, or None for all of them.
+    """
+
+    supports: Callable[[nn.Module], bool]
+    compute: Callable[[nn.Module, str, Tensor, Tensor, Tensor | None, Tensor, bool], None]
+
+
+def _emit(dest: Tensor, value: Tensor, index: Tensor | None, accumulate: bool) -> None:
+    value = value.reshape(value.shape[0], -1)
+    if index is not None:
+        value = value.index_select(1, index)
+    if accumulate:
+        dest.add_(value)
+    else:
+        dest.copy_(value)
+
+
+def _as_sequence(t: Tensor) -> Tensor:
+    """``[c, ..., f] -> [c, s, f]`` (s = product of the middle dims)."""
+    return t.reshape(t.shape[0], -1, t.shape[-1])
+
+
+def _linear(m: nn.Module, pname: str, x: Tensor, g: Tensor, index: Tensor | None,
+            dest: Tensor, accumulate: bool) -> None:
+    c = x.shape[0]
+    flat = x.dim() == 2
+    if not flat:
+        x, g = _as_sequence(x), _as_sequence(g)
+    if pname == "bias":
+        _emit(dest, g if flat else g.sum(1), index, accumulate)
+        return
+    n_out, n_in = g.shape[-1], x.shape[-1]
+    if index is not None:
+        rows, cols = index // n_in, index % n_in
+        if flat:
+            value = g.index_select(1, rows) * x.index_select(1, cols)
+        else:
+            value = (g.index_select(2, rows) * x.index_select(2, cols)).sum(1)
+        _emit(dest, value, None, accumulate)
+        return
+    view = dest.view(c, n_out, n_in)
+    if flat:
+        if accumulate:
+            view.addcmul_(g[:, :, None], x[:, None, :])
+        else:
+            torch.mul(g[:, :, None], x[:, None, :], out=view)
+    else:
+        value = torch.bmm(g.transpose(1, 2), x)
+        if accumulate:
+            view.add_(value)
+        else:
+            view.copy_(value)
+
+
+def _conv_geometry(m: nn.Module) -> tuple[tuple[int, ...], ...] | None:
+    """(kernel, dilation, padding, stride) as 2-D tuples for F.unfold, or None if unsupported."""
+    assert isinstance(m, (nn.Conv1d, nn.Conv2d))
+    if m.padding_mode != "zeros":
+        return None
+    kernel, dilation, stride = m.kernel_size, m.dilation, m.stride
+    if isinstance(m.padding, str):
+        if m.padding == "valid":
+            padding = tuple(0 for _ in kernel)
+        else:  # "same": F.unfold needs symmetric padding
+            total = [d * (k - 1) for d, k in zip(dilation, kernel, strict=True)]
+            if any(t % 2 for t in total):
+                return None
+            padding = tuple(t // 2 for t in total)
+    else:
+        padding = tuple(m.padding)
+    if isinstance(m, nn.Conv1d):
+        return (1, *kernel), (1, *dilation), (0, *padding), (1, *stride)
+    return tuple(kernel), tuple(dilation), padding, tuple(stride)
+
+
+def _conv(m: nn.Module, pname: str, x: Tensor, g: Tensor, index: Tensor | None,
+          dest: Tensor, accumulate: bool) -> None:
+    assert isinstance(m, (nn.Conv1d, nn.Conv2d))
+    c, c_out = x.shape[0], g.shape[1]
+    g = g.reshape(c, c_out, -1)
+    if pname == "bias":
+        _emit(dest, g.sum(2), index, accumulate)
+        return
+    geometry = _conv_geometry(m)
+    assert geometry is not None
+    kernel, dilation, padding, stride = geometry
+    x4 = x.unsqueeze(2) if isinstance(m, nn.Conv1d) else x
+    cols = F.unfold(x4, kernel, dilation=dilation, padding=padding, stride=stride)
+    groups = m.groups
+    cols = cols.reshape(c, groups, -1, cols.shape[-1])
+    g = g.reshape(c, groups, c_out // groups, -1)
+    value = torch.einsum("bgol,bgil->bgoi", g, cols)
+    _emit(dest, value, index, accumulate)
+
+
+def _group_norm(m: nn.Module, pname: str, x: Tensor, g: Tensor, index: Tensor | None,
+                dest: Tensor, accumulate: bool) -> None:
+    assert isinstance(m, nn.GroupNorm)
+    c, channels = x.shape[0], x.shape[1]
+    if pname == "weight":
+        g = g * F.group_norm(x, m.num_groups, eps=m.eps)
+    _emit(dest, g.reshape(c, channels, -1).sum(2), index, accumulate)
+
+
+def _layer_norm(m: nn.Module, pname: str, x: Tensor, g: Tensor, index: Tensor | None,
+                dest: Tensor, accumulate: bool) -> None:
+    assert isinstance(m, nn.LayerNorm)
+    shape = tuple(m.normalized_shape)
+    width = 1
+    for s in shape:
+        width *= s
+    if pname == "weight":
+        g = g * F.layer_norm(x, shape, eps=m.eps)
+    _emit(dest, g.reshape(x.shape[0], -1, width).sum(1), index, accumulate)
+
+
+def _embedding(m: nn.Module, pname: str, x: Tensor, g: Tensor, index: Tensor | None,
+               dest: Tensor, accumulate: bool) -> None:
+    assert isinstance(m, nn.Embedding)
+    c, dim = x.shape[0], m.embedding_dim
+    tokens = x.reshape(c, -1)
+    g = g.reshape(c, -1, dim)
+    if m.padding_idx is not None:
+        g = g.masked_fill((tokens == m.padding_idx)[..., None], 0.0)
+    scatter_index = tokens[..., None].expand(-1, -1, dim)
+    if index is None:
+        view = dest.view(c, m.num_embeddings, dim)
+        if not accumulate:
+            view.zero_()
+        view.scatter_add_(1, scatter_index, g)
+        return
+    full = torch.zeros(c, m.num_embeddings, dim, dtype=g.dtype, device=g.device)
+    full.scatter_add_(1, scatter_index, g)
+    _emit(dest, full, index, accumulate)
+
+
+def _always(m: nn.Module) -> bool:
+    return True
+
+
+LAYER_RULES: dict[type[nn.Module], LayerRule] = {
+    nn.Linear: LayerRule(_always, _linear),
+    nn.Conv1d: LayerRule(lambda m: _conv_geometry(m) is not None, _conv),
+    nn.Conv2d: LayerRule(lambda m: _conv_geometry(m) is not None, _conv),
+    nn.GroupNorm: LayerRule(_always, _group_norm),
+    nn.LayerNorm: LayerRule(_always, _layer_norm),
+    nn.Embedding: LayerRule(
+        lambda m: isinstance(m, nn.Embedding) and m.max_norm is None and not m.scale_grad_by_freq,
+        _embedding,
+    ),
+}
+
+
+def register_layer_rule(module_type: type[nn.Module], rule: LayerRule, *, overwrite: bool = False) -> None:
+    """Add a per-example gradient rule for ``module_type`` (exact type match)."""
+    if module_type in LAYER_RULES and not overwrite:
+        raise ValueError(f"a rule for {module_type.__name__} exists; pass overwrite=True to replace it")
+    LAYER_RULES[module_type] = rule
