@@ -1,0 +1,158 @@
+"""Record gradients along training into a crash-safe Zarr store (see :mod:`gradnoise.store`)."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .capture import gradient_noise, per_sample_grads
+from .capture._common import DataArg, ParamsArg, resolve_selection
+from .errors import NonFiniteGradientError
+from .store import RunWriter
+
+
+class Recorder:
+    """Append the minibatch gradient of selected coordinates at every ``every``-th step.
+
+    Use inside any training loop, after ``loss.backward()``::
+
+        rec = gradnoise.Recorder("run.zarr", model, select=gradnoise.select_params(model, coords=5000))
+        for step, (x, y) in enumerate(loader):
+            opt.zero_grad(); loss = loss_fn(model(x), y); loss.backward()
+            rec.record(step, model, loss=loss.item(), lr=opt.param_groups[0]["lr"])
+            opt.step()
+
+    Args:
+        path: store directory; an existing store is resumed (appended to).
+        model: the network (its parameter names and shapes define the columns).
+        select: None (all trainable parameters), glob(s), or a :class:`ParamSelection`.
+        every: record steps with ``step % every == 0``.
+        config: JSON-safe run configuration stored with the run.
+        seed: the run's seed, stored with the run.
+        on_nonfinite: ``"raise"`` (default) raises :class:`NonFiniteGradientError` naming the
+            parameter and step and writes nothing for that step; ``"flag"`` records the row and sets
+            its ``nonfinite`` flag.
+        scalars: names of extra per-step scalars (``loss`` and ``lr`` are always there).
+    """
+
+    def __init__(self, path: str | Path, model: nn.Module, *, select: ParamsArg = None,
+                 every: int = 1, config: Mapping[str, Any] | None = None, seed: int | None = None,
+                 on_nonfinite: Literal["raise", "flag"] = "raise", scalars: tuple[str, ...] = (),
+                 dtype: torch.dtype = torch.float32, chunk_rows: int | None = None) -> None:
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        if on_nonfinite not in ("raise", "flag"):
+            raise ValueError(f"on_nonfinite must be 'raise' or 'flag', got {on_nonfinite!r}")
+        self.selection, tensors = resolve_selection(model, select)
+        self.every, self.on_nonfinite, self.dtype = every, on_nonfinite, dtype
+        self._index = [None if i is None else torch.as_tensor(i, device=t.device)
+                       for i, t in zip(self.selection.indices, tensors, strict=True)]
+        metadata = {
+            "config": dict(config or {}),
+            "seed": seed,
+            "every": every,
+            "model": type(model).__name__,
+            "torch_version": torch.__version__,
+            "platform": platform.platform(),
+        }
+        self.writer = RunWriter(path, self.selection, metadata=metadata, scalars=scalars,
+                                dtype=str(dtype).removeprefix("torch."), chunk_rows=chunk_rows)
+        self.path = self.writer.path
+
+    def should_record(self, step: int) -> bool:
+        """Whether ``record`` at this step writes anything."""
+        return step % self.every == 0
+
+    def record(self, step: int, model: nn.Module, *, loss: float | Tensor | None = None,
+               lr: float | None = None, per_sample: tuple[Any, Tensor, Tensor] | None = None,
+               noise: Mapping[str, Any] | None = None, **scalars: float) -> bool:
+        """Record the current ``.grad`` of the selected coordinates at ``step``.
+
+        Args:
+            per_sample: optional ``(loss_fn, inputs, targets)``: also store the per-sample
+                gradients of this batch (see :meth:`record_per_sample`).
+            noise: optional keyword arguments of :meth:`record_noise` (``loss_fn``, ``data``,
+                ``batch_size``, ``num_batches``...): also store SGN at this step.
+            **scalars: extra scalars declared at construction.
+
+        Returns:
+            True if the step was recorded (``step % every == 0``).
+        """
+        if not self.should_record(step):
+            return False
+        row = self._current_grad(step, model)
+        finite = bool(np.isfinite(row).all())
+        if not finite and self.on_nonfinite == "raise":
+            self._raise_nonfinite(row, step)
+        values = {"loss": float(loss) if loss is not None else None, "lr": lr, **scalars}
+        self.writer.append(step, row, values, nonfinite=not finite)
+        if per_sample is not None:
+            self.record_per_sample(step, model, *per_sample)
+        if noise is not None:
+            self.record_noise(step, model, **noise)
+        return True
+
+    def _current_grad(self, step: int, model: nn.Module) -> np.ndarray:
+        _, tensors = resolve_selection(model, self.selection)
+        parts = []
+        for name, p, index in zip(self.selection.names, tensors, self._index, strict=True):
+            if p.grad is None:
+                raise ValueError(
+                    f"parameter {name!r} has no gradient at step {step}: call record() after "
+                    "loss.backward() and before optimizer.zero_grad()"
+                )
+            flat = p.grad.detach().reshape(-1)
+            parts.append(flat if index is None else flat.index_select(0, index))
+        return torch.cat(parts).to(self.dtype).cpu().numpy()
+
+    def _raise_nonfinite(self, values: np.ndarray, step: int) -> None:
+        bad = ~np.isfinite(values.reshape(-1, self.selection.num_columns)).all(0)
+        owners = np.unique(self.selection.layer_of_columns()[bad])
+        names = ", ".join(repr(self.selection.names[k]) for k in owners)
+        raise NonFiniteGradientError(
+            f"non-finite (NaN/Inf) gradient at step {step} in parameter(s) {names}; nothing was "
+            f"recorded for this step and the {self.writer.length} earlier rows are safe in "
+            f"{self.path}. Pass on_nonfinite='flag' to record such steps with a flag."
+        )
+
+    def _snapshot(self, kind: str, step: int, values: Tensor, attrs: Mapping[str, Any]) -> str:
+        array = values.detach().to(self.dtype).cpu().numpy()
+        if not np.isfinite(array).all() and self.on_nonfinite == "raise":
+            self._raise_nonfinite(array, step)
+        return self.writer.add_snapshot(kind, step, array, attrs)
+
+    def record_per_sample(self, step: int, model: nn.Module, loss_fn: Any, inputs: Tensor,
+                          targets: Tensor, **kwargs: Any) -> str:
+        """Store the ``[B, C]`` per-sample gradients of a batch at ``step`` (snapshot ``per_sample``).
+
+        ``kwargs`` go to :func:`gradnoise.per_sample_grads` (``chunk_size``, ``dropout``...).
+        """
+        values = per_sample_grads(model, loss_fn, inputs, targets, params=self.selection, **kwargs)
+        return self._snapshot("per_sample", step, values, {"n": int(inputs.shape[0])})
+
+    def record_noise(self, step: int, model: nn.Module, loss_fn: Any, data: DataArg, *,
+                     batch_size: int, num_batches: int, seed: int = 0, **kwargs: Any) -> str:
+        """Store SGN ``g_B - G`` of ``num_batches`` minibatches at fixed parameters (snapshot ``noise``)."""
+        values = gradient_noise(model, loss_fn, data, batch_size=batch_size,
+                                num_batches=num_batches, seed=seed, params=self.selection, **kwargs)
+        return self._snapshot("noise", step, values,
+                              {"batch_size": batch_size, "num_batches": num_batches, "seed": seed})
+
+    def update_metadata(self, **entries: Any) -> None:
+        """Store extra JSON-safe metadata with the run."""
+        self.writer.update_metadata(**entries)
+
+    def close(self) -> None:
+        """Nothing is buffered (every record is committed); provided for symmetry."""
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
