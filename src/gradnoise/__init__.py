@@ -25,6 +25,13 @@ _LAZY = {
     "ParamSelection": "gradnoise.selection",
     "load_dataset": "gradnoise.datasets",
     "build_model": "gradnoise.models",
+    # spectra and curvature from a model (issue: spectra)
+    "covariance_spectrum": "gradnoise.curvature",
+    "hessian_eigs": "gradnoise.curvature",
+    "hessian_trace": "gradnoise.curvature",
+    "hessian_density": "gradnoise.curvature",
+    # stratified minibatch sampling (issue: gradient variance)
+    "GradientClusteringSampler": "gradnoise.clustering",
 }
 
 __all__ = ["__version__", *sorted(_LAZY)]

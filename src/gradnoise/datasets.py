@@ -55,7 +55,7 @@ def _split(name: str, x: np.ndarray, y: np.ndarray, seed: int, test_fraction: fl
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     order = np.random.default_rng(seed).permutation(x.shape[0])
-    n_test = max(1, int(round(test_fraction * x.shape[0])))
+    n_test = max(1, round(test_fraction * x.shape[0]))
     test, train = order[:n_test], order[n_test:]
     xt = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)
     yt = torch.as_tensor(y, dtype=torch.long)
@@ -83,18 +83,23 @@ def _mnist1d(seed: int, test_fraction: float, num_samples: int = 5000) -> DataSp
     args.num_samples = int(num_samples)
     args.seed = int(seed)
     args.train_split = 1.0 - test_fraction
-    state = np.random.get_state()  # make_dataset seeds numpy's global RNG; leave it as we found it
+    state = np.random.get_state()  # noqa: NPY002 - make_dataset seeds numpy's global RNG; leave it as we found it
     try:
         data = make_dataset(args)
     finally:
-        np.random.set_state(state)
+        np.random.set_state(state)  # noqa: NPY002
     x = np.concatenate([data["x"], data["x_test"]]).astype(np.float32)[:, None, :]
     y = np.concatenate([data["y"], data["y_test"]]).astype(np.int64)
     # make_dataset already shuffled with its seed; keep its own train/test split
     n_train = data["x"].shape[0]
     xt, yt = torch.as_tensor(x), torch.as_tensor(y)
-    return DataSplits("mnist1d", TensorDataset(xt[:n_train], yt[:n_train]),
-                      TensorDataset(xt[n_train:], yt[n_train:]), (1, x.shape[2]), 10)
+    return DataSplits(
+        "mnist1d",
+        TensorDataset(xt[:n_train], yt[:n_train]),
+        TensorDataset(xt[n_train:], yt[n_train:]),
+        (1, x.shape[2]),
+        10,
+    )
 
 
 def _npz(path: Path, seed: int, test_fraction: float) -> DataSplits:
@@ -111,8 +116,9 @@ def _npz(path: Path, seed: int, test_fraction: float) -> DataSplits:
     return _split(str(path), x.astype(np.float32), y.reshape(-1), seed, test_fraction)
 
 
-def load_dataset(name: str | Path | Dataset, *, seed: int = 0, test_fraction: float = 0.2,
-                 **kwargs: Any) -> DataSplits:
+def load_dataset(
+    name: str | Path | Dataset, *, seed: int = 0, test_fraction: float = 0.2, **kwargs: Any
+) -> DataSplits:
     """Load a dataset by name (``digits``, ``mnist1d``), from an ``.npz`` file with ``X`` and ``y``,
     or wrap a user ``Dataset`` (of ``(input, integer target)`` pairs).
 
@@ -146,7 +152,7 @@ def _wrap(dataset: Dataset, seed: int, test_fraction: float) -> DataSplits:
         raise TypeError("the dataset's items must be (input, target) pairs")
     labels = torch.as_tensor([int(dataset[i][1]) for i in range(n)])
     order = np.random.default_rng(seed).permutation(n)
-    n_test = max(1, int(round(test_fraction * n)))
+    n_test = max(1, round(test_fraction * n))
     subset = torch.utils.data.Subset
     return DataSplits(
         name=type(dataset).__name__,
@@ -165,5 +171,7 @@ def as_tensors(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.as_tensor(dataset.indices, dtype=torch.long)
         return dataset.dataset.tensors[0][idx], dataset.dataset.tensors[1][idx]
     items = [dataset[i] for i in range(len(dataset))]  # type: ignore[arg-type]
-    return (torch.stack([torch.as_tensor(a) for a, _ in items]),
-            torch.as_tensor([int(b) for _, b in items]))
+    return (
+        torch.stack([torch.as_tensor(a) for a, _ in items]),
+        torch.as_tensor([int(b) for _, b in items]),
+    )

@@ -15,8 +15,13 @@ import torch
 from torch import Tensor, nn
 
 
-def mlp(input_shape: Sequence[int], num_classes: int, *, widths: Sequence[int] = (256, 256),
-        activation: str = "relu") -> nn.Module:
+def mlp(
+    input_shape: Sequence[int],
+    num_classes: int,
+    *,
+    widths: Sequence[int] = (256, 256),
+    activation: str = "relu",
+) -> nn.Module:
     """Fully connected network ``prod(input_shape) -> widths... -> num_classes``."""
     act = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}[activation]
     layers: list[nn.Module] = [nn.Flatten()]
@@ -40,13 +45,22 @@ def lenet(input_shape: Sequence[int], num_classes: int) -> nn.Module:
     conv, pool = (nn.Conv2d, nn.MaxPool2d) if two_d else (nn.Conv1d, nn.MaxPool1d)
     pad = 2 if min(input_shape[1:]) < 28 else 0
     features = nn.Sequential(
-        conv(input_shape[0], 6, 5, padding=pad), nn.ReLU(), pool(2),
-        conv(6, 16, 5, padding=pad), nn.ReLU(), pool(2), nn.Flatten(),
+        conv(input_shape[0], 6, 5, padding=pad),
+        nn.ReLU(),
+        pool(2),
+        conv(6, 16, 5, padding=pad),
+        nn.ReLU(),
+        pool(2),
+        nn.Flatten(),
     )
     with torch.no_grad():
         n_feat = features(torch.zeros(1, *input_shape)).shape[1]
     return nn.Sequential(
-        features, nn.Linear(n_feat, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+        features,
+        nn.Linear(n_feat, 120),
+        nn.ReLU(),
+        nn.Linear(120, 84),
+        nn.ReLU(),
         nn.Linear(84, num_classes),
     )
 
@@ -68,15 +82,24 @@ class _ResidualBlock(nn.Module):
 class ResNet(nn.Module):
     """Small residual CNN with GroupNorm: stem conv, residual blocks, global average pool, linear."""
 
-    def __init__(self, input_shape: Sequence[int], num_classes: int, *, channels: int = 16,
-                 blocks: int = 2, groups: int = 4) -> None:
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        *,
+        channels: int = 16,
+        blocks: int = 2,
+        groups: int = 4,
+    ) -> None:
         super().__init__()
         if len(input_shape) not in (2, 3):
             raise ValueError(f"resnet needs [C, L] or [C, H, W] inputs, got {tuple(input_shape)}")
         conv = nn.Conv2d if len(input_shape) == 3 else nn.Conv1d
         self.stem = conv(input_shape[0], channels, 3, padding=1, bias=False)
         self.stem_norm = nn.GroupNorm(groups, channels)
-        self.blocks = nn.Sequential(*[_ResidualBlock(conv, channels, groups) for _ in range(blocks)])
+        self.blocks = nn.Sequential(
+            *[_ResidualBlock(conv, channels, groups) for _ in range(blocks)]
+        )
         self.head = nn.Linear(channels, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -119,8 +142,16 @@ class Transformer(nn.Module):
     below ``vocab``) by an Embedding; positions by an Embedding; pre-LayerNorm blocks; mean pool.
     """
 
-    def __init__(self, input_shape: Sequence[int], num_classes: int, *, dim: int = 32,
-                 heads: int = 4, depth: int = 2, vocab: int | None = None) -> None:
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        *,
+        dim: int = 32,
+        heads: int = 4,
+        depth: int = 2,
+        vocab: int | None = None,
+    ) -> None:
         super().__init__()
         self.length = math.prod(input_shape)
         self.value = nn.Embedding(vocab, dim) if vocab else nn.Linear(1, dim)
@@ -132,7 +163,11 @@ class Transformer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b = x.shape[0]
         tokens = x.reshape(b, self.length)
-        h = self.value(tokens) if isinstance(self.value, nn.Embedding) else self.value(tokens[..., None])
+        h = (
+            self.value(tokens)
+            if isinstance(self.value, nn.Embedding)
+            else self.value(tokens[..., None])
+        )
         positions = torch.arange(self.length, device=x.device).expand(b, self.length)
         h = self.blocks(h + self.position(positions))
         return self.head(self.norm(h).mean(1))
@@ -146,8 +181,15 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build_model(name: str, input_shape: Sequence[int], num_classes: int, *, seed: int = 0,
-                dtype: torch.dtype = torch.float32, **kwargs: Any) -> nn.Module:
+def build_model(
+    name: str,
+    input_shape: Sequence[int],
+    num_classes: int,
+    *,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    **kwargs: Any,
+) -> nn.Module:
     """Instantiate built-in model ``name`` with parameters drawn from ``torch.manual_seed(seed)``.
 
     The global torch RNG is left untouched (the draw happens in a forked RNG state).

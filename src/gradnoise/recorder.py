@@ -41,18 +41,30 @@ class Recorder:
         scalars: names of extra per-step scalars (``loss`` and ``lr`` are always there).
     """
 
-    def __init__(self, path: str | Path, model: nn.Module, *, select: ParamsArg = None,
-                 every: int = 1, config: Mapping[str, Any] | None = None, seed: int | None = None,
-                 on_nonfinite: Literal["raise", "flag"] = "raise", scalars: tuple[str, ...] = (),
-                 dtype: torch.dtype = torch.float32, chunk_rows: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        model: nn.Module,
+        *,
+        select: ParamsArg = None,
+        every: int = 1,
+        config: Mapping[str, Any] | None = None,
+        seed: int | None = None,
+        on_nonfinite: Literal["raise", "flag"] = "raise",
+        scalars: tuple[str, ...] = (),
+        dtype: torch.dtype = torch.float32,
+        chunk_rows: int | None = None,
+    ) -> None:
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         if on_nonfinite not in ("raise", "flag"):
             raise ValueError(f"on_nonfinite must be 'raise' or 'flag', got {on_nonfinite!r}")
         self.selection, tensors = resolve_selection(model, select)
         self.every, self.on_nonfinite, self.dtype = every, on_nonfinite, dtype
-        self._index = [None if i is None else torch.as_tensor(i, device=t.device)
-                       for i, t in zip(self.selection.indices, tensors, strict=True)]
+        self._index = [
+            None if i is None else torch.as_tensor(i, device=t.device)
+            for i, t in zip(self.selection.indices, tensors, strict=True)
+        ]
         metadata = {
             "config": dict(config or {}),
             "seed": seed,
@@ -61,17 +73,31 @@ class Recorder:
             "torch_version": torch.__version__,
             "platform": platform.platform(),
         }
-        self.writer = RunWriter(path, self.selection, metadata=metadata, scalars=scalars,
-                                dtype=str(dtype).removeprefix("torch."), chunk_rows=chunk_rows)
+        self.writer = RunWriter(
+            path,
+            self.selection,
+            metadata=metadata,
+            scalars=scalars,
+            dtype=str(dtype).removeprefix("torch."),
+            chunk_rows=chunk_rows,
+        )
         self.path = self.writer.path
 
     def should_record(self, step: int) -> bool:
         """Whether ``record`` at this step writes anything."""
         return step % self.every == 0
 
-    def record(self, step: int, model: nn.Module, *, loss: float | Tensor | None = None,
-               lr: float | None = None, per_sample: tuple[Any, Tensor, Tensor] | None = None,
-               noise: Mapping[str, Any] | None = None, **scalars: float) -> bool:
+    def record(
+        self,
+        step: int,
+        model: nn.Module,
+        *,
+        loss: float | Tensor | None = None,
+        lr: float | None = None,
+        per_sample: tuple[Any, Tensor, Tensor] | None = None,
+        noise: Mapping[str, Any] | None = None,
+        **scalars: float,
+    ) -> bool:
         """Record the current ``.grad`` of the selected coordinates at ``step``.
 
         Args:
@@ -127,8 +153,15 @@ class Recorder:
             self._raise_nonfinite(array, step)
         return self.writer.add_snapshot(kind, step, array, attrs)
 
-    def record_per_sample(self, step: int, model: nn.Module, loss_fn: Any, inputs: Tensor,
-                          targets: Tensor, **kwargs: Any) -> str:
+    def record_per_sample(
+        self,
+        step: int,
+        model: nn.Module,
+        loss_fn: Any,
+        inputs: Tensor,
+        targets: Tensor,
+        **kwargs: Any,
+    ) -> str:
         """Store the ``[B, C]`` per-sample gradients of a batch at ``step`` (snapshot ``per_sample``).
 
         ``kwargs`` go to :func:`gradnoise.per_sample_grads` (``chunk_size``, ``dropout``...).
@@ -136,13 +169,35 @@ class Recorder:
         values = per_sample_grads(model, loss_fn, inputs, targets, params=self.selection, **kwargs)
         return self._snapshot("per_sample", step, values, {"n": int(inputs.shape[0])})
 
-    def record_noise(self, step: int, model: nn.Module, loss_fn: Any, data: DataArg, *,
-                     batch_size: int, num_batches: int, seed: int = 0, **kwargs: Any) -> str:
+    def record_noise(
+        self,
+        step: int,
+        model: nn.Module,
+        loss_fn: Any,
+        data: DataArg,
+        *,
+        batch_size: int,
+        num_batches: int,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> str:
         """Store SGN ``g_B - G`` of ``num_batches`` minibatches at fixed parameters (snapshot ``noise``)."""
-        values = gradient_noise(model, loss_fn, data, batch_size=batch_size,
-                                num_batches=num_batches, seed=seed, params=self.selection, **kwargs)
-        return self._snapshot("noise", step, values,
-                              {"batch_size": batch_size, "num_batches": num_batches, "seed": seed})
+        values = gradient_noise(
+            model,
+            loss_fn,
+            data,
+            batch_size=batch_size,
+            num_batches=num_batches,
+            seed=seed,
+            params=self.selection,
+            **kwargs,
+        )
+        return self._snapshot(
+            "noise",
+            step,
+            values,
+            {"batch_size": batch_size, "num_batches": num_batches, "seed": seed},
+        )
 
     def update_metadata(self, **entries: Any) -> None:
         """Store extra JSON-safe metadata with the run."""

@@ -119,7 +119,9 @@ class ParamSelection:
         return cls(
             names=tuple(d["names"]),
             shapes=tuple(tuple(int(x) for x in s) for s in d["shapes"]),
-            indices=tuple(None if i is None else np.asarray(i, dtype=np.int64) for i in d["indices"]),
+            indices=tuple(
+                None if i is None else np.asarray(i, dtype=np.int64) for i in d["indices"]
+            ),
         )
 
     def __repr__(self) -> str:
@@ -170,7 +172,9 @@ def build_selection(
     total = int(sizes.sum())
     coords = int(coords)
     if not 0 < coords <= total:
-        raise ValueError(f"coords must be in [1, {total}] (the selected parameters' size), got {coords}")
+        raise ValueError(
+            f"coords must be in [1, {total}] (the selected parameters' size), got {coords}"
+        )
     flat = np.sort(np.random.default_rng(seed).choice(total, size=coords, replace=False))
     starts = np.concatenate([[0], np.cumsum(sizes)])
     keep_names, keep_shapes, keep_idx = [], [], []

@@ -64,9 +64,16 @@ class RunWriter:
         chunk_rows: rows per chunk (default: about 256 KiB chunks).
     """
 
-    def __init__(self, path: str | Path, selection: ParamSelection, *,
-                 metadata: Mapping[str, Any] | None = None, scalars: Sequence[str] = (),
-                 dtype: str = "float32", chunk_rows: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        selection: ParamSelection,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        scalars: Sequence[str] = (),
+        dtype: str = "float32",
+        chunk_rows: int | None = None,
+    ) -> None:
         zarr = _zarr()
         self.path = Path(path)
         self.scalar_names = tuple(BASE_SCALARS) + tuple(s for s in scalars if s not in BASE_SCALARS)
@@ -78,19 +85,29 @@ class RunWriter:
             raise StoreError(f"{self.path} exists and is not a gradnoise store; choose a new path")
         self.group = zarr.open_group(str(self.path), mode="w")
         rows, cols = _chunk_shape(selection.num_columns, chunk_rows)
-        self.group.create_array("grads", shape=(0, selection.num_columns), chunks=(rows, cols),
-                                dtype=dtype, fill_value=np.nan)
+        self.group.create_array(
+            "grads",
+            shape=(0, selection.num_columns),
+            chunks=(rows, cols),
+            dtype=dtype,
+            fill_value=np.nan,
+        )
         width = 2 + len(self.scalar_names)
-        self.group.create_array("table", shape=(0, width), chunks=(256, width), dtype="float64",
-                                fill_value=np.nan)
+        self.group.create_array(
+            "table", shape=(0, width), chunks=(256, width), dtype="float64", fill_value=np.nan
+        )
         self.group.attrs["gradnoise"] = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "selection": selection.to_dict(),
             "scalars": list(self.scalar_names),
-            "versions": {"gradnoise": __version__, "numpy": np.__version__,
-                         "zarr": zarr.__version__, "python": platform.python_version()},
+            "versions": {
+                "gradnoise": __version__,
+                "numpy": np.__version__,
+                "zarr": zarr.__version__,
+                "python": platform.python_version(),
+            },
             **dict(metadata or {}),
         }
         self._commit_group = self.group.create_group("commit")
@@ -135,8 +152,13 @@ class RunWriter:
     def _table(self) -> Any:
         return self.group["table"]
 
-    def append(self, step: int, grad: np.ndarray, scalars: Mapping[str, float | None] | None = None,
-               nonfinite: bool = False) -> None:
+    def append(
+        self,
+        step: int,
+        grad: np.ndarray,
+        scalars: Mapping[str, float | None] | None = None,
+        nonfinite: bool = False,
+    ) -> None:
         """Append one row (the gradient at ``step``) and commit it."""
         step = int(step)
         if self.last_step is not None and step <= self.last_step:
@@ -154,8 +176,10 @@ class RunWriter:
             raise ValueError(
                 f"unknown scalar(s) {sorted(unknown)}; this store records {self.scalar_names}"
             )
-        values = [np.nan if given.get(s) is None else float(given[s])  # type: ignore[arg-type]
-                  for s in self.scalar_names]
+        values = [
+            np.nan if given.get(s) is None else float(given[s])  # type: ignore[arg-type]
+            for s in self.scalar_names
+        ]
         t = self.length
         if self._table.shape[0] <= t:
             capacity = max(2 * t, t + self._grads.chunks[0], 8)
@@ -167,24 +191,38 @@ class RunWriter:
         self.last_step = step
         self._commit()
 
-    def add_snapshot(self, kind: str, step: int, values: np.ndarray,
-                     attrs: Mapping[str, Any] | None = None) -> str:
+    def add_snapshot(
+        self, kind: str, step: int, values: np.ndarray, attrs: Mapping[str, Any] | None = None
+    ) -> str:
         """Store an ``[n, C]`` array captured at ``step`` (e.g. ``kind="per_sample"``) and commit it."""
         values = np.asarray(values)
         if values.ndim != 2 or values.shape[1] != self.selection.num_columns:
-            raise ValueError(f"snapshot must be [n, {self.selection.num_columns}], got {values.shape}")
+            raise ValueError(
+                f"snapshot must be [n, {self.selection.num_columns}], got {values.shape}"
+            )
         if not kind.isidentifier():
             raise ValueError(f"snapshot kind must be an identifier, got {kind!r}")
         name = f"snapshots/{kind}/step_{int(step):09d}"
         if any(s["name"] == name for s in self.snapshots):
             raise ValueError(f"{self.path} already holds a {kind} snapshot at step {step}")
         rows, cols = _chunk_shape(values.shape[1], None)
-        arr = self.group.create_array(name, shape=values.shape, dtype=values.dtype,
-                                      chunks=(max(1, min(values.shape[0], rows * 4)), cols),
-                                      overwrite=True)
+        arr = self.group.create_array(
+            name,
+            shape=values.shape,
+            dtype=values.dtype,
+            chunks=(max(1, min(values.shape[0], rows * 4)), cols),
+            overwrite=True,
+        )
         arr[...] = values
-        self.snapshots.append({"kind": kind, "step": int(step), "name": name,
-                               "shape": list(values.shape), **dict(attrs or {})})
+        self.snapshots.append(
+            {
+                "kind": kind,
+                "step": int(step),
+                "name": name,
+                "shape": list(values.shape),
+                **dict(attrs or {}),
+            }
+        )
         self._commit()
         return name
 
@@ -243,7 +281,9 @@ class Run:
 
     def snapshots(self, kind: str) -> dict[int, np.ndarray]:
         """All committed snapshots of one kind, by step, e.g. ``run.snapshots("noise")``."""
-        return {s["step"]: np.asarray(self._group[s["name"]][...]) for s in self.snapshot_index(kind)}
+        return {
+            s["step"]: np.asarray(self._group[s["name"]][...]) for s in self.snapshot_index(kind)
+        }
 
     @property
     def per_sample(self) -> dict[int, np.ndarray]:
@@ -257,8 +297,10 @@ class Run:
 
     def __repr__(self) -> str:
         kinds = sorted({s["kind"] for s in self.snapshot_index()})
-        return (f"Run({str(self.path)!r}, steps={self.length}, "
-                f"columns={self.selection.num_columns}, snapshots={kinds})")
+        return (
+            f"Run({str(self.path)!r}, steps={self.length}, "
+            f"columns={self.selection.num_columns}, snapshots={kinds})"
+        )
 
 
 def open_run(path: str | Path) -> Run:
@@ -274,16 +316,22 @@ def open_run(path: str | Path) -> Run:
     if (path / "grads.zarr" / "zarr.json").exists():
         path = path / "grads.zarr"
     if not (path / "zarr.json").exists():
-        raise StoreError(f"{path} is not a gradient store (no zarr.json); was it written by gradnoise?")
+        raise StoreError(
+            f"{path} is not a gradient store (no zarr.json); was it written by gradnoise?"
+        )
     try:
         group = zarr.open_group(str(path), mode="r")
         meta = dict(group.attrs["gradnoise"])
     except Exception as err:  # zarr raises assorted types on unreadable metadata
-        raise StoreError(f"{path}: cannot read the store metadata ({type(err).__name__}: {err})") from err
+        raise StoreError(
+            f"{path}: cannot read the store metadata ({type(err).__name__}: {err})"
+        ) from err
     if meta.get("format") != FORMAT:
         raise StoreError(f"{path} is a Zarr group but not a gradnoise run store")
     if int(meta.get("format_version", -1)) > FORMAT_VERSION:
-        raise StoreError(f"{path} was written by a newer gradnoise (format {meta['format_version']})")
+        raise StoreError(
+            f"{path} was written by a newer gradnoise (format {meta['format_version']})"
+        )
     try:
         commit = dict(group["commit"].attrs["commit"])
         length = int(commit["length"])
@@ -293,7 +341,9 @@ def open_run(path: str | Path) -> Run:
         if grads.shape[0] < length or table.shape[0] < length:
             problems.append(f"arrays hold fewer rows than the {length} committed")
         if grads.shape[1] != selection.num_columns:
-            problems.append(f"grads has {grads.shape[1]} columns, the selection {selection.num_columns}")
+            problems.append(
+                f"grads has {grads.shape[1]} columns, the selection {selection.num_columns}"
+            )
         if table.shape[1] != 2 + len(meta["scalars"]):
             problems.append(f"table has {table.shape[1]} columns for scalars {meta['scalars']}")
         for snap in commit["snapshots"]:
@@ -303,5 +353,6 @@ def open_run(path: str | Path) -> Run:
         raise StoreError(f"{path} is corrupt ({type(err).__name__}: {err})") from err
     if problems:
         raise StoreError(f"{path} is corrupt: {'; '.join(problems)}")
-    return Run(path=path, metadata=meta, selection=selection, length=length, commit=commit,
-               _group=group)
+    return Run(
+        path=path, metadata=meta, selection=selection, length=length, commit=commit, _group=group
+    )

@@ -19,7 +19,14 @@ DataArg = Dataset | tuple[Tensor, Tensor]
 DropoutChoice = Literal["error", "eval", "sample"]
 
 _BATCHNORM = (nn.modules.batchnorm._BatchNorm, nn.SyncBatchNorm)
-_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+_DROPOUT = (
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)
 
 
 def select_params(
@@ -48,8 +55,10 @@ def select_params(
 
 def resolve_selection(model: nn.Module, params: ParamsArg) -> tuple[ParamSelection, list[Tensor]]:
     """Turn the ``params=`` argument into a validated selection and the matching tensors."""
-    if params is None or isinstance(params, str) or (
-        isinstance(params, Sequence) and not isinstance(params, ParamSelection)
+    if (
+        params is None
+        or isinstance(params, str)
+        or (isinstance(params, Sequence) and not isinstance(params, ParamSelection))
     ):
         selection = select_params(model, params)  # type: ignore[arg-type]
     elif isinstance(params, ParamSelection):
@@ -154,7 +163,9 @@ def per_example_losses(loss_fn: Any, outputs: Tensor, targets: Tensor) -> Tensor
     except (RuntimeError, ValueError, NotImplementedError) as err:
         if isinstance(err, ValueError) and "single value" in str(err):
             raise
-        losses = torch.stack([example_loss(loss_fn, o, t) for o, t in zip(outputs, targets)])
+        losses = torch.stack(
+            [example_loss(loss_fn, o, t) for o, t in zip(outputs, targets, strict=False)]
+        )
     return losses
 
 
@@ -178,7 +189,9 @@ def dataset_size(data: DataArg) -> int:
         _check_pair(data)
         return int(data[0].shape[0])
     if not hasattr(data, "__len__") or not hasattr(data, "__getitem__"):
-        raise TypeError("data must be a map-style Dataset (with __len__/__getitem__) or an (X, y) pair")
+        raise TypeError(
+            "data must be a map-style Dataset (with __len__/__getitem__) or an (X, y) pair"
+        )
     return len(data)  # type: ignore[arg-type]
 
 
@@ -191,7 +204,9 @@ def _check_pair(data: tuple[Any, ...]) -> None:
         )
 
 
-def fetch(data: DataArg, index: np.ndarray | Sequence[int], device: torch.device) -> tuple[Tensor, Tensor]:
+def fetch(
+    data: DataArg, index: np.ndarray | Sequence[int], device: torch.device
+) -> tuple[Tensor, Tensor]:
     """The examples ``index`` of ``data`` as a batch ``(X, y)`` on ``device``."""
     if isinstance(data, tuple):
         idx = torch.as_tensor(np.asarray(index), dtype=torch.long)
@@ -219,4 +234,3 @@ def require_examples(n: int, needed: int, what: str) -> None:
     """Raise a clear :class:`InsufficientDataError` when ``n < needed``."""
     if n < needed:
         raise InsufficientDataError(f"{what}: need at least {needed} examples, the data has {n}")
-

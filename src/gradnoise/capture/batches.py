@@ -31,8 +31,14 @@ from ._common import (
 )
 
 
-def _summed_grad(model: nn.Module, loss_fn: Any, x: Tensor, y: Tensor, tensors: list[Tensor],
-                 indices: list[Tensor | None]) -> Tensor:
+def _summed_grad(
+    model: nn.Module,
+    loss_fn: Any,
+    x: Tensor,
+    y: Tensor,
+    tensors: list[Tensor],
+    indices: list[Tensor | None],
+) -> Tensor:
     """``sum_i grad l_i`` over the batch, flattened over the selected coordinates."""
     with torch.enable_grad():
         losses = per_example_losses(loss_fn, model(x), y)
@@ -115,11 +121,14 @@ def minibatch_grads(
     setup = _Setup(model, params, device)
     n = dataset_size(data)
     if batch_size < 1 or num_batches < 1:
-        raise ValueError(f"batch_size and num_batches must be >= 1, got {batch_size}, {num_batches}")
+        raise ValueError(
+            f"batch_size and num_batches must be >= 1, got {batch_size}, {num_batches}"
+        )
     require_examples(n, batch_size, f"minibatches of size {batch_size} without replacement")
     rng = np.random.default_rng(seed)
-    out = torch.empty(num_batches, setup.selection.num_columns, dtype=setup.tensors[0].dtype,
-                      device=setup.device)
+    out = torch.empty(
+        num_batches, setup.selection.num_columns, dtype=setup.tensors[0].dtype, device=setup.device
+    )
     with dropout_policy(model, dropout):
         for k in range(num_batches):
             x, y = fetch(data, rng.choice(n, size=batch_size, replace=False), setup.device)
@@ -146,8 +155,24 @@ def gradient_noise(
     The minibatches are those of :func:`minibatch_grads` with the same arguments; ``G`` is
     :func:`full_grad` over the whole of ``data`` (computed in batches of ``full_batch_size``).
     """
-    grads = minibatch_grads(model, loss_fn, data, batch_size=batch_size, num_batches=num_batches,
-                            seed=seed, params=params, dropout=dropout, device=device)
-    full = full_grad(model, loss_fn, data, batch_size=full_batch_size, params=params,
-                     dropout=dropout, device=device)
+    grads = minibatch_grads(
+        model,
+        loss_fn,
+        data,
+        batch_size=batch_size,
+        num_batches=num_batches,
+        seed=seed,
+        params=params,
+        dropout=dropout,
+        device=device,
+    )
+    full = full_grad(
+        model,
+        loss_fn,
+        data,
+        batch_size=full_batch_size,
+        params=params,
+        dropout=dropout,
+        device=device,
+    )
     return grads.sub_(full)

@@ -52,8 +52,15 @@ def _as_sequence(t: Tensor) -> Tensor:
     return t.reshape(t.shape[0], -1, t.shape[-1])
 
 
-def _linear(m: nn.Module, pname: str, x: Tensor, g: Tensor, index: Tensor | None,
-            dest: Tensor, accumulate: bool) -> None:
+def _linear(
+    m: nn.Module,
+    pname: str,
+    x: Tensor,
+    g: Tensor,
+    index: Tensor | None,
+    dest: Tensor,
+    accumulate: bool,
+) -> None:
     c = x.shape[0]
     flat = x.dim() == 2
     if not flat:
@@ -105,8 +112,15 @@ def _conv_geometry(m: nn.Module) -> tuple[tuple[int, ...], ...] | None:
     return tuple(kernel), tuple(dilation), padding, tuple(stride)
 
 
-def _conv(m: nn.Module, pname: str, x: Tensor, g: Tensor, index: Tensor | None,
-          dest: Tensor, accumulate: bool) -> None:
+def _conv(
+    m: nn.Module,
+    pname: str,
+    x: Tensor,
+    g: Tensor,
+    index: Tensor | None,
+    dest: Tensor,
+    accumulate: bool,
+) -> None:
     assert isinstance(m, (nn.Conv1d, nn.Conv2d))
     c, c_out = x.shape[0], g.shape[1]
     g = g.reshape(c, c_out, -1)
@@ -125,8 +139,15 @@ def _conv(m: nn.Module, pname: str, x: Tensor, g: Tensor, index: Tensor | None,
     _emit(dest, value, index, accumulate)
 
 
-def _group_norm(m: nn.Module, pname: str, x: Tensor, g: Tensor, index: Tensor | None,
-                dest: Tensor, accumulate: bool) -> None:
+def _group_norm(
+    m: nn.Module,
+    pname: str,
+    x: Tensor,
+    g: Tensor,
+    index: Tensor | None,
+    dest: Tensor,
+    accumulate: bool,
+) -> None:
     assert isinstance(m, nn.GroupNorm)
     c, channels = x.shape[0], x.shape[1]
     if pname == "weight":
@@ -134,8 +155,15 @@ def _group_norm(m: nn.Module, pname: str, x: Tensor, g: Tensor, index: Tensor | 
     _emit(dest, g.reshape(c, channels, -1).sum(2), index, accumulate)
 
 
-def _layer_norm(m: nn.Module, pname: str, x: Tensor, g: Tensor, index: Tensor | None,
-                dest: Tensor, accumulate: bool) -> None:
+def _layer_norm(
+    m: nn.Module,
+    pname: str,
+    x: Tensor,
+    g: Tensor,
+    index: Tensor | None,
+    dest: Tensor,
+    accumulate: bool,
+) -> None:
     assert isinstance(m, nn.LayerNorm)
     shape = tuple(m.normalized_shape)
     width = 1
@@ -146,8 +174,15 @@ def _layer_norm(m: nn.Module, pname: str, x: Tensor, g: Tensor, index: Tensor | 
     _emit(dest, g.reshape(x.shape[0], -1, width).sum(1), index, accumulate)
 
 
-def _embedding(m: nn.Module, pname: str, x: Tensor, g: Tensor, index: Tensor | None,
-               dest: Tensor, accumulate: bool) -> None:
+def _embedding(
+    m: nn.Module,
+    pname: str,
+    x: Tensor,
+    g: Tensor,
+    index: Tensor | None,
+    dest: Tensor,
+    accumulate: bool,
+) -> None:
     assert isinstance(m, nn.Embedding)
     c, dim = x.shape[0], m.embedding_dim
     tokens = x.reshape(c, -1)
@@ -183,8 +218,12 @@ LAYER_RULES: dict[type[nn.Module], LayerRule] = {
 }
 
 
-def register_layer_rule(module_type: type[nn.Module], rule: LayerRule, *, overwrite: bool = False) -> None:
+def register_layer_rule(
+    module_type: type[nn.Module], rule: LayerRule, *, overwrite: bool = False
+) -> None:
     """Add a per-example gradient rule for ``module_type`` (exact type match)."""
     if module_type in LAYER_RULES and not overwrite:
-        raise ValueError(f"a rule for {module_type.__name__} exists; pass overwrite=True to replace it")
+        raise ValueError(
+            f"a rule for {module_type.__name__} exists; pass overwrite=True to replace it"
+        )
     LAYER_RULES[module_type] = rule

@@ -131,8 +131,9 @@ def _check_batch(inputs: Tensor, targets: Tensor) -> int:
     return int(inputs.shape[0])
 
 
-def _prepare_out(out: Tensor | None, shape: tuple[int, int], dtype: torch.dtype,
-                 device: torch.device) -> Tensor:
+def _prepare_out(
+    out: Tensor | None, shape: tuple[int, int], dtype: torch.dtype, device: torch.device
+) -> Tensor:
     if out is None:
         return torch.empty(shape, dtype=dtype, device=device)
     if tuple(out.shape) != shape or out.dtype != dtype or out.device != device:
@@ -195,8 +196,9 @@ def _hooked(modules: list[nn.Module], capture: _Capture) -> Iterator[None]:
 
 
 class _StructuredBackend:
-    def __init__(self, model: nn.Module, loss_fn: Any, selection: ParamSelection,
-                 device: torch.device) -> None:
+    def __init__(
+        self, model: nn.Module, loss_fn: Any, selection: ParamSelection, device: torch.device
+    ) -> None:
         self.model, self.loss_fn = model, loss_fn
         owners = _owner_modules(model)
         offsets = selection.offsets
@@ -252,8 +254,14 @@ def _check_losses(losses: Tensor) -> None:
 
 
 class _FuncBackend:
-    def __init__(self, model: nn.Module, loss_fn: Any, selection: ParamSelection,
-                 tensors: list[Tensor], random_dropout: bool) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Any,
+        selection: ParamSelection,
+        tensors: list[Tensor],
+        random_dropout: bool,
+    ) -> None:
         self.selection = selection
         chosen = dict(zip(selection.names, tensors, strict=True))
         self.primals = {n: p.detach() for n, p in chosen.items()}

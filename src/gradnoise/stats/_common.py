@@ -1,0 +1,97 @@
+"""Conventions shared by all statistics: results, random generators, input checks.
+
+Every public statistic returns a frozen dataclass deriving from :class:`StatResult`: named fields
+(``statistic``, ``pvalue``, ``alpha``...), a readable repr that summarises array fields, and a
+JSON-safe :meth:`StatResult.to_dict`. Random functions take ``rng`` (None, an int seed or a
+``numpy.random.Generator``) normalised by :func:`as_generator`; the same seed gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from ..errors import InsufficientDataError
+
+RNGLike = np.random.Generator | int | None
+
+
+def as_generator(rng: RNGLike) -> np.random.Generator:
+    """``numpy.random.default_rng(rng)``, rejecting the legacy global-state ``RandomState``."""
+    if isinstance(rng, np.random.RandomState):
+        raise TypeError("pass a numpy.random.Generator or an int seed, not a RandomState")
+    return np.random.default_rng(rng)
+
+
+def _summarise(value: Any) -> str:
+    if isinstance(value, np.ndarray) and value.size > 6:
+        with np.errstate(all="ignore"):
+            finite = value[np.isfinite(value)] if value.dtype.kind == "f" else value
+        if finite.size and value.dtype.kind in "fiu":
+            return (
+                f"array(shape={value.shape}, median={np.median(finite):.4g}, "
+                f"min={finite.min():.4g}, max={finite.max():.4g})"
+            )
+        return f"array(shape={value.shape}, dtype={value.dtype})"
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):.6g}"
+    return repr(value)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, StatResult):
+        return value.to_dict()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class StatResult:
+    """Base of result dataclasses: readable repr and JSON-safe ``to_dict``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Fields as JSON-safe Python values (arrays become lists)."""
+        return {
+            f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self) if f.repr
+        }
+
+    def __repr__(self) -> str:
+        body = ", ".join(
+            f"{f.name}={_summarise(getattr(self, f.name))}"
+            for f in dataclasses.fields(self)
+            if f.repr
+        )
+        return f"{type(self).__name__}({body})"
+
+
+def as_float_array(x: Any, name: str = "x") -> np.ndarray:
+    """``x`` as a float64 array; torch tensors and lists are accepted, object arrays are not."""
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must be numeric, got dtype {arr.dtype}")
+    return arr.astype(np.float64, copy=False)
+
+
+def check_finite(x: np.ndarray, name: str = "x") -> None:
+    """Raise ``ValueError`` naming how many values are NaN/Inf (never drop them silently)."""
+    bad = ~np.isfinite(x)
+    if bad.any():
+        raise ValueError(
+            f"{name} contains {int(bad.sum())} NaN/Inf value(s); remove or impute "
+            "them explicitly before testing"
+        )
+
+
+def check_min_size(n: int, needed: int, what: str) -> None:
+    """Raise :class:`InsufficientDataError` when fewer than ``needed`` samples are available."""
+    if n < needed:
+        raise InsufficientDataError(f"{what} needs at least {needed} samples, got {n}")
