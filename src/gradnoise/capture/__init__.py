@@ -6,14 +6,16 @@ This package knows torch and nothing of statistics.
 from ._common import select_params
 from .batches import full_grad, gradient_noise, minibatch_grads
 from .layers import LAYER_RULES, LayerRule, register_layer_rule
-from .per_sample import choose_backend, per_sample_grads
+from .per_sample import LayerIO, choose_backend, layer_io, per_sample_grads
 
 __all__ = [
     "LAYER_RULES",
+    "LayerIO",
     "LayerRule",
     "choose_backend",
     "full_grad",
     "gradient_noise",
+    "layer_io",
     "minibatch_grads",
     "per_sample_grads",
     "register_layer_rule",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -173,6 +174,22 @@ def choose_backend(model: nn.Module, selection: ParamSelection) -> Literal["stru
     return "structured"
 
 
+@dataclass(frozen=True)
+class LayerIO:
+    """One call of a layer in a forward pass: its input and the per-example output gradient.
+
+    Attributes:
+        module: the layer.
+        inputs: the layer's (first) input, detached, ``[c, ...]``.
+        grad_output: ``d loss_b / d output_b`` for each example b, ``[c, ...]`` (zeros if the
+            output did not reach the loss).
+    """
+
+    module: nn.Module
+    inputs: Tensor
+    grad_output: Tensor
+
+
 class _Capture:
     """Forward hooks recording each call's input and a zero probe added to its output."""
 
@@ -195,6 +212,29 @@ def _hooked(modules: list[nn.Module], capture: _Capture) -> Iterator[None]:
             h.remove()
 
 
+def layer_io(
+    model: nn.Module, loss_fn: Any, inputs: Tensor, targets: Tensor, modules: list[nn.Module]
+) -> list[LayerIO]:
+    """Inputs and per-example output gradients of ``modules`` for one batch (one forward+backward).
+
+    The per-example losses are those of :func:`per_sample_grads` (``loss_fn`` on a batch of one),
+    so for a Linear layer ``grad_output[b] x[b]^T`` is example b's weight gradient. Used by the
+    structured per-example backend and by layer-factored Gram matrices and clustering distances.
+    Parameter ``.grad`` fields are not touched.
+    """
+    capture = _Capture()
+    with torch.enable_grad(), _hooked(modules, capture):
+        outputs = model(inputs)
+    losses = per_example_losses(loss_fn, outputs, targets)
+    _check_losses(losses)
+    probes = [probe for _, _, probe in capture.records]
+    grads = torch.autograd.grad(losses.sum(), probes, allow_unused=True)
+    return [
+        LayerIO(module, inp, torch.zeros_like(probe) if g is None else g)
+        for (module, inp, probe), g in zip(capture.records, grads, strict=True)
+    ]
+
+
 class _StructuredBackend:
     def __init__(
         self, model: nn.Module, loss_fn: Any, selection: ParamSelection, device: torch.device
@@ -212,17 +252,9 @@ class _StructuredBackend:
             self.plan.setdefault(module, []).append((pname, cols, index, name))
 
     def fill(self, x: Tensor, y: Tensor, dest: Tensor) -> None:
-        capture = _Capture()
-        with torch.enable_grad(), _hooked(list(self.plan), capture):
-            outputs = self.model(x)
-        losses = per_example_losses(self.loss_fn, outputs, y)
-        _check_losses(losses)
-        probes = [probe for _, _, probe in capture.records]
-        grads = torch.autograd.grad(losses.sum(), probes, allow_unused=True)
         written: set[tuple[int, str]] = set()
-        for (module, inp, probe), g in zip(capture.records, grads, strict=True):
-            if g is None:
-                g = torch.zeros_like(probe)
+        for io in layer_io(self.model, self.loss_fn, x, y, list(self.plan)):
+            module, inp, g = io.module, io.inputs, io.grad_output
             rule = LAYER_RULES[type(module)]
             if not bool(torch.isfinite(g).all()) or not _finite_input(inp):
                 names = ", ".join(repr(e[3]) for e in self.plan[module])
