@@ -1,0 +1,130 @@
+"""Command line: ``gradnoise run | report | reproduce | info``. No mathematics here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from .errors import GradnoiseError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Measure, test and draw the structure of stochastic gradient noise.")
+console = Console(stderr=True)
+
+
+def _progress(quiet: bool):  # noqa: ANN202 - rich types stay out of the signature
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, disable=quiet, transient=False)
+
+
+@app.command()
+def run(
+    config: Annotated[Path | None, typer.Option("--config", help="study.toml with settings")] = None,
+    dataset: Annotated[str | None, typer.Option(help="digits | mnist1d | path to .npz with X, y")] = None,
+    data: Annotated[Path | None, typer.Option(help="alias of --dataset for an .npz file")] = None,
+    model: Annotated[str | None, typer.Option(help="mlp | lenet | resnet | transformer")] = None,
+    steps: Annotated[int | None, typer.Option(help="SGD steps")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="minibatch size")] = None,
+    lr: Annotated[float | None, typer.Option(help="learning rate")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed of everything")] = None,
+    analyses: Annotated[str | None, typer.Option(help="comma-separated analyses to run")] = None,
+    device: Annotated[str | None, typer.Option(help="torch device, e.g. cpu or cuda")] = None,
+    out: Annotated[Path | None, typer.Option(help="run directory (default runs/<id>)")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+) -> None:
+    """Train a model while recording gradients, analyse them and write runs/<id>/report.html."""
+    from .study import StudyConfig, run_study
+
+    try:
+        cfg = StudyConfig.from_toml(config) if config else StudyConfig()
+        if dataset is not None and data is not None:
+            raise GradnoiseError("give either --dataset or --data, not both")
+        cfg = cfg.replace(
+            dataset=str(data) if data is not None else dataset, model=model, steps=steps,
+            batch_size=batch_size, lr=lr, seed=seed, device=device,
+            analyses=tuple(a.strip() for a in analyses.split(",") if a.strip()) if analyses else None,
+        )
+        with _progress(quiet) as progress:
+            run_dir = run_study(cfg, out, progress=progress)
+    except (GradnoiseError, ValueError, FileNotFoundError, TypeError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
+    console.print(f"[green]done[/green]: {run_dir / 'report.html'}")
+    typer.echo(str(run_dir))
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="a run directory written by 'gradnoise run'")]) -> None:
+    """Re-render report.html and the figures of a stored run, without retraining."""
+    from .study.runner import render_run
+
+    try:
+        path = render_run(run_dir)
+    except (GradnoiseError, OSError, ValueError, KeyError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
+    typer.echo(str(path))
+
+
+@app.command()
+def reproduce(
+    name: Annotated[str | None, typer.Argument(help="preset name; omit to list presets")] = None,
+    out: Annotated[Path | None, typer.Option(help="run directory (default runs/<preset>-<id>)")] = None,
+    quick: Annotated[bool, typer.Option(help="a smaller, faster version of the preset")] = False,
+    seed: Annotated[int, typer.Option(help="seed of everything")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+) -> None:
+    """Run a paper-sized study (e.g. xie-tails); without a name, list the presets."""
+    from .study.registry import available_presets, get_preset
+
+    if name is None:
+        names = available_presets()
+        if not names:
+            typer.echo("no presets are registered yet")
+        for preset_name in names:
+            typer.echo(f"{preset_name:28s} {get_preset(preset_name).description}")
+        return
+    try:
+        preset = get_preset(name)
+        with _progress(quiet) as progress:
+            run_dir = preset.run(out=out, quick=quick, seed=seed, progress=progress)
+    except (GradnoiseError, ValueError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
+    typer.echo(str(run_dir))
+
+
+@app.command()
+def info() -> None:
+    """Versions, built-in datasets, models, analyses and presets."""
+    import platform
+
+    import numpy as np
+
+    from ._version import __version__
+    from .datasets import DATASETS
+    from .models import MODELS
+    from .study.registry import available_analyses, available_presets
+
+    import torch
+
+    typer.echo(f"gradnoise {__version__}  torch {torch.__version__}  numpy {np.__version__}  "
+               f"python {platform.python_version()}")
+    typer.echo(f"datasets : {', '.join(DATASETS)} (or an .npz file with X, y)")
+    typer.echo(f"models   : {', '.join(MODELS)}")
+    typer.echo(f"analyses : {', '.join(available_analyses())}")
+    typer.echo(f"presets  : {', '.join(available_presets()) or '(none yet)'}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

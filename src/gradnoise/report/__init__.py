@@ -1,0 +1,10 @@
+"""Reporting: figures and the self-contained HTML report, from stored runs only (no torch).
+
+A report is a list of :class:`Section` objects (one per analysis of the study pipeline, see
+:mod:`gradnoise.study.registry`) rendered by :func:`render_report` into ``report.html``.
+"""
+
+from .figures import figure, save_figure
+from .html import Figure, Section, Table, render_report
+
+__all__ = ["Figure", "Section", "Table", "figure", "render_report", "save_figure"]

@@ -1,0 +1,183 @@
+"""What analyses see: :class:`StudyContext` while computing, :class:`RunView` while rendering.
+
+This module does not import torch at import time: rendering (``gradnoise report``) never needs it.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+
+from ..store import Run, open_run
+from .config import StudyConfig
+
+if TYPE_CHECKING:
+    from ..datasets import DataSplits
+
+T = TypeVar("T")
+
+SUMMARY = "summary.json"
+STORE = "grads.zarr"
+
+
+def derive_seed(seed: int, name: str) -> int:
+    """A 63-bit seed derived from the study seed and a stream name (stable across runs)."""
+    ss = np.random.SeedSequence([int(seed), zlib.crc32(name.encode())])
+    return int(ss.generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+class Progress:
+    """Progress reporting for long work: a no-op unless a rich progress display is attached."""
+
+    def __init__(self, display: Any = None) -> None:
+        self.display = display
+
+    def track(self, items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+        """Iterate over ``items`` while showing progress (when a display is attached)."""
+        if self.display is None:
+            yield from items
+            return
+        if total is None and hasattr(items, "__len__"):
+            total = len(items)  # type: ignore[arg-type]
+        task = self.display.add_task(description, total=total)
+        for item in items:
+            yield item
+            self.display.advance(task)
+        self.display.update(task, visible=False)
+
+
+@dataclass
+class StudyContext:
+    """Live access for an analysis's ``compute``: config, data, checkpoints, store, seeded RNGs.
+
+    Attributes:
+        config: the study configuration.
+        run_dir: the run directory (write only through :meth:`save_arrays`).
+        data: train/test splits.
+        checkpoints: ``{step: path of the saved state_dict}``.
+        probe_index: indices (into the train split) of the examples whose per-sample gradients
+            were captured at each checkpoint.
+        progress: use ``ctx.progress.track(iterable, "what")`` around long loops.
+    """
+
+    config: StudyConfig
+    run_dir: Path
+    data: DataSplits
+    checkpoints: dict[int, Path]
+    probe_index: np.ndarray
+    progress: Progress = field(default_factory=Progress)
+
+    @property
+    def device(self) -> Any:
+        import torch
+
+        return torch.device(self.config.device)
+
+    @property
+    def loss_fn(self) -> Any:
+        """The training loss (``nn.CrossEntropyLoss()``, mean reduction)."""
+        import torch
+
+        return torch.nn.CrossEntropyLoss()
+
+    def build_model(self) -> Any:
+        """A fresh model with the study's seeded initialisation (step 0)."""
+        from ..models import build_model
+
+        return build_model(self.config.model, self.data.input_shape, self.data.num_classes,
+                           seed=self.config.seed, **dict(self.config.model_options)).to(self.device)
+
+    def load_model(self, step: int) -> Any:
+        """The model as saved at checkpoint ``step`` (``torch.load(weights_only=True)``)."""
+        import torch
+
+        if step not in self.checkpoints:
+            raise KeyError(f"no checkpoint at step {step}; checkpoints: {sorted(self.checkpoints)}")
+        model = self.build_model()
+        state = torch.load(self.checkpoints[step], map_location=self.device, weights_only=True)
+        model.load_state_dict(state)
+        return model
+
+    @cached_property
+    def train_tensors(self) -> tuple[Any, Any]:
+        """The whole train split as ``(X, y)`` tensors."""
+        from ..datasets import as_tensors
+
+        return as_tensors(self.data.train)
+
+    @cached_property
+    def test_tensors(self) -> tuple[Any, Any]:
+        """The whole test split as ``(X, y)`` tensors."""
+        from ..datasets import as_tensors
+
+        return as_tensors(self.data.test)
+
+    @property
+    def run(self) -> Run:
+        """The gradient store recorded along training (re-opened to see the latest commit)."""
+        return open_run(self.run_dir / STORE)
+
+    def rng(self, name: str) -> np.random.Generator:
+        """A generator seeded from the study seed and ``name`` (independent streams per use)."""
+        return np.random.default_rng(derive_seed(self.config.seed, name))
+
+    def seed_for(self, name: str) -> int:
+        """An integer seed derived from the study seed and ``name``."""
+        return derive_seed(self.config.seed, name) % (2**31)
+
+    def options(self, analysis: str) -> dict[str, Any]:
+        """Options given for ``analysis`` in the config (``[options.<analysis>]``)."""
+        return dict(self.config.options.get(analysis, {}))
+
+    def save_arrays(self, analysis: str, **arrays: Any) -> Path:
+        """Save arrays for ``analysis`` to ``analyses/<analysis>.npz`` (read back by RunView)."""
+        path = self.run_dir / "analyses" / f"{analysis}.npz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, **{k: np.asarray(v) for k, v in arrays.items()})
+        return path
+
+
+@dataclass
+class RunView:
+    """Read-only view of a finished run for one analysis's ``render`` (no torch, no model)."""
+
+    run_dir: Path
+    summary: Mapping[str, Any]
+    name: str
+
+    @classmethod
+    def load(cls, run_dir: str | Path, name: str) -> RunView:
+        run_dir = Path(run_dir)
+        with open(run_dir / SUMMARY, encoding="utf-8") as f:
+            return cls(run_dir, json.load(f), name)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self.summary["config"])
+
+    @property
+    def results(self) -> dict[str, Any]:
+        """This analysis's entry of ``summary.json``."""
+        return dict(self.summary["analyses"][self.name])
+
+    @cached_property
+    def run(self) -> Run:
+        """The gradient store."""
+        return open_run(self.run_dir / STORE)
+
+    def arrays(self, analysis: str | None = None) -> dict[str, np.ndarray]:
+        """Arrays saved with ``ctx.save_arrays`` (this analysis's unless another is named)."""
+        path = self.run_dir / "analyses" / f"{analysis or self.name}.npz"
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+
+    def figure_path(self, stem: str) -> Path:
+        """Where to save a figure of this analysis (``figures/<analysis>_<stem>.png``)."""
+        return self.run_dir / "figures" / f"{self.name}_{stem}.png"

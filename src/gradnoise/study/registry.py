@@ -1,0 +1,113 @@
+"""The study pipeline's registry of analyses (and of ``gradnoise reproduce`` presets).
+
+How an analysis plugs in
+------------------------
+An analysis is an :class:`Analysis`: a name, a report title and two functions.
+
+* ``compute(ctx: StudyContext) -> dict`` runs once after training, with live access to the data,
+  the saved checkpoints (``ctx.load_model(step)``), the gradient store (``ctx.run``) and a
+  seeded ``ctx.rng(name)``. It returns JSON-safe headline numbers (stored under
+  ``summary.json["analyses"][name]``) and may save bulky arrays with ``ctx.save_arrays``.
+* ``render(view: RunView) -> Section`` builds the report section from stored data only (the
+  summary, saved arrays and the store); it must not import torch, so that
+  ``gradnoise report RUN_DIR`` re-renders any run without retraining.
+
+Register it in :data:`BUILTIN_ANALYSES` (``"name": "module:attribute"``, imported on first use,
+so nothing is registered as a side effect of importing) or at run time with
+:func:`register_analysis`. A study runs the analyses named in ``StudyConfig.analyses``; options
+come from ``StudyConfig.options[name]`` (TOML ``[options.<name>]``).
+
+Presets for ``gradnoise reproduce NAME`` are registered the same way in :data:`BUILTIN_PRESETS`:
+a :class:`Preset` is a function ``run(*, out, quick, seed, progress) -> Path`` that writes a
+run directory with ``summary.json`` and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..report import Section
+    from .context import RunView, StudyContext
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """One step of the study pipeline and its report section (see the module docstring)."""
+
+    name: str
+    title: str
+    compute: Callable[[StudyContext], dict[str, Any]]
+    render: Callable[[RunView], Section]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A paper-sized study runnable as ``gradnoise reproduce NAME``."""
+
+    name: str
+    description: str
+    run: Callable[..., Path]
+
+
+BUILTIN_ANALYSES: dict[str, str] = {
+    "training": "gradnoise.study.analyses.training:ANALYSIS",
+    "gradients": "gradnoise.study.analyses.gradients:ANALYSIS",
+}
+
+BUILTIN_PRESETS: dict[str, str] = {}
+
+_ANALYSES: dict[str, Analysis] = {}
+_PRESETS: dict[str, Preset] = {}
+
+
+def _load(spec: str) -> Any:
+    module, attr = spec.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def register_analysis(analysis: Analysis, *, overwrite: bool = False) -> None:
+    """Make ``analysis`` available to studies under ``analysis.name``."""
+    if not overwrite and (analysis.name in _ANALYSES or analysis.name in BUILTIN_ANALYSES):
+        raise ValueError(f"an analysis named {analysis.name!r} exists; pass overwrite=True")
+    _ANALYSES[analysis.name] = analysis
+
+
+def get_analysis(name: str) -> Analysis:
+    """The analysis registered under ``name``."""
+    if name not in _ANALYSES:
+        if name not in BUILTIN_ANALYSES:
+            raise ValueError(f"unknown analysis {name!r}; available: {', '.join(available_analyses())}")
+        _ANALYSES[name] = _load(BUILTIN_ANALYSES[name])
+    return _ANALYSES[name]
+
+
+def available_analyses() -> list[str]:
+    """Names of all registered analyses."""
+    return sorted(set(BUILTIN_ANALYSES) | set(_ANALYSES))
+
+
+def register_preset(preset: Preset, *, overwrite: bool = False) -> None:
+    """Make ``preset`` runnable as ``gradnoise reproduce <name>``."""
+    if not overwrite and (preset.name in _PRESETS or preset.name in BUILTIN_PRESETS):
+        raise ValueError(f"a preset named {preset.name!r} exists; pass overwrite=True")
+    _PRESETS[preset.name] = preset
+
+
+def get_preset(name: str) -> Preset:
+    """The preset registered under ``name``."""
+    if name not in _PRESETS:
+        if name not in BUILTIN_PRESETS:
+            raise ValueError(f"unknown preset {name!r}; available: {', '.join(available_presets()) or '(none)'}")
+        _PRESETS[name] = _load(BUILTIN_PRESETS[name])
+    return _PRESETS[name]
+
+
+def available_presets() -> list[str]:
+    """Names of all registered presets."""
+    return sorted(set(BUILTIN_PRESETS) | set(_PRESETS))

@@ -1,0 +1,202 @@
+"""Run a study: train with recording, capture at checkpoints, run analyses, write the report."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._version import __version__
+from ..errors import GradnoiseError
+from ..report import Section, render_report
+from .config import StudyConfig
+from .context import STORE, SUMMARY, Progress, RunView, StudyContext, derive_seed
+from .registry import get_analysis
+
+
+def default_run_dir(config: StudyConfig, root: str | Path = "runs") -> Path:
+    """``runs/<timestamp>-<dataset>-<model>-s<seed>``."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    dataset = Path(config.dataset).stem if config.dataset.endswith(".npz") else config.dataset
+    return Path(root) / f"{stamp}-{dataset}-{config.model}-s{config.seed}"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Deterministic JSON (sorted keys, NaN as null) written atomically."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(_jsonable(data), indent=1, sort_keys=True, allow_nan=False) + "\n",
+                   encoding="utf-8")
+    tmp.replace(path)
+
+
+def run_study(config: StudyConfig, out: str | Path | None = None, *, progress: Any = None,
+              dataset: Any = None) -> Path:
+    """Train, record and analyse as described by ``config``; returns the run directory.
+
+    Args:
+        config: the study configuration.
+        out: run directory (must not exist or be empty); default ``runs/<id>``.
+        progress: a ``rich.progress.Progress`` to show progress on (None: silent).
+        dataset: optional user ``torch.utils.data.Dataset`` of ``(input, label)`` pairs used
+            instead of ``config.dataset``.
+
+    Writes ``grads.zarr`` (store), ``checkpoints/``, ``analyses/*.npz``, ``summary.json``
+    (identical for identical configs), ``manifest.json`` (timings, versions, paths),
+    ``figures/*.png`` and ``report.html``.
+    """
+    import torch
+
+    from ..datasets import load_dataset
+    from ..recorder import Recorder
+
+    run_dir = Path(out) if out is not None else default_run_dir(config)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise GradnoiseError(f"run directory {run_dir} exists and is not empty; choose another --out")
+    analyses = [get_analysis(name) for name in config.analyses]  # fail early on unknown names
+    prog = Progress(progress)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    data = load_dataset(dataset if dataset is not None else config.dataset, seed=config.seed)
+    ctx = StudyContext(config=config, run_dir=run_dir, data=data, checkpoints={},
+                       probe_index=np.empty(0, dtype=np.int64), progress=prog)
+    model = ctx.build_model()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    n_params = sum(p.numel() for p in model.parameters())
+    x_train, y_train = ctx.train_tensors
+    n_train = int(x_train.shape[0])
+    if n_train < config.batch_size:
+        raise GradnoiseError(f"the train split has {n_train} examples, fewer than batch_size {config.batch_size}")
+    ctx.probe_index = np.sort(ctx.rng("probe").choice(
+        n_train, size=min(config.per_sample_examples, n_train), replace=False))
+
+    from ..capture import select_params
+
+    coords = None if config.track_coords == 0 or config.track_coords >= n_params else config.track_coords
+    selection = select_params(model, coords=coords, seed=derive_seed(config.seed, "coords") % 2**31)
+    recorder = Recorder(
+        run_dir / STORE, model, select=selection, every=config.record_every,
+        config=config.to_dict(), seed=config.seed,
+        scalars=("grad_norm", "train_acc", "test_loss", "test_acc"),
+    )
+    loss_fn = ctx.loss_fn
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    order_rng = ctx.rng("minibatch-order")
+    checkpoint_steps = set(config.checkpoint_steps())
+    (run_dir / "checkpoints").mkdir()
+    x_test, y_test = ctx.test_tensors
+
+    def evaluate() -> tuple[float, float]:
+        with torch.no_grad():
+            logits = model(x_test.to(ctx.device))
+            targets = y_test.to(ctx.device)
+            return float(loss_fn(logits, targets)), float((logits.argmax(1) == targets).float().mean())
+
+    def checkpoint(step: int) -> None:
+        path = run_dir / "checkpoints" / f"step_{step:07d}.pt"
+        torch.save(model.state_dict(), path)
+        ctx.checkpoints[step] = path
+        probe = torch.as_tensor(ctx.probe_index)
+        recorder.record_per_sample(step, model, loss_fn, x_train[probe].to(ctx.device),
+                                   y_train[probe].to(ctx.device))
+        recorder.record_noise(step, model, loss_fn, (x_train, y_train), batch_size=config.batch_size,
+                              num_batches=config.noise_batches,
+                              seed=derive_seed(config.seed, f"noise-{step}") % 2**31)
+
+    perm: np.ndarray = np.empty(0, dtype=np.int64)
+    position = 0
+    model.train()
+    for step in prog.track(range(config.steps), "training", total=config.steps):
+        if step in checkpoint_steps:
+            checkpoint(step)
+        if position + config.batch_size > perm.size:  # a new epoch, without replacement
+            perm, position = order_rng.permutation(n_train), 0
+        idx = torch.as_tensor(perm[position : position + config.batch_size])
+        position += config.batch_size
+        x, y = x_train[idx].to(ctx.device), y_train[idx].to(ctx.device)
+        optimizer.zero_grad(set_to_none=True)
+        logits = model(x)
+        loss = loss_fn(logits, y)
+        loss.backward()
+        if recorder.should_record(step):
+            grad_norm = float(torch.sqrt(sum((p.grad.detach() ** 2).sum() for p in model.parameters())))
+            scalars: dict[str, Any] = {
+                "grad_norm": grad_norm,
+                "train_acc": float((logits.argmax(1) == y).float().mean()),
+            }
+            if step % config.eval_every == 0:
+                scalars["test_loss"], scalars["test_acc"] = evaluate()
+            recorder.record(step, model, loss=float(loss.detach()), lr=optimizer.param_groups[0]["lr"], **scalars)
+        optimizer.step()
+    if config.steps in checkpoint_steps:
+        checkpoint(config.steps)
+    final_test_loss, final_test_acc = evaluate()
+    timings["train_and_capture_s"] = time.perf_counter() - t0
+
+    summary: dict[str, Any] = {
+        "config": config.to_dict(),
+        "model": {"name": config.model, "parameters": n_params, "tracked_coordinates": selection.num_columns},
+        "data": {"name": data.name, "train": n_train, "test": int(x_test.shape[0]),
+                 "input_shape": list(data.input_shape), "num_classes": data.num_classes},
+        "final": {"test_loss": final_test_loss, "test_acc": final_test_acc},
+        "checkpoints": sorted(ctx.checkpoints),
+        "analyses": {},
+    }
+    for analysis in analyses:
+        t = time.perf_counter()
+        summary["analyses"][analysis.name] = analysis.compute(ctx)
+        timings[f"analysis_{analysis.name}_s"] = time.perf_counter() - t
+    write_json(run_dir / SUMMARY, summary)
+    recorder.update_metadata(summary_file=SUMMARY)
+
+    t = time.perf_counter()
+    render_run(run_dir)
+    timings["report_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - t0
+    write_json(run_dir / "manifest.json", {
+        "gradnoise": __version__, "torch": torch.__version__, "numpy": np.__version__,
+        "python": platform.python_version(), "platform": platform.platform(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "timings": timings, "torch_threads": torch.get_num_threads(),
+    })
+    return run_dir
+
+
+def render_run(run_dir: str | Path) -> Path:
+    """(Re-)render ``report.html`` and the figures of a finished run from stored data only."""
+    run_dir = Path(run_dir)
+    if not (run_dir / SUMMARY).exists():
+        raise GradnoiseError(f"{run_dir} has no {SUMMARY}: not a finished gradnoise run")
+    with open(run_dir / SUMMARY, encoding="utf-8") as f:
+        summary = json.load(f)
+    sections: list[Section] = []
+    for name in summary["analyses"]:
+        sections.append(get_analysis(name).render(RunView(run_dir, summary, name)))
+    config = summary["config"]
+    title = f"gradnoise study: {config['model']} on {summary['data']['name']}"
+    meta = {"parameters": summary["model"]["parameters"], "seed": config["seed"],
+            "final test accuracy": f"{summary['final']['test_acc']:.3f}"}
+    flat_config = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in config.items()}
+    return render_report(run_dir / "report.html", title=title, config=flat_config,
+                         sections=sections, meta=meta)
