@@ -1,0 +1,287 @@
+"""gradnoise.variance against naive loops, exact enumeration and the official Faghri code."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from gradnoise.errors import InsufficientDataError
+from gradnoise.selection import ParamSelection
+from gradnoise.variance import (
+    gradient_variance,
+    gsnr,
+    normalized_gradient_variance,
+    stratified_minibatch_variance,
+)
+
+
+def _naive_var(x, ddof, mean=None):
+    k, p = x.shape
+    out = np.zeros(p)
+    for j in range(p):
+        m = sum(x[t, j] for t in range(k)) / k if mean is None else mean[j]
+        out[j] = sum((x[t, j] - m) ** 2 for t in range(k)) / (k - ddof)
+    return out
+
+
+def _faghri_get_ege_var(first, second, adam_eps=1e-7):
+    """Literal numpy transcription of gvar_code ``estim/gestim.py`` ``get_Ege_var``.
+
+    One "parameter tensor" per column block is irrelevant: every sum runs over all coordinates.
+    """
+    gviter = first.shape[0]
+    ege = first.sum(0) / gviter
+    nw = first.shape[1]
+    var_e = 0.0
+    es = np.zeros(nw)
+    en = np.zeros(nw)
+    for i in range(gviter):
+        ge = second[i]
+        v = ((ge - ege) ** 2).sum()
+        es += ge**2
+        en += (ege - ge) ** 2
+        var_e += v / nw
+    var_e /= gviter
+    snr_e = (np.log(es + 1e-10) - np.log(en + 1e-10)).sum() / nw
+    nv_e = (en / (es + adam_eps)).sum() / nw
+    return var_e, snr_e, nv_e
+
+
+@pytest.fixture
+def draws():
+    rng = np.random.default_rng(1)
+    return rng.normal(size=(9, 7)) * rng.uniform(0.1, 3, size=7) + rng.normal(size=7)
+
+
+@pytest.mark.parametrize("ddof", [0, 1, 2])
+def test_variance_matches_naive_loop(draws, ddof):
+    res = gradient_variance(draws, ddof=ddof)
+    expected = _naive_var(draws, ddof)
+    np.testing.assert_allclose(res.per_coordinate, expected, rtol=1e-12)
+    assert res.total == pytest.approx(expected.sum(), rel=1e-12)
+    assert res.mean == pytest.approx(expected.mean(), rel=1e-12)
+    assert res.num_samples == 9
+    assert res.mean_sq_norm == pytest.approx(float(draws.mean(0) @ draws.mean(0)))
+
+
+def test_variance_with_given_mean(draws):
+    mean = np.linspace(-1, 1, 7)
+    res = gradient_variance(draws, ddof=0, mean=mean)
+    np.testing.assert_allclose(res.per_coordinate, _naive_var(draws, 0, mean), rtol=1e-12)
+
+
+def test_per_layer_groupings_agree(draws):
+    sel = ParamSelection(("w", "b"), ((2, 2), (3,)), (None, None))
+    by_sel = gradient_variance(draws, groups=sel)
+    by_labels = gradient_variance(draws, groups=["w"] * 4 + ["b"] * 3)
+    by_map = gradient_variance(draws, groups={"w": slice(0, 4), "b": [4, 5, 6]})
+    v = _naive_var(draws, 1)
+    for res in (by_sel, by_labels, by_map):
+        assert res.layers["w"] == pytest.approx(v[:4].sum(), rel=1e-12)
+        assert res.layers["b"] == pytest.approx(v[4:].sum(), rel=1e-12)
+        assert res.layer_means["b"] == pytest.approx(v[4:].mean(), rel=1e-12)
+    assert sum(by_sel.layers.values()) == pytest.approx(by_sel.total)
+    ngv = normalized_gradient_variance(draws, groups=sel)
+    assert ngv.layers["w"] == pytest.approx(ngv.per_coordinate[:4].mean())
+    snr = gsnr(draws, groups=sel)
+    assert snr.layers["b"] == pytest.approx(snr.per_coordinate[4:].mean())
+
+
+def _all_subset_means(pop, b):
+    return np.array([pop[list(c)].mean(0) for c in itertools.combinations(range(len(pop)), b)])
+
+
+def _all_tuple_means(pop, b):
+    return np.array([pop[list(c)].mean(0) for c in itertools.product(range(len(pop)), repeat=b)])
+
+
+@pytest.mark.parametrize("replace", [False, True])
+def test_minibatch_conversion_is_exact_by_enumeration(replace):
+    """Rows = the whole population: the formula equals the variance over every possible batch."""
+    pop = np.random.default_rng(2).normal(size=(9, 3)) * [1.0, 5.0, 0.2]
+    b = 3
+    means = _all_tuple_means(pop, b) if replace else _all_subset_means(pop, b)
+    exact = means.var(0)  # every batch equally likely: the population variance over batches
+    res = gradient_variance(pop, batch_size=b, replace=replace)
+    np.testing.assert_allclose(res.per_coordinate, exact, rtol=1e-12)
+    assert res.population_size == 9 and res.replace is replace
+    assert "B=3" in res.scale
+    # the textbook forms with the 1/N population variance
+    sigma2 = pop.var(0)
+    expected = sigma2 / b if replace else sigma2 * (9 - b) / (b * (9 - 1))
+    np.testing.assert_allclose(res.per_coordinate, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("replace", [False, True])
+def test_minibatch_conversion_unbiased_from_a_random_subset(replace):
+    """Rows = a simple random sample of n from N: the estimate averages to the exact value."""
+    pop = np.random.default_rng(3).normal(size=(10, 2)) * [1.0, 4.0]
+    b, n = 4, 5
+    exact = gradient_variance(pop, batch_size=b, replace=replace).per_coordinate
+    estimates = np.array(
+        [
+            gradient_variance(
+                pop[list(c)], batch_size=b, replace=replace, population_size=10
+            ).per_coordinate
+            for c in itertools.combinations(range(10), n)
+        ]
+    )
+    np.testing.assert_allclose(estimates.mean(0), exact, rtol=1e-12)
+
+
+def test_infinite_population_and_full_batch():
+    x = np.random.default_rng(4).normal(size=(20, 3))
+    inf = gradient_variance(x, batch_size=5, population_size=math.inf)
+    np.testing.assert_allclose(inf.per_coordinate, x.var(0, ddof=1) / 5, rtol=1e-12)
+    full = gradient_variance(x, batch_size=20, replace=False)
+    assert full.total == pytest.approx(0.0, abs=1e-15)
+
+
+def test_ngv_matches_official_code_transcription():
+    rng = np.random.default_rng(5)
+    t, p = 12, 30
+    scale = rng.uniform(0.01, 1, size=p)
+    first = rng.normal(0.3, 1, size=(t, p)) * scale
+    second = rng.normal(0.3, 1, size=(t, p)) * scale
+    second[:, 3] = 0.0  # an all-zero coordinate (dead unit) in the fresh draws
+    var_e, _, nv_e = _faghri_get_ege_var(first, second)
+    mean = first.mean(0)
+    res = normalized_gradient_variance(second, mean=mean, eps=1e-7 / t)
+    assert res.value == pytest.approx(nv_e, rel=1e-12)
+    var = gradient_variance(second, mean=mean, ddof=0)
+    assert var.mean == pytest.approx(var_e, rel=1e-12)
+    # without eps the all-zero coordinate is an infinite ratio when the mean is non-zero there
+    with pytest.raises(ValueError, match="infinite"):
+        normalized_gradient_variance(second, mean=mean)
+
+
+def test_ngv_sample_mean_form_and_known_value():
+    rng = np.random.default_rng(6)
+    mu = np.array([0.0, 1.0, 2.0, 0.5])
+    sigma = np.array([1.0, 1.0, 1.0, 2.0])
+    x = rng.normal(mu, sigma, size=(200_000, 4))
+    res = normalized_gradient_variance(x)
+    v0 = x.var(0)
+    np.testing.assert_allclose(res.per_coordinate, v0 / (v0 + x.mean(0) ** 2), rtol=1e-12)
+    # population value sigma^2 / (sigma^2 + mu^2); standard error here is below 0.003
+    np.testing.assert_allclose(res.per_coordinate, sigma**2 / (sigma**2 + mu**2), atol=0.01)
+    assert 0.0 <= res.per_coordinate.min() and res.per_coordinate.max() <= 1.0
+
+
+def test_ngv_degenerate_coordinates_count_as_zero():
+    x = np.random.default_rng(7).normal(size=(5, 4))
+    x[:, 2] = 0.0
+    res = normalized_gradient_variance(x)
+    assert res.num_degenerate == 1 and res.per_coordinate[2] == 0.0
+    assert res.value == pytest.approx(res.per_coordinate.sum() / 4)
+
+
+def test_ngv_per_example_mode_is_ngv_of_the_minibatch_estimator():
+    pop = np.random.default_rng(8).normal(0.2, 1.0, size=(8, 3))
+    b = 3
+    res = normalized_gradient_variance(pop, batch_size=b, replace=False)
+    means = _all_subset_means(pop, b)
+    v = means.var(0)
+    second = (means**2).mean(0)  # E[g_B^2] over all equally likely batches
+    np.testing.assert_allclose(res.per_coordinate, v / second, rtol=1e-12)
+
+
+def test_gsnr_naive_and_minibatch_scaling():
+    x = np.random.default_rng(9).normal(0.5, 2.0, size=(50, 6))
+    res = gsnr(x)
+    m = x.mean(0)
+    np.testing.assert_allclose(res.per_coordinate, m**2 / _naive_var(x, 1), rtol=1e-12)
+    assert res.mean == pytest.approx(res.per_coordinate.mean())
+    assert res.median == pytest.approx(np.median(res.per_coordinate))
+    assert res.aggregate == pytest.approx((m @ m) / _naive_var(x, 1).sum())
+    # GSNR of a mean of B with replacement from an infinite population is B times larger
+    inf = gsnr(x, batch_size=8, population_size=math.inf)
+    np.testing.assert_allclose(inf.per_coordinate, 8 * res.per_coordinate, rtol=1e-12)
+
+
+def test_gsnr_degenerate_coordinates():
+    x = np.ones((4, 3))
+    x[:, 0] = [1.0, 2.0, 3.0, 4.0]
+    x[:, 2] = 0.0
+    res = gsnr(x)
+    assert res.num_degenerate == 2
+    assert np.isinf(res.per_coordinate[1]) and np.isnan(res.per_coordinate[2])
+    assert res.mean == pytest.approx(res.per_coordinate[0])
+
+
+def test_stratified_variance_exact_by_enumeration():
+    """Every stratified batch (q per stratum, without replacement) enumerated with its weight."""
+    rng = np.random.default_rng(10)
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 2])
+    pop = rng.normal(size=(12, 3)) + labels[:, None] * [1.0, -2.0, 0.5]
+    n, m = 12, 3
+    sizes = np.bincount(labels)
+    for q in (1, 2):
+        per_stratum = [
+            list(itertools.combinations(np.flatnonzero(labels == k), q)) for k in range(m)
+        ]
+        estimates = []
+        for choice in itertools.product(*per_stratum):
+            idx = np.concatenate([np.array(c) for c in choice])
+            w = m * sizes[labels[idx]] / n
+            estimates.append((w[:, None] * pop[idx]).mean(0))
+        estimates = np.array(estimates)
+        np.testing.assert_allclose(estimates.mean(0), pop.mean(0), rtol=1e-12)  # unbiased
+        res = stratified_minibatch_variance(pop, labels, batch_size=q * m)
+        np.testing.assert_allclose(res.per_coordinate, estimates.var(0), rtol=1e-10)
+
+
+def test_stratified_beats_plain_sampling_on_clustered_data():
+    rng = np.random.default_rng(11)
+    labels = np.repeat(np.arange(4), 25)
+    pop = rng.normal(size=(100, 5)) * 0.1 + labels[:, None] * 3.0
+    strat = stratified_minibatch_variance(pop, labels, batch_size=4)
+    plain = gradient_variance(pop, batch_size=4, replace=False)
+    assert strat.total < 0.05 * plain.total
+
+
+def test_accepts_torch_tensors():
+    torch = pytest.importorskip("torch")
+    x = torch.randn(6, 4, dtype=torch.float32)
+    res = gradient_variance(x)
+    np.testing.assert_allclose(res.per_coordinate, x.double().var(0).numpy(), rtol=1e-12)
+
+
+def test_bad_inputs_raise_clear_errors():
+    good = np.ones((3, 2))
+    bad = good.copy()
+    bad[1, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        gradient_variance(bad)
+    with pytest.raises(ValueError, match="2-D"):
+        gradient_variance(np.ones(5))
+    with pytest.raises(InsufficientDataError):
+        gradient_variance(np.ones((1, 3)))
+    with pytest.raises(InsufficientDataError):
+        gradient_variance(good, batch_size=5, replace=False)
+    with pytest.raises(ValueError, match="ddof only applies"):
+        gradient_variance(good, batch_size=2, ddof=0)
+    with pytest.raises(ValueError, match="population_size"):
+        gradient_variance(good, batch_size=2, population_size=2)
+    with pytest.raises(ValueError, match="groups"):
+        gradient_variance(good, groups=["a"])
+    with pytest.raises(ValueError, match="no group"):
+        gradient_variance(good, groups={"a": [0]})
+    with pytest.raises(ValueError, match="mean must have"):
+        gradient_variance(good, mean=[1.0])
+    with pytest.raises(ValueError, match="multiple"):
+        stratified_minibatch_variance(good, [0, 1, 1], batch_size=3)
+    with pytest.raises(TypeError):
+        gradient_variance(np.array([["a", "b"], ["c", "d"]]))
+
+
+def test_results_are_frozen_and_serialisable(draws):
+    res = gradient_variance(draws, groups=["a"] * 3 + ["b"] * 4)
+    d = res.to_dict()
+    assert d["layers"]["a"] == pytest.approx(res.layers["a"])
+    assert "VarianceResult(" in repr(res)
+    with pytest.raises(AttributeError):
+        res.total = 0.0  # type: ignore[misc]
