@@ -10,22 +10,36 @@ from rich.console import Console
 
 from .errors import GradnoiseError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Measure, test and draw the structure of stochastic gradient noise.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Measure, test and draw the structure of stochastic gradient noise.",
+)
 console = Console(stderr=True)
 
 
-def _progress(quiet: bool):  # noqa: ANN202 - rich types stay out of the signature
+def _progress(quiet: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, disable=quiet, transient=False)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+        transient=False,
+    )
 
 
 @app.command()
 def run(
-    config: Annotated[Path | None, typer.Option("--config", help="study.toml with settings")] = None,
-    dataset: Annotated[str | None, typer.Option(help="digits | mnist1d | path to .npz with X, y")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="study.toml with settings")
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="digits | mnist1d | path to .npz with X, y")
+    ] = None,
     data: Annotated[Path | None, typer.Option(help="alias of --dataset for an .npz file")] = None,
     model: Annotated[str | None, typer.Option(help="mlp | lenet | resnet | transformer")] = None,
     steps: Annotated[int | None, typer.Option(help="SGD steps")] = None,
@@ -45,9 +59,16 @@ def run(
         if dataset is not None and data is not None:
             raise GradnoiseError("give either --dataset or --data, not both")
         cfg = cfg.replace(
-            dataset=str(data) if data is not None else dataset, model=model, steps=steps,
-            batch_size=batch_size, lr=lr, seed=seed, device=device,
-            analyses=tuple(a.strip() for a in analyses.split(",") if a.strip()) if analyses else None,
+            dataset=str(data) if data is not None else dataset,
+            model=model,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            device=device,
+            analyses=tuple(a.strip() for a in analyses.split(",") if a.strip())
+            if analyses
+            else None,
         )
         with _progress(quiet) as progress:
             run_dir = run_study(cfg, out, progress=progress)
@@ -59,7 +80,9 @@ def run(
 
 
 @app.command()
-def report(run_dir: Annotated[Path, typer.Argument(help="a run directory written by 'gradnoise run'")]) -> None:
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory written by 'gradnoise run'")],
+) -> None:
     """Re-render report.html and the figures of a stored run, without retraining."""
     from .study.runner import render_run
 
@@ -74,7 +97,9 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run directory written
 @app.command()
 def reproduce(
     name: Annotated[str | None, typer.Argument(help="preset name; omit to list presets")] = None,
-    out: Annotated[Path | None, typer.Option(help="run directory (default runs/<preset>-<id>)")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="run directory (default runs/<preset>-<id>)")
+    ] = None,
     quick: Annotated[bool, typer.Option(help="a smaller, faster version of the preset")] = False,
     seed: Annotated[int, typer.Option(help="seed of everything")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
@@ -105,16 +130,17 @@ def info() -> None:
     import platform
 
     import numpy as np
+    import torch
 
     from ._version import __version__
     from .datasets import DATASETS
     from .models import MODELS
     from .study.registry import available_analyses, available_presets
 
-    import torch
-
-    typer.echo(f"gradnoise {__version__}  torch {torch.__version__}  numpy {np.__version__}  "
-               f"python {platform.python_version()}")
+    typer.echo(
+        f"gradnoise {__version__}  torch {torch.__version__}  numpy {np.__version__}  "
+        f"python {platform.python_version()}"
+    )
     typer.echo(f"datasets : {', '.join(DATASETS)} (or an .npz file with X, y)")
     typer.echo(f"models   : {', '.join(MODELS)}")
     typer.echo(f"analyses : {', '.join(available_analyses())}")

@@ -32,11 +32,15 @@ def _pyplot() -> Any:
 
 
 @contextmanager
-def figure(ncols: int = 1, nrows: int = 1, *, width: float = 4.2, height: float = 3.2) -> Iterator[tuple[Any, Any]]:
+def figure(
+    ncols: int = 1, nrows: int = 1, *, width: float = 4.2, height: float = 3.2
+) -> Iterator[tuple[Any, Any]]:
     """A styled ``(fig, axes)`` pair; the figure is closed on exit (save it inside the block)."""
     plt = _pyplot()
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
+        fig, axes = plt.subplots(
+            nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False
+        )
         try:
             yield fig, (axes[0, 0] if axes.size == 1 else axes.ravel())
         finally:

@@ -59,18 +59,30 @@ def _embed(path: Path) -> str:
     return f"data:image/png;base64,{data}"
 
 
-def render_report(path: str | Path, *, title: str, config: Mapping[str, Any],
-                  sections: Sequence[Section], meta: Mapping[str, Any] | None = None) -> Path:
+def render_report(
+    path: str | Path,
+    *,
+    title: str,
+    config: Mapping[str, Any],
+    sections: Sequence[Section],
+    meta: Mapping[str, Any] | None = None,
+) -> Path:
     """Write ``report.html`` with every figure embedded (a single portable file)."""
     from jinja2 import Environment, PackageLoader, select_autoescape
 
-    env = Environment(loader=PackageLoader("gradnoise.report", "templates"),
-                      autoescape=select_autoescape(["html"]))
+    env = Environment(
+        loader=PackageLoader("gradnoise.report", "templates"),
+        autoescape=select_autoescape(["html"]),
+    )
     env.filters["fmt"] = _fmt
     env.filters["embed"] = _embed
     page = env.get_template("report.html").render(
-        title=title, config=config, sections=sections, meta=dict(meta or {}),
-        version=__version__, escape=_html.escape,
+        title=title,
+        config=config,
+        sections=sections,
+        meta=dict(meta or {}),
+        version=__version__,
+        escape=_html.escape,
     )
     path = Path(path)
     path.write_text(page, encoding="utf-8")

@@ -16,8 +16,8 @@ __all__ = [
     "available_analyses",
     "get_analysis",
     "register_analysis",
-    "run_study",
     "render_run",
+    "run_study",
 ]
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 DEFAULT_ANALYSES = ("training", "gradients")
 
@@ -57,8 +58,15 @@ class StudyConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        positive = ("steps", "batch_size", "record_every", "checkpoints", "eval_every",
-                    "per_sample_examples", "noise_batches")
+        positive = (
+            "steps",
+            "batch_size",
+            "record_every",
+            "checkpoints",
+            "eval_every",
+            "per_sample_examples",
+            "noise_batches",
+        )
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -76,7 +84,9 @@ class StudyConfig:
         """Evenly spaced steps from 0 to ``steps`` (inclusive), ``checkpoints`` of them."""
         if self.checkpoints == 1:
             return [self.steps]
-        return sorted({round(i * self.steps / (self.checkpoints - 1)) for i in range(self.checkpoints)})
+        return sorted(
+            {round(i * self.steps / (self.checkpoints - 1)) for i in range(self.checkpoints)}
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict (the inverse of ``StudyConfig(**d)``)."""
@@ -99,5 +109,7 @@ class StudyConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(raw) - known
         if unknown:
-            raise ValueError(f"{path}: unknown setting(s) {sorted(unknown)}; known: {sorted(known)}")
+            raise ValueError(
+                f"{path}: unknown setting(s) {sorted(unknown)}; known: {sorted(known)}"
+            )
         return cls(**raw)

@@ -91,8 +91,13 @@ class StudyContext:
         """A fresh model with the study's seeded initialisation (step 0)."""
         from ..models import build_model
 
-        return build_model(self.config.model, self.data.input_shape, self.data.num_classes,
-                           seed=self.config.seed, **dict(self.config.model_options)).to(self.device)
+        return build_model(
+            self.config.model,
+            self.data.input_shape,
+            self.data.num_classes,
+            seed=self.config.seed,
+            **dict(self.config.model_options),
+        ).to(self.device)
 
     def load_model(self, step: int) -> Any:
         """The model as saved at checkpoint ``step`` (``torch.load(weights_only=True)``)."""

@@ -82,7 +82,9 @@ def get_analysis(name: str) -> Analysis:
     """The analysis registered under ``name``."""
     if name not in _ANALYSES:
         if name not in BUILTIN_ANALYSES:
-            raise ValueError(f"unknown analysis {name!r}; available: {', '.join(available_analyses())}")
+            raise ValueError(
+                f"unknown analysis {name!r}; available: {', '.join(available_analyses())}"
+            )
         _ANALYSES[name] = _load(BUILTIN_ANALYSES[name])
     return _ANALYSES[name]
 
@@ -103,7 +105,9 @@ def get_preset(name: str) -> Preset:
     """The preset registered under ``name``."""
     if name not in _PRESETS:
         if name not in BUILTIN_PRESETS:
-            raise ValueError(f"unknown preset {name!r}; available: {', '.join(available_presets()) or '(none)'}")
+            raise ValueError(
+                f"unknown preset {name!r}; available: {', '.join(available_presets()) or '(none)'}"
+            )
         _PRESETS[name] = _load(BUILTIN_PRESETS[name])
     return _PRESETS[name]
 

@@ -44,13 +44,16 @@ def _jsonable(value: Any) -> Any:
 def write_json(path: Path, data: Any) -> None:
     """Deterministic JSON (sorted keys, NaN as null) written atomically."""
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(_jsonable(data), indent=1, sort_keys=True, allow_nan=False) + "\n",
-                   encoding="utf-8")
+    tmp.write_text(
+        json.dumps(_jsonable(data), indent=1, sort_keys=True, allow_nan=False) + "\n",
+        encoding="utf-8",
+    )
     tmp.replace(path)
 
 
-def run_study(config: StudyConfig, out: str | Path | None = None, *, progress: Any = None,
-              dataset: Any = None) -> Path:
+def run_study(
+    config: StudyConfig, out: str | Path | None = None, *, progress: Any = None, dataset: Any = None
+) -> Path:
     """Train, record and analyse as described by ``config``; returns the run directory.
 
     Args:
@@ -71,37 +74,57 @@ def run_study(config: StudyConfig, out: str | Path | None = None, *, progress: A
 
     run_dir = Path(out) if out is not None else default_run_dir(config)
     if run_dir.exists() and any(run_dir.iterdir()):
-        raise GradnoiseError(f"run directory {run_dir} exists and is not empty; choose another --out")
+        raise GradnoiseError(
+            f"run directory {run_dir} exists and is not empty; choose another --out"
+        )
     analyses = [get_analysis(name) for name in config.analyses]  # fail early on unknown names
     prog = Progress(progress)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
 
     data = load_dataset(dataset if dataset is not None else config.dataset, seed=config.seed)
-    ctx = StudyContext(config=config, run_dir=run_dir, data=data, checkpoints={},
-                       probe_index=np.empty(0, dtype=np.int64), progress=prog)
+    ctx = StudyContext(
+        config=config,
+        run_dir=run_dir,
+        data=data,
+        checkpoints={},
+        probe_index=np.empty(0, dtype=np.int64),
+        progress=prog,
+    )
     model = ctx.build_model()
     run_dir.mkdir(parents=True, exist_ok=True)
     n_params = sum(p.numel() for p in model.parameters())
     x_train, y_train = ctx.train_tensors
     n_train = int(x_train.shape[0])
     if n_train < config.batch_size:
-        raise GradnoiseError(f"the train split has {n_train} examples, fewer than batch_size {config.batch_size}")
-    ctx.probe_index = np.sort(ctx.rng("probe").choice(
-        n_train, size=min(config.per_sample_examples, n_train), replace=False))
+        raise GradnoiseError(
+            f"the train split has {n_train} examples, fewer than batch_size {config.batch_size}"
+        )
+    ctx.probe_index = np.sort(
+        ctx.rng("probe").choice(
+            n_train, size=min(config.per_sample_examples, n_train), replace=False
+        )
+    )
 
     from ..capture import select_params
 
-    coords = None if config.track_coords == 0 or config.track_coords >= n_params else config.track_coords
+    coords = (
+        None if config.track_coords == 0 or config.track_coords >= n_params else config.track_coords
+    )
     selection = select_params(model, coords=coords, seed=derive_seed(config.seed, "coords") % 2**31)
     recorder = Recorder(
-        run_dir / STORE, model, select=selection, every=config.record_every,
-        config=config.to_dict(), seed=config.seed,
+        run_dir / STORE,
+        model,
+        select=selection,
+        every=config.record_every,
+        config=config.to_dict(),
+        seed=config.seed,
         scalars=("grad_norm", "train_acc", "test_loss", "test_acc"),
     )
     loss_fn = ctx.loss_fn
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
     order_rng = ctx.rng("minibatch-order")
     checkpoint_steps = set(config.checkpoint_steps())
     (run_dir / "checkpoints").mkdir()
@@ -111,18 +134,27 @@ def run_study(config: StudyConfig, out: str | Path | None = None, *, progress: A
         with torch.no_grad():
             logits = model(x_test.to(ctx.device))
             targets = y_test.to(ctx.device)
-            return float(loss_fn(logits, targets)), float((logits.argmax(1) == targets).float().mean())
+            return float(loss_fn(logits, targets)), float(
+                (logits.argmax(1) == targets).float().mean()
+            )
 
     def checkpoint(step: int) -> None:
         path = run_dir / "checkpoints" / f"step_{step:07d}.pt"
         torch.save(model.state_dict(), path)
         ctx.checkpoints[step] = path
         probe = torch.as_tensor(ctx.probe_index)
-        recorder.record_per_sample(step, model, loss_fn, x_train[probe].to(ctx.device),
-                                   y_train[probe].to(ctx.device))
-        recorder.record_noise(step, model, loss_fn, (x_train, y_train), batch_size=config.batch_size,
-                              num_batches=config.noise_batches,
-                              seed=derive_seed(config.seed, f"noise-{step}") % 2**31)
+        recorder.record_per_sample(
+            step, model, loss_fn, x_train[probe].to(ctx.device), y_train[probe].to(ctx.device)
+        )
+        recorder.record_noise(
+            step,
+            model,
+            loss_fn,
+            (x_train, y_train),
+            batch_size=config.batch_size,
+            num_batches=config.noise_batches,
+            seed=derive_seed(config.seed, f"noise-{step}") % 2**31,
+        )
 
     perm: np.ndarray = np.empty(0, dtype=np.int64)
     position = 0
@@ -140,14 +172,22 @@ def run_study(config: StudyConfig, out: str | Path | None = None, *, progress: A
         loss = loss_fn(logits, y)
         loss.backward()
         if recorder.should_record(step):
-            grad_norm = float(torch.sqrt(sum((p.grad.detach() ** 2).sum() for p in model.parameters())))
+            grad_norm = float(
+                torch.sqrt(sum((p.grad.detach() ** 2).sum() for p in model.parameters()))
+            )
             scalars: dict[str, Any] = {
                 "grad_norm": grad_norm,
                 "train_acc": float((logits.argmax(1) == y).float().mean()),
             }
             if step % config.eval_every == 0:
                 scalars["test_loss"], scalars["test_acc"] = evaluate()
-            recorder.record(step, model, loss=float(loss.detach()), lr=optimizer.param_groups[0]["lr"], **scalars)
+            recorder.record(
+                step,
+                model,
+                loss=float(loss.detach()),
+                lr=optimizer.param_groups[0]["lr"],
+                **scalars,
+            )
         optimizer.step()
     if config.steps in checkpoint_steps:
         checkpoint(config.steps)
@@ -156,9 +196,18 @@ def run_study(config: StudyConfig, out: str | Path | None = None, *, progress: A
 
     summary: dict[str, Any] = {
         "config": config.to_dict(),
-        "model": {"name": config.model, "parameters": n_params, "tracked_coordinates": selection.num_columns},
-        "data": {"name": data.name, "train": n_train, "test": int(x_test.shape[0]),
-                 "input_shape": list(data.input_shape), "num_classes": data.num_classes},
+        "model": {
+            "name": config.model,
+            "parameters": n_params,
+            "tracked_coordinates": selection.num_columns,
+        },
+        "data": {
+            "name": data.name,
+            "train": n_train,
+            "test": int(x_test.shape[0]),
+            "input_shape": list(data.input_shape),
+            "num_classes": data.num_classes,
+        },
         "final": {"test_loss": final_test_loss, "test_acc": final_test_acc},
         "checkpoints": sorted(ctx.checkpoints),
         "analyses": {},
@@ -174,12 +223,19 @@ def run_study(config: StudyConfig, out: str | Path | None = None, *, progress: A
     render_run(run_dir)
     timings["report_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
-    write_json(run_dir / "manifest.json", {
-        "gradnoise": __version__, "torch": torch.__version__, "numpy": np.__version__,
-        "python": platform.python_version(), "platform": platform.platform(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "timings": timings, "torch_threads": torch.get_num_threads(),
-    })
+    write_json(
+        run_dir / "manifest.json",
+        {
+            "gradnoise": __version__,
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "timings": timings,
+            "torch_threads": torch.get_num_threads(),
+        },
+    )
     return run_dir
 
 
@@ -195,8 +251,14 @@ def render_run(run_dir: str | Path) -> Path:
         sections.append(get_analysis(name).render(RunView(run_dir, summary, name)))
     config = summary["config"]
     title = f"gradnoise study: {config['model']} on {summary['data']['name']}"
-    meta = {"parameters": summary["model"]["parameters"], "seed": config["seed"],
-            "final test accuracy": f"{summary['final']['test_acc']:.3f}"}
-    flat_config = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in config.items()}
-    return render_report(run_dir / "report.html", title=title, config=flat_config,
-                         sections=sections, meta=meta)
+    meta = {
+        "parameters": summary["model"]["parameters"],
+        "seed": config["seed"],
+        "final test accuracy": f"{summary['final']['test_acc']:.3f}",
+    }
+    flat_config = {
+        k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in config.items()
+    }
+    return render_report(
+        run_dir / "report.html", title=title, config=flat_config, sections=sections, meta=meta
+    )

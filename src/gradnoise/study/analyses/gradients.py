@@ -29,32 +29,45 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
     rows, arrays = [], {}
     for step in ctx.progress.track(sorted(ctx.checkpoints), "gradient norms at checkpoints"):
         model = ctx.load_model(step)
-        ps = per_sample_grads(model, ctx.loss_fn, x[probe].to(ctx.device), y[probe].to(ctx.device),
-                              chunk_size=64)
+        ps = per_sample_grads(
+            model, ctx.loss_fn, x[probe].to(ctx.device), y[probe].to(ctx.device), chunk_size=64
+        )
         ps_norm = torch.linalg.vector_norm(ps, dim=1).cpu().numpy()
         del ps
         full = full_grad(model, ctx.loss_fn, (x, y), batch_size=512)
-        mb = minibatch_grads(model, ctx.loss_fn, (x, y), batch_size=cfg.batch_size,
-                             num_batches=cfg.noise_batches, seed=ctx.seed_for(f"gradients-{step}"))
+        mb = minibatch_grads(
+            model,
+            ctx.loss_fn,
+            (x, y),
+            batch_size=cfg.batch_size,
+            num_batches=cfg.noise_batches,
+            seed=ctx.seed_for(f"gradients-{step}"),
+        )
         mb_norm = torch.linalg.vector_norm(mb, dim=1).cpu().numpy()
         sgn_norm = torch.linalg.vector_norm(mb - full, dim=1).cpu().numpy()
         full_norm = float(torch.linalg.vector_norm(full))
         arrays[f"per_sample_norm_{step}"] = ps_norm
         arrays[f"minibatch_norm_{step}"] = mb_norm
         arrays[f"sgn_norm_{step}"] = sgn_norm
-        rows.append({
-            "step": step,
-            "full_grad_norm": full_norm,
-            "minibatch_grad_norm_mean": float(mb_norm.mean()),
-            "sgn_norm_mean": float(sgn_norm.mean()),
-            "sgn_to_full_ratio": float(sgn_norm.mean() / full_norm) if full_norm > 0 else None,
-            "per_sample_norm_median": float(np.median(ps_norm)),
-            "per_sample_norm_p99": float(np.quantile(ps_norm, 0.99)),
-            "per_sample_norm_max_over_median": float(ps_norm.max() / np.median(ps_norm)),
-        })
+        rows.append(
+            {
+                "step": step,
+                "full_grad_norm": full_norm,
+                "minibatch_grad_norm_mean": float(mb_norm.mean()),
+                "sgn_norm_mean": float(sgn_norm.mean()),
+                "sgn_to_full_ratio": float(sgn_norm.mean() / full_norm) if full_norm > 0 else None,
+                "per_sample_norm_median": float(np.median(ps_norm)),
+                "per_sample_norm_p99": float(np.quantile(ps_norm, 0.99)),
+                "per_sample_norm_max_over_median": float(ps_norm.max() / np.median(ps_norm)),
+            }
+        )
     ctx.save_arrays("gradients", **arrays)
-    return {"checkpoints": rows, "per_sample_examples": int(probe.numel()),
-            "noise_batches": cfg.noise_batches, "batch_size": cfg.batch_size}
+    return {
+        "checkpoints": rows,
+        "per_sample_examples": int(probe.numel()),
+        "noise_batches": cfg.noise_batches,
+        "batch_size": cfg.batch_size,
+    }
 
 
 def render(view: RunView) -> Section:
@@ -64,25 +77,56 @@ def render(view: RunView) -> Section:
     figures = []
 
     with figure(2) as (fig, (ax_norm, ax_hist)):
-        ax_norm.plot(run.steps, run.scalars["grad_norm"], lw=0.7, color="C0", label="minibatch ||g_B||")
-        ax_norm.plot(steps, [r["full_grad_norm"] for r in res["checkpoints"]], "s", color="C3",
-                     label="full ||G|| (checkpoints)")
-        ax_norm.plot(steps, [r["sgn_norm_mean"] for r in res["checkpoints"]], "^", color="C2",
-                     label="mean SGN ||g_B - G||")
-        ax_norm.set(xlabel="step", ylabel="gradient norm", yscale="log", title="Gradient norm along training")
+        ax_norm.plot(
+            run.steps, run.scalars["grad_norm"], lw=0.7, color="C0", label="minibatch ||g_B||"
+        )
+        ax_norm.plot(
+            steps,
+            [r["full_grad_norm"] for r in res["checkpoints"]],
+            "s",
+            color="C3",
+            label="full ||G|| (checkpoints)",
+        )
+        ax_norm.plot(
+            steps,
+            [r["sgn_norm_mean"] for r in res["checkpoints"]],
+            "^",
+            color="C2",
+            label="mean SGN ||g_B - G||",
+        )
+        ax_norm.set(
+            xlabel="step",
+            ylabel="gradient norm",
+            yscale="log",
+            title="Gradient norm along training",
+        )
         ax_norm.legend()
         all_norms = np.concatenate([arrays[f"per_sample_norm_{s}"] for s in steps])
         positive = all_norms[all_norms > 0]
         bins = np.geomspace(positive.min(), positive.max(), 40) if positive.size else 10
         for s in steps:
-            ax_hist.hist(arrays[f"per_sample_norm_{s}"], bins=bins, histtype="step", color=colors[s],
-                         label=f"step {s}")
-        ax_hist.set(xscale="log", yscale="log", xlabel="per-sample gradient norm ||g_i||",
-                    ylabel="examples", title=f"Per-sample gradient norms ({res['per_sample_examples']} examples)")
+            ax_hist.hist(
+                arrays[f"per_sample_norm_{s}"],
+                bins=bins,
+                histtype="step",
+                color=colors[s],
+                label=f"step {s}",
+            )
+        ax_hist.set(
+            xscale="log",
+            yscale="log",
+            xlabel="per-sample gradient norm ||g_i||",
+            ylabel="examples",
+            title=f"Per-sample gradient norms ({res['per_sample_examples']} examples)",
+        )
         ax_hist.legend()
-        figures.append(Figure(save_figure(fig, view.figure_path("norms")),
-                              "Left: gradient norms along training (log scale). Right: distribution of "
-                              "per-sample gradient norms at each checkpoint (log-log)."))
+        figures.append(
+            Figure(
+                save_figure(fig, view.figure_path("norms")),
+                "Left: gradient norms along training (log scale). Right: distribution of "
+                "per-sample gradient norms at each checkpoint (log-log).",
+            )
+        )
 
     with figure(2) as (fig, (ax_mb, ax_sgn)):
         x, p = thin(*ccdf(np.abs(run.grads)))
@@ -95,24 +139,52 @@ def render(view: RunView) -> Section:
         for s, values in sorted(run.noise.items()):
             x, p = thin(*ccdf(np.abs(values)))
             ax_sgn.loglog(x, p, color=colors.get(s, "C9"), label=f"step {s}")
-        ax_sgn.set(xlabel="|g_B - G| (tracked coordinates)", ylabel="P(|xi| >= x)", title="SGN values")
+        ax_sgn.set(
+            xlabel="|g_B - G| (tracked coordinates)", ylabel="P(|xi| >= x)", title="SGN values"
+        )
         ax_sgn.legend()
-        figures.append(Figure(save_figure(fig, view.figure_path("values")),
-                              "Complementary CDFs of absolute gradient values on log-log axes; a power-law "
-                              "tail is a straight line. The tail tests quantify this."))
+        figures.append(
+            Figure(
+                save_figure(fig, view.figure_path("values")),
+                "Complementary CDFs of absolute gradient values on log-log axes; a power-law "
+                "tail is a straight line. The tail tests quantify this.",
+            )
+        )
 
     table = Table(
-        ["step", "||G||", "mean ||g_B||", "mean ||g_B - G||", "SGN / ||G||", "median ||g_i||",
-         "p99 ||g_i||", "max/median ||g_i||"],
-        [[r["step"], r["full_grad_norm"], r["minibatch_grad_norm_mean"], r["sgn_norm_mean"],
-          r["sgn_to_full_ratio"] if r["sgn_to_full_ratio"] is not None else "n/a",
-          r["per_sample_norm_median"], r["per_sample_norm_p99"], r["per_sample_norm_max_over_median"]]
-         for r in res["checkpoints"]],
+        [
+            "step",
+            "||G||",
+            "mean ||g_B||",
+            "mean ||g_B - G||",
+            "SGN / ||G||",
+            "median ||g_i||",
+            "p99 ||g_i||",
+            "max/median ||g_i||",
+        ],
+        [
+            [
+                r["step"],
+                r["full_grad_norm"],
+                r["minibatch_grad_norm_mean"],
+                r["sgn_norm_mean"],
+                r["sgn_to_full_ratio"] if r["sgn_to_full_ratio"] is not None else "n/a",
+                r["per_sample_norm_median"],
+                r["per_sample_norm_p99"],
+                r["per_sample_norm_max_over_median"],
+            ]
+            for r in res["checkpoints"]
+        ],
         caption=f"At fixed parameters of each checkpoint, over all parameters; minibatches of "
-                f"{res['batch_size']} ({res['noise_batches']} draws).",
+        f"{res['batch_size']} ({res['noise_batches']} draws).",
     )
     return Section("gradients", "Gradient norms and distributions", tables=[table], figures=figures)
 
 
-ANALYSIS = Analysis("gradients", "Gradient norms and distributions", compute, render,
-                    description="per-sample, minibatch, full-gradient and SGN norms; value CCDFs")
+ANALYSIS = Analysis(
+    "gradients",
+    "Gradient norms and distributions",
+    compute,
+    render,
+    description="per-sample, minibatch, full-gradient and SGN norms; value CCDFs",
+)

@@ -40,29 +40,52 @@ def render(view: RunView) -> Section:
     evaluated = np.isfinite(s["test_acc"])
     with figure(2) as (fig, (ax_loss, ax_acc)):
         ax_loss.plot(steps, s["loss"], color="0.75", lw=0.6, label="minibatch")
-        ax_loss.plot(steps[width - 1 :], _smooth(s["loss"], width), color="C0", label=f"minibatch (mean of {width})")
-        ax_loss.plot(steps[evaluated], s["test_loss"][evaluated], "o-", ms=2, color="C3", label="test")
+        ax_loss.plot(
+            steps[width - 1 :],
+            _smooth(s["loss"], width),
+            color="C0",
+            label=f"minibatch (mean of {width})",
+        )
+        ax_loss.plot(
+            steps[evaluated], s["test_loss"][evaluated], "o-", ms=2, color="C3", label="test"
+        )
         ax_loss.set(xlabel="step", ylabel="cross-entropy loss", yscale="log", title="Loss")
         ax_loss.legend()
-        ax_acc.plot(steps[width - 1 :], _smooth(s["train_acc"], width), color="C0", label="minibatch")
-        ax_acc.plot(steps[evaluated], s["test_acc"][evaluated], "o-", ms=2, color="C3", label="test")
+        ax_acc.plot(
+            steps[width - 1 :], _smooth(s["train_acc"], width), color="C0", label="minibatch"
+        )
+        ax_acc.plot(
+            steps[evaluated], s["test_acc"][evaluated], "o-", ms=2, color="C3", label="test"
+        )
         ax_acc.set(xlabel="step", ylabel="accuracy", ylim=(0, 1.02), title="Accuracy")
         ax_acc.legend()
         path = save_figure(fig, view.figure_path("curves"))
     final = view.summary["final"]
     table = Table(
         ["quantity", "value"],
-        [["recorded steps", res["recorded_steps"]],
-         ["minibatch loss, first step", res["train_loss_first"]],
-         ["minibatch loss, last steps (mean)", res["train_loss_last"]],
-         ["minibatch accuracy, last steps (mean)", res["train_acc_last"]],
-         ["final test loss", final["test_loss"]],
-         ["final test accuracy", final["test_acc"]]],
+        [
+            ["recorded steps", res["recorded_steps"]],
+            ["minibatch loss, first step", res["train_loss_first"]],
+            ["minibatch loss, last steps (mean)", res["train_loss_last"]],
+            ["minibatch accuracy, last steps (mean)", res["train_acc_last"]],
+            ["final test loss", final["test_loss"]],
+            ["final test accuracy", final["test_acc"]],
+        ],
     )
-    return Section("training", "Training", tables=[table],
-                   figures=[Figure(path, "Loss (log scale) and accuracy along training; grey: every "
-                                         "minibatch, blue: running mean, red: test set.")])
+    return Section(
+        "training",
+        "Training",
+        tables=[table],
+        figures=[
+            Figure(
+                path,
+                "Loss (log scale) and accuracy along training; grey: every "
+                "minibatch, blue: running mean, red: test set.",
+            )
+        ],
+    )
 
 
-ANALYSIS = Analysis("training", "Training", compute, render,
-                    description="loss and accuracy curves along training")
+ANALYSIS = Analysis(
+    "training", "Training", compute, render, description="loss and accuracy curves along training"
+)

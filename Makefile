@@ -1,0 +1,37 @@
+# gradnoise: `make run` runs the default study, `make test` runs lint + type checks + tests.
+# Both create (or reuse) .venv. torch is pinned to 2.13.0: see README ("Why torch==2.13.0").
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint bench peers clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/gradnoise run
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy src/gradnoise/stats
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+# Peer tools, only for benchmarks and oracles. backpack-for-pytorch declares torchvision, which
+# would pull a multi-GB CUDA torch: install it (and opacus, pyhessian) without dependencies.
+peers: $(STAMP)
+	$(BIN)/python -m pip install --quiet einops unfoldNd opt_einsum powerlaw
+	$(BIN)/python -m pip install --quiet --no-deps backpack-for-pytorch opacus pyhessian
+
+bench: peers
+	$(BIN)/python benchmarks/per_sample.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,173 @@
+"""The default study, its determinism, the report, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import gradnoise
+from gradnoise.cli import app
+from gradnoise.study import Analysis, StudyConfig, register_analysis, run_study
+from gradnoise.study.registry import available_analyses, get_analysis
+
+TINY = dict(
+    steps=20,
+    batch_size=16,
+    track_coords=500,
+    per_sample_examples=32,
+    noise_batches=8,
+    checkpoints=2,
+    eval_every=5,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    return run_study(StudyConfig(**TINY), tmp_path_factory.mktemp("study") / "run")
+
+
+def test_run_directory_contents(tiny_run):
+    for name in [
+        "summary.json",
+        "manifest.json",
+        "report.html",
+        "grads.zarr",
+        "figures/training_curves.png",
+        "figures/gradients_norms.png",
+        "figures/gradients_values.png",
+        "checkpoints/step_0000000.pt",
+        "checkpoints/step_0000020.pt",
+        "analyses/gradients.npz",
+    ]:
+        assert (tiny_run / name).exists(), name
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    assert summary["checkpoints"] == [0, 20]
+    assert set(summary["analyses"]) == {"training", "gradients"}
+    rows = summary["analyses"]["gradients"]["checkpoints"]
+    assert all(r["full_grad_norm"] > 0 and r["sgn_norm_mean"] > 0 for r in rows)
+    run = gradnoise.open_run(tiny_run)
+    assert run.length == 20 and run.grads.shape == (20, 500)
+    assert sorted(run.per_sample) == [0, 20] and run.per_sample[0].shape == (32, 500)
+    assert sorted(run.noise) == [0, 20] and run.noise[20].shape == (8, 500)
+    html = (tiny_run / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3 and "Gradient norms and distributions" in html
+
+
+def test_same_seed_gives_identical_summary(tiny_run, tmp_path):
+    again = run_study(StudyConfig(**TINY), tmp_path / "again")
+    assert (again / "summary.json").read_bytes() == (tiny_run / "summary.json").read_bytes()
+    other = run_study(StudyConfig(**{**TINY, "seed": 1}), tmp_path / "other")
+    assert (other / "summary.json").read_bytes() != (tiny_run / "summary.json").read_bytes()
+
+
+def test_checkpoint_reproduces_recorded_per_sample_gradients(tiny_run):
+    """The saved step-20 model and probe examples give back the stored per-sample snapshot."""
+    import torch
+
+    from gradnoise.datasets import as_tensors
+    from gradnoise.study.context import StudyContext
+
+    cfg = StudyConfig(**TINY)
+    data = gradnoise.load_dataset("digits", seed=0)
+    ctx = StudyContext(
+        cfg, tiny_run, data, {20: tiny_run / "checkpoints/step_0000020.pt"}, np.empty(0)
+    )
+    model = ctx.load_model(20)
+    x, y = as_tensors(data.train)
+    probe = torch.as_tensor(np.sort(ctx.rng("probe").choice(len(x), 32, replace=False)))
+    run = gradnoise.open_run(tiny_run)
+    again = gradnoise.per_sample_grads(
+        model, torch.nn.CrossEntropyLoss(), x[probe], y[probe], params=run.selection
+    )
+    np.testing.assert_allclose(run.per_sample[20], again.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_report_rerenders_without_training(tiny_run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_run, copy)
+    shutil.rmtree(copy / "figures")
+    (copy / "report.html").unlink()
+    result = CliRunner().invoke(app, ["report", str(copy)])
+    assert result.exit_code == 0, result.output
+    assert (copy / "report.html").exists() and (copy / "figures/gradients_values.png").exists()
+    result = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 2 and "not a finished gradnoise run" in result.output
+
+
+def test_cli_run_with_toml_config_and_npz_data(tmp_path):
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    np.savez(
+        tmp_path / "mine.npz", X=digits.data[:300].reshape(-1, 8, 8) / 16, y=digits.target[:300]
+    )
+    (tmp_path / "study.toml").write_text(
+        "[study]\nmodel = 'lenet'\nsteps = 6\nbatch_size = 8\ntrack_coords = 100\n"
+        "per_sample_examples = 8\nnoise_batches = 4\ncheckpoints = 2\nanalyses = ['training']\n"
+    )
+    result = CliRunner().invoke(
+        app,
+        [
+            "run",
+            "--config",
+            str(tmp_path / "study.toml"),
+            "--data",
+            str(tmp_path / "mine.npz"),
+            "--seed",
+            "3",
+            "--out",
+            str(tmp_path / "run"),
+            "--quiet",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "run/summary.json").read_text())
+    assert summary["config"]["model"] == "lenet" and summary["config"]["seed"] == 3
+    assert summary["data"]["train"] == 240 and summary["data"]["input_shape"] == [8, 8]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "nope"], "unknown model"),
+        (["--dataset", "nope"], "unknown dataset"),
+        (["--data", "missing.npz"], "does not exist"),
+        (["--steps", "0"], "steps must be >= 1"),
+        (["--analyses", "training,nope"], "unknown analysis"),
+    ],
+)
+def test_cli_bad_options_are_clear(tmp_path, args, message):
+    result = CliRunner().invoke(app, ["run", "--out", str(tmp_path / "r"), "--quiet", *args])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_out_directory_must_be_new(tiny_run):
+    with pytest.raises(gradnoise.errors.GradnoiseError, match="not empty"):
+        run_study(StudyConfig(**TINY), tiny_run)
+
+
+def test_registering_an_analysis(tmp_path):
+    def compute(ctx):
+        return {"n_checkpoints": len(ctx.checkpoints)}
+
+    def render(view):
+        from gradnoise.report import Section
+
+        return Section(
+            "custom", "Custom", paragraphs=[f"{view.results['n_checkpoints']} checkpoints"]
+        )
+
+    register_analysis(Analysis("custom", "Custom", compute, render))
+    assert "custom" in available_analyses() and get_analysis("custom").title == "Custom"
+    with pytest.raises(ValueError, match="exists"):
+        register_analysis(Analysis("custom", "Custom", compute, render))
+    with pytest.raises(ValueError, match="exists"):
+        register_analysis(Analysis("training", "x", compute, render))
+    run = run_study(StudyConfig(**{**TINY, "analyses": ("custom",)}), tmp_path / "r")
+    assert "2 checkpoints" in (run / "report.html").read_text()
