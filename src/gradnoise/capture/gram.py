@@ -1,0 +1,341 @@
+"""Gram matrix of per-example gradients, ``K[a, b] = <g_a, g_b>``, without forming ``[N, P]``.
+
+For a Linear layer ``y = W x + c`` the per-example weight gradient is ``G_b = sum_s g_bs x_bs^T``
+(``g = dL_b/dy``; s runs over sequence positions, or over output pixels of a convolution whose
+input is unfolded), so inner products factor (the "ghost" trick of Goodfellow 2015 and Li et al.
+2022, applied to cross terms):
+
+    <G_a, G_b> = sum_{s,t} (g_as . g_bt)(x_as . x_bt),   without positions: (g_a . g_b)(x_a . x_b).
+
+This costs ``S^2 (f_in + f_out)`` per pair of examples instead of ``f_in f_out``; a layer uses
+it when that is cheaper (``factor="auto"``). Every other selected parameter has its per-example
+gradient materialised for one block of examples at a time (layer rules of
+:mod:`gradnoise.capture.layers`; ``torch.func`` for layers without a rule, shared parameters or
+modules a rule does not support). Layer inputs and output gradients come from one forward and one
+backward per block (:func:`gradnoise.capture.layer_io`).
+
+Blocks: when the per-example features of all N examples fit in ``max_memory`` bytes they are kept
+and the Gram matrix is assembled block pair by block pair; otherwise the features of block j are
+recomputed for each pair (i, j), so memory stays bounded whatever N.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import NonFiniteGradientError
+from ..selection import ParamSelection
+from ._common import (
+    DropoutChoice,
+    ParamsArg,
+    check_batchnorm,
+    dropout_policy,
+    model_device,
+    resolve_selection,
+)
+from .layers import LAYER_RULES, _conv_geometry
+from .per_sample import _check_batch, _owner_modules, layer_io, per_sample_grads
+
+Factor = Literal["auto", "always", "never"]
+
+#: Row-chunk of the [a*S, b*S] products of sequence layers (bytes of one float64 temporary).
+_PAIR_BYTES = 1 << 26
+
+
+@dataclass
+class _Module:
+    """How one module's selected parameters enter the Gram matrix."""
+
+    module: nn.Module
+    factor_weight: bool = False
+    # (pname, column slice in the materialised buffer, index tensor or None)
+    materialised: list[tuple[str, slice, Tensor | None]] = field(default_factory=list)
+    decided: bool = False
+
+
+@dataclass
+class _Features:
+    """Per-example quantities of one block: factored (x, g) pairs and materialised gradients."""
+
+    count: int  # examples in the block
+    factored: list[list[tuple[Tensor, Tensor]]]  # per factored module: list of (X, G), float64
+    rows: Tensor | None  # [c, W] materialised per-example gradients (model dtype)
+
+
+class _GramPlan:
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Any,
+        selection: ParamSelection,
+        device: torch.device,
+        factor: Factor,
+    ) -> None:
+        self.model, self.loss_fn, self.device, self.factor = model, loss_fn, device, factor
+        owners = _owner_modules(model)
+        uses: dict[int, int] = {}
+        for module in model.modules():
+            for p in module.parameters(recurse=False):
+                uses[id(p)] = uses.get(id(p), 0) + 1
+        self.modules: dict[nn.Module, _Module] = {}
+        fallback_names, fallback_shapes, fallback_idx = [], [], []
+        entries: list[tuple[_Module, str, int, np.ndarray | None]] = []
+        for k, name in enumerate(selection.names):
+            module, pname = owners[name]
+            rule = LAYER_RULES.get(type(module))
+            shared = any(uses[id(p)] > 1 for p in module.parameters(recurse=False))
+            if rule is None or not rule.supports(module) or shared:
+                fallback_names.append(name)
+                fallback_shapes.append(selection.shapes[k])
+                fallback_idx.append(selection.indices[k])
+                continue
+            plan = self.modules.setdefault(module, _Module(module))
+            idx = selection.indices[k]
+            can_factor = (
+                pname == "weight"
+                and idx is None
+                and isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d))
+                and factor != "never"
+            )
+            if can_factor:
+                plan.factor_weight = True  # provisional; "auto" may revert on the first block
+            entries.append((plan, pname, selection.numel(k) if idx is None else idx.size, idx))
+        self.entries = entries
+        self.fallback = (
+            ParamSelection(tuple(fallback_names), tuple(fallback_shapes), tuple(fallback_idx))
+            if fallback_names
+            else None
+        )
+        self.width = 0  # columns of the materialised buffer, fixed by _layout()
+        self.laid_out = False
+
+    def _layout(self) -> None:
+        """Assign buffer columns to every parameter that is not factored."""
+        col = 0
+        for plan, pname, width, idx in self.entries:
+            if pname == "weight" and plan.factor_weight:
+                continue
+            index = None if idx is None else torch.as_tensor(idx, device=self.device)
+            plan.materialised.append((pname, slice(col, col + int(width)), index))
+            col += int(width)
+        self.fallback_cols = slice(col, col + (self.fallback.num_columns if self.fallback else 0))
+        self.width = self.fallback_cols.stop
+        self.laid_out = True
+
+    # ---- per-block features --------------------------------------------------------------
+
+    def features(self, x: Tensor, y: Tensor) -> _Features:
+        c = x.shape[0]
+        records: dict[nn.Module, list[tuple[Tensor, Tensor]]] = {m: [] for m in self.modules}
+        if self.modules:
+            for io in layer_io(self.model, self.loss_fn, x, y, list(self.modules)):
+                if not bool(torch.isfinite(io.grad_output).all()) or (
+                    io.inputs.is_floating_point() and not bool(torch.isfinite(io.inputs).all())
+                ):
+                    raise NonFiniteGradientError(
+                        f"non-finite (NaN/Inf) input or output gradient of layer "
+                        f"{type(io.module).__name__}; per-example gradients would be non-finite"
+                    )
+                records[io.module].append((io.inputs, io.grad_output))
+        if not self.laid_out:
+            self._decide(records, c)
+            self._layout()
+        dtype = next(iter(self.model.parameters())).dtype
+        rows = torch.zeros(c, self.width, dtype=dtype, device=self.device) if self.width else None
+        factored: list[list[tuple[Tensor, Tensor]]] = []
+        for module, plan in self.modules.items():
+            recs = records[module]
+            if plan.factor_weight:
+                factored.append(self._factor_pairs(module, recs, c))
+            rule = LAYER_RULES[type(module)]
+            for pname, cols, index in plan.materialised:
+                assert rows is not None
+                for r, (inp, g) in enumerate(recs):
+                    rule.compute(module, pname, inp, g, index, rows[:, cols], r > 0)
+        if self.fallback is not None:
+            assert rows is not None
+            per_sample_grads(
+                self.model,
+                self.loss_fn,
+                x,
+                y,
+                params=self.fallback,
+                backend="func",
+                out=rows[:, self.fallback_cols],
+            )
+        return _Features(c, factored, rows)
+
+    def _sequences(self, module: nn.Module, recs: list[tuple[Tensor, Tensor]], c: int) -> list:
+        """Per group: (X [c, S, f_in], G [c, S, f_out]) with all calls joined along S."""
+        groups = getattr(module, "groups", 1)
+        xs: list[list[Tensor]] = [[] for _ in range(groups)]
+        gs: list[list[Tensor]] = [[] for _ in range(groups)]
+        for inp, g in recs:
+            if isinstance(module, nn.Linear):
+                xs[0].append(inp.reshape(c, -1, inp.shape[-1]))
+                gs[0].append(g.reshape(c, -1, g.shape[-1]))
+                continue
+            geometry = _conv_geometry(module)
+            assert geometry is not None
+            kernel, dilation, padding, stride = geometry
+            x4 = inp.unsqueeze(2) if isinstance(module, nn.Conv1d) else inp
+            cols = F.unfold(x4, kernel, dilation=dilation, padding=padding, stride=stride)
+            cols = cols.reshape(c, groups, -1, cols.shape[-1])
+            gg = g.reshape(c, groups, g.shape[1] // groups, -1)
+            for k in range(groups):
+                xs[k].append(cols[:, k].transpose(1, 2))
+                gs[k].append(gg[:, k].transpose(1, 2))
+        return [(torch.cat(xs[k], 1), torch.cat(gs[k], 1)) for k in range(groups) if xs[k]]
+
+    def _decide(self, records: dict[nn.Module, list[tuple[Tensor, Tensor]]], c: int) -> None:
+        """``factor="auto"``: factor a weight when ``S^2 (f_in + f_out) < f_in f_out``."""
+        for module, plan in self.modules.items():
+            if not plan.factor_weight or self.factor == "always":
+                continue
+            seqs = self._sequences(module, records[module], c) if records[module] else []
+            if not seqs:
+                plan.factor_weight = False
+                continue
+            x, g = seqs[0]
+            s, f_in, f_out = x.shape[1], x.shape[2], g.shape[2]
+            plan.factor_weight = s * s * (f_in + f_out) < f_in * f_out
+
+    def _factor_pairs(
+        self, module: nn.Module, recs: list[tuple[Tensor, Tensor]], c: int
+    ) -> list[tuple[Tensor, Tensor]]:
+        if not recs:  # layer unused in this forward: zero gradient
+            return []
+        return [
+            (x.to(torch.float64), g.to(torch.float64)) for x, g in self._sequences(module, recs, c)
+        ]
+
+    def nbytes_per_example(self, feats: _Features) -> int:
+        total = 0 if feats.rows is None else feats.rows[0].numel() * feats.rows.element_size()
+        for pairs in feats.factored:
+            total += sum((x[0].numel() + g[0].numel()) * 8 for x, g in pairs)
+        return total
+
+
+def _gram_block(fa: _Features, fb: _Features) -> Tensor:
+    """``K[a, b]`` for the examples of two blocks, float64."""
+    out = torch.zeros(fa.count, fb.count, dtype=torch.float64)
+    for pairs_a, pairs_b in zip(fa.factored, fb.factored, strict=True):
+        if not pairs_a or not pairs_b:
+            continue
+        for (xa, ga), (xb, gb) in zip(pairs_a, pairs_b, strict=True):
+            out += _factored(xa, ga, xb, gb).cpu()
+    if fa.rows is not None and fb.rows is not None:
+        width = fa.rows.shape[1]
+        step = 1 << 15
+        for start in range(0, width, step):
+            a = fa.rows[:, start : start + step].to(torch.float64)
+            b = fb.rows[:, start : start + step].to(torch.float64)
+            out += (a @ b.T).cpu()
+    return out
+
+
+def _factored(xa: Tensor, ga: Tensor, xb: Tensor, gb: Tensor) -> Tensor:
+    """``sum_{s,t} (g_as . g_bt)(x_as . x_bt)`` for all pairs (a, b)."""
+    ca, s, _ = xa.shape
+    cb, t, _ = xb.shape
+    if s == 1 and t == 1:
+        return (ga[:, 0] @ gb[:, 0].T) * (xa[:, 0] @ xb[:, 0].T)
+    xb2, gb2 = xb.reshape(cb * t, -1), gb.reshape(cb * t, -1)
+    rows = max(1, _PAIR_BYTES // max(1, 8 * s * cb * t))
+    parts = []
+    for start in range(0, ca, rows):
+        xa2 = xa[start : start + rows].reshape(-1, xa.shape[2])
+        ga2 = ga[start : start + rows].reshape(-1, ga.shape[2])
+        prod = (ga2 @ gb2.T) * (xa2 @ xb2.T)
+        parts.append(prod.reshape(-1, s, cb, t).sum(dim=(1, 3)))
+    return torch.cat(parts)
+
+
+def per_sample_gram(
+    model: nn.Module,
+    loss_fn: Any,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    params: ParamsArg = None,
+    block_size: int = 256,
+    max_memory: int = 1 << 28,
+    factor: Factor = "auto",
+    dropout: Literal["error", "eval"] = "error",
+    device: torch.device | str | None = None,
+) -> np.ndarray:
+    """Uncentred Gram matrix ``K = G G^T`` (float64, ``[N, N]``) of per-example gradients.
+
+    ``G`` is what :func:`gradnoise.per_sample_grads` would return for the same arguments (the loss
+    of example i is ``loss_fn`` on a batch of one), but it is never formed: Linear/Conv weights use
+    the factored inner products of the module docstring, other parameters are materialised one
+    block of examples at a time.
+
+    Args:
+        params: None (all trainable parameters), glob(s), or a :class:`ParamSelection`; coordinate
+            subsets are materialised (not factored).
+        block_size: examples per forward/backward.
+        max_memory: bytes allowed for the per-example features of all N examples; beyond it the
+            Gram matrix is built from pairs of blocks, recomputing one side (more compute, bounded
+            memory).
+        factor: ``"auto"`` (factor Linear/Conv weights when cheaper), ``"always"`` or ``"never"``.
+        dropout: ``"error"`` or ``"eval"`` (random masks would differ between recomputed blocks).
+
+    Returns:
+        ``[N, N]`` float64 numpy array.
+    """
+    selection, _ = resolve_selection(model, params)
+    dev = model_device(model, device)
+    check_batchnorm(model)
+    n = _check_batch(inputs, targets)
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    if factor not in ("auto", "always", "never"):
+        raise ValueError(f"factor must be 'auto', 'always' or 'never', got {factor!r}")
+    if dropout not in ("error", "eval"):
+        raise ValueError(
+            f"dropout must be 'error' or 'eval' for a Gram matrix, got {dropout!r} (random masks "
+            "would change between the blocks that are recomputed)"
+        )
+    drop: DropoutChoice = dropout
+    plan = _GramPlan(model, loss_fn, selection, dev, factor)
+    gram = np.zeros((n, n), dtype=np.float64)
+
+    def block(start: int, stop: int) -> _Features:
+        x = inputs[start:stop].to(dev, non_blocking=True)
+        y = targets[start:stop].to(dev, non_blocking=True)
+        return plan.features(x, y)
+
+    with dropout_policy(model, drop):
+        first = block(0, min(block_size, n))
+        per_example = max(1, plan.nbytes_per_example(first))
+        starts = list(range(0, n, block_size))
+        if per_example * n <= max_memory:
+            feats = [first] + [block(s, min(s + block_size, n)) for s in starts[1:]]
+            for i, si in enumerate(starts):
+                for j in range(i + 1):
+                    _fill(gram, si, starts[j], _gram_block(feats[i], feats[j]))
+            return gram
+        # bounded memory: two blocks of features at a time, recomputing the inner block
+        size = max(1, min(block_size, max_memory // (2 * per_example)))
+        starts = list(range(0, n, size))
+        for i, si in enumerate(starts):
+            fi = block(si, min(si + size, n))
+            for j in range(i + 1):
+                fj = fi if j == i else block(starts[j], min(starts[j] + size, n))
+                _fill(gram, si, starts[j], _gram_block(fi, fj))
+    return gram
+
+
+def _fill(gram: np.ndarray, si: int, sj: int, block: Tensor) -> None:
+    values = block.numpy()
+    a, b = values.shape
+    gram[si : si + a, sj : sj + b] = values
+    if si != sj:
+        gram[sj : sj + b, si : si + a] = values.T
