@@ -122,6 +122,7 @@ class SasTable:
     pdf_series: np.ndarray  # (K, J)
     sf_series: np.ndarray  # (K, J)
     log_f0: np.ndarray  # (K,) log f(0) = log(Gamma(1 + 1/alpha) / pi)
+    small_q: np.ndarray  # (K,) Gamma(3/alpha) / (2 Gamma(1/alpha)): f(z) ~ f(0) (1 - q z^2)
 
     @property
     def n_alpha(self) -> int:
@@ -140,7 +141,7 @@ class SasTable:
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """``log f(z)`` at node(s) ``k`` (broadcast with ``z``), with d/dt and d2/dt2 (t = log|z|).
 
-        Below ``|z| = e^-8`` the density is flat to ~1e-7 and is held constant (derivatives 0).
+        Below ``|z| = e^-8`` the small-z expansion ``f(0) (1 - q z^2)`` is used.
         """
         z = np.abs(z)
         k = np.broadcast_to(k, z.shape)
@@ -155,9 +156,16 @@ class SasTable:
         if derivatives:
             d1 = c1 + u * (2.0 * c2 + 3.0 * u * c3)
             d2 = 2.0 * c2 + 6.0 * u * c3
-            low = t < T_MIN
-            d1 = np.where(low, 0.0, d1)
-            d2 = np.where(low, 0.0, d2)
+        low = t < T_MIN
+        if low.any():
+            # f(z) = f(0) (1 - q z^2 + O(z^4)), q = Gamma(3/alpha) / (2 Gamma(1/alpha))
+            kl = k[low]
+            qz2 = self.small_q[kl] * z[low] ** 2
+            val[low] = self.log_f0[kl] + np.log1p(-qz2)
+            if derivatives:
+                assert d1 is not None and d2 is not None
+                d1[low] = -2.0 * qz2 / (1.0 - qz2)
+                d2[low] = -4.0 * qz2 / (1.0 - qz2) ** 2
         far = t > T_MAX
         if far.any():
             tf = t[far]
@@ -334,4 +342,5 @@ def get_table() -> SasTable:
         pdf_series=pdf_series,
         sf_series=sf_series,
         log_f0=log_f0,
+        small_q=np.exp(gammaln(3.0 / alphas) - gammaln(1.0 / alphas)) / 2.0,
     )

@@ -161,7 +161,7 @@ def tail_index(
 
     Example:
         >>> from gradnoise.stats.stable import sample_stable
-        >>> x = sample_stable(1.5, size=(10_000, 3), rng=0)
+        >>> x = sample_stable(1.5, size=(100_000, 3), rng=0)
         >>> tail_index(x).alpha.round(1).tolist()
         [1.5, 1.5, 1.5]
     """
