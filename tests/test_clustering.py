@@ -24,6 +24,17 @@ from gradnoise.stats import multiple_test
 from gradnoise.variance import gradient_variance, stratified_minibatch_variance
 
 SHAPES = {"digits": (1, 8, 8), "mnist1d": (1, 40)}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small tensors: one intra-op thread is as fast and immune to a busy shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 LOSS = torch.nn.CrossEntropyLoss()
 
 
@@ -424,3 +435,16 @@ def test_bad_inputs():
 
 def test_top_level_name():
     assert gradnoise.GradientClusteringSampler is GradientClusteringSampler
+
+
+def test_docstring_training_loop_runs():
+    """The usage example in GradientClusteringSampler's docstring is real code."""
+    doc = GradientClusteringSampler.__doc__
+    block = doc.split("Example (a complete training loop)::")[1].split("\n\n")[1]
+    code = "\n".join(line[8:] for line in block.splitlines())
+    assert "DataLoader(sampler.dataset, batch_sampler=sampler)" in code
+    namespace: dict = {}
+    exec(compile(code, "<docstring>", "exec"), namespace)
+    sampler, model = namespace["sampler"], namespace["model"]
+    assert sampler.num_reclusters == 1 and sampler.batches_drawn == 5 * len(sampler)
+    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -621,6 +621,8 @@ class _Strata:
         size = self.sizes[strata]
         pos = rng.integers(0, size)
         distinct = counts[strata] <= size
+        if counts.max() <= 1:  # one draw per stratum: nothing can repeat
+            return self.order[self.starts[strata] + pos], self.m * size / self.n
         for _ in range(1000):  # redraw repeats within a stratum (rejection; few rounds)
             key = strata * (int(self.sizes.max()) + 1) + pos
             order = np.argsort(key, kind="stable")
