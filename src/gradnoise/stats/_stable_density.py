@@ -13,15 +13,16 @@ Gumbel-shaped bump ``exp(w - e^w)`` in ``w = log g`` whose slope ``|dw/ds|`` lie
 ``min(|r|, |r - 1|)`` and ``max(|r|, |r - 1|)`` with ``r = alpha/(alpha-1)``, so a uniform trapezoid
 rule with step ``0.5 / max(|r|, |r-1|)`` (spectrally accurate for this analytic, decaying integrand)
 and a log-sum-exp keeps full relative precision from ``z = e^-8`` to far in the tails. Beyond
-``z = e^8`` the asymptotic (alpha > 1) or convergent (alpha < 1) series
+``z = 0.1 sinh(11) ~ 3000`` the asymptotic (alpha > 1) or convergent (alpha < 1) series
 
     f(z) = (1/pi) sum_j (-1)^{j+1} Gamma(j alpha + 1)/j! sin(j pi alpha/2) z^{-j alpha - 1}
     S(z) = (1/pi) sum_j (-1)^{j+1} Gamma(j alpha)/j!     sin(j pi alpha/2) z^{-j alpha}
 
 is used (Nolan 2020, Theorem 3.5; eight terms). alpha = 1 is the Cauchy law and alpha = 2 is
 N(0, 2), both in closed form. The table holds ``log f`` on ``alpha`` in {0.50, 0.51, ..., 2.00}
-and ``t = log z`` in [-8, 8] (step 0.02) as natural cubic splines in ``t``, plus the survival
-function ``log S`` obtained by integrating the density (Simpson) from the series tail inwards.
+and ``u = asinh(10 z)`` in [0, 11] (step 0.02) as cubic splines in ``u`` (clamped: even in z),
+plus the survival function ``log S`` obtained by integrating the density (Simpson) from the
+series tail inwards.
 It is built on first use (about a second) and cached for the process. Against
 ``scipy.stats.levy_stable.logpdf`` the table agrees to ~1e-7 (tests/stats/test_stable_density.py).
 """
@@ -39,9 +40,13 @@ from scipy.special import gammaln, log_ndtr
 ALPHA_MIN = 0.5
 ALPHA_MAX = 2.0
 ALPHA_STEP = 0.01
-T_MIN = -8.0
-T_MAX = 8.0
-T_STEP = 0.02
+# table variable u = asinh(z / Z_SCALE): linear near 0 (so d/dz of the spline stays well
+# conditioned at the mode), logarithmic in the tails (u ~ log(2 z / Z_SCALE)); uniform grid on
+# [0, U_MAX], z up to Z_SCALE sinh(U_MAX) ~ 3000. Z_SCALE = 0.1 resolves the sharp mode of
+# alpha ~ 0.5 (f(z) ~ f(0) (1 - 60 z^2 + ...)).
+Z_SCALE = 0.1
+U_STEP = 0.02
+U_MAX = 11.0
 N_SERIES = 8
 _F_LINEAR_FROM = 1.9 - 1e-9
 _LOG_2SQRTPI = float(np.log(2.0 * np.sqrt(np.pi)))
@@ -116,79 +121,74 @@ class SasTable:
     """Cubic-spline tables of log f and log S of the standard SαS law, one row per alpha node."""
 
     alphas: np.ndarray  # (K,)
-    t: np.ndarray  # (T,)
-    pdf_coef: np.ndarray  # (K * (T-1), 4): c0 + c1 u + c2 u^2 + c3 u^3, u = t - t_j
-    sf_coef: np.ndarray  # (K * (T-1), 4)
+    u: np.ndarray  # (U,) grid of u = asinh(z / Z_SCALE)
+    pdf_coef: np.ndarray  # (4, K * (U-1)): c0 + c1 v + c2 v^2 + c3 v^3, v = u - u_j
+    sf_coef: np.ndarray  # (4, K * (U-1))
     pdf_series: np.ndarray  # (K, J)
     sf_series: np.ndarray  # (K, J)
-    log_f0: np.ndarray  # (K,) log f(0) = log(Gamma(1 + 1/alpha) / pi)
-    small_q: np.ndarray  # (K,) Gamma(3/alpha) / (2 Gamma(1/alpha)): f(z) ~ f(0) (1 - q z^2)
 
     @property
     def n_alpha(self) -> int:
         return int(self.alphas.size)
 
     # -- evaluation at alpha nodes ---------------------------------------------------------
-    def _locate(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        nt = self.t.size
-        pos = (np.clip(t, T_MIN, T_MAX) - T_MIN) / T_STEP
-        j = np.minimum(pos.astype(np.intp), nt - 2)
-        u = (pos - j) * T_STEP
-        return j, u
+    def _spline(
+        self, coef: np.ndarray, k: np.ndarray, u: np.ndarray, derivatives: bool
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        nu = self.u.size
+        pos = np.minimum(u, U_MAX) * (1.0 / U_STEP)
+        j = np.minimum(pos.astype(np.intp), nu - 2)
+        v = (pos - j) * U_STEP
+        flat = k * (nu - 1) + j
+        c0, c1, c2, c3 = (np.take(coef[i], flat) for i in range(4))
+        val = c0 + v * (c1 + v * (c2 + v * c3))
+        if not derivatives:
+            return val, None, None
+        return val, c1 + v * (2.0 * c2 + 3.0 * v * c3), 2.0 * c2 + 6.0 * v * c3
 
     def logpdf_nodes(
         self, k: np.ndarray, z: np.ndarray, derivatives: bool = False
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """``log f(z)`` at node(s) ``k`` (broadcast with ``z``), with d/dt and d2/dt2 (t = log|z|).
-
-        Below ``|z| = e^-8`` the small-z expansion ``f(0) (1 - q z^2)`` is used.
-        """
-        z = np.abs(z)
-        k = np.broadcast_to(k, z.shape)
-        with np.errstate(divide="ignore"):
-            t = np.log(z)
-        nt = self.t.size
-        j, u = self._locate(t)
-        c = self.pdf_coef[k * (nt - 1) + j]
-        c0, c1, c2, c3 = c[..., 0], c[..., 1], c[..., 2], c[..., 3]
-        val = c0 + u * (c1 + u * (c2 + u * c3))
-        d1 = d2 = None
+        """``h(z) = log f(z)`` at node(s) ``k`` (broadcast with ``z``); with ``derivatives``
+        also ``dh/d|z|`` and ``d2h/d|z|^2`` (h is even in z)."""
+        az = np.abs(z)
+        k = np.asarray(k)
+        w = az * (1.0 / Z_SCALE)
+        u = np.arcsinh(w)
+        val, hu1, hu2 = self._spline(self.pdf_coef, k, u, derivatives)
+        a1 = a2 = None
         if derivatives:
-            d1 = c1 + u * (2.0 * c2 + 3.0 * u * c3)
-            d2 = 2.0 * c2 + 6.0 * u * c3
-        low = t < T_MIN
-        if low.any():
-            # f(z) = f(0) (1 - q z^2 + O(z^4)), q = Gamma(3/alpha) / (2 Gamma(1/alpha))
-            kl = k[low]
-            qz2 = self.small_q[kl] * z[low] ** 2
-            val[low] = self.log_f0[kl] + np.log1p(-qz2)
-            if derivatives:
-                assert d1 is not None and d2 is not None
-                d1[low] = -2.0 * qz2 / (1.0 - qz2)
-                d2[low] = -4.0 * qz2 / (1.0 - qz2) ** 2
-        far = t > T_MAX
+            assert hu1 is not None and hu2 is not None
+            # u = asinh(w), w = z / c: du/dz = 1 / (c sqrt(1 + w^2)),
+            # d2u/dz2 = -w / (c^2 (1 + w^2)^(3/2))
+            r2 = 1.0 + w * w
+            du = 1.0 / (Z_SCALE * np.sqrt(r2))
+            a1 = hu1 * du
+            a2 = hu2 * du * du - hu1 * w * du / (Z_SCALE * r2)
+        far = u > U_MAX
         if far.any():
-            tf = t[far]
-            kf = k[far]
-            fv, f1, f2 = self._far_logpdf(kf, tf, derivatives)
+            kb = np.broadcast_to(k, az.shape)[far]
+            fv, f1, f2 = self._far_logpdf(kb, np.log(az[far]), derivatives)
             val[far] = fv
             if derivatives:
-                assert d1 is not None and d2 is not None and f1 is not None and f2 is not None
-                d1[far] = f1
-                d2[far] = f2
-        gauss = k == self.n_alpha - 1
+                assert a1 is not None and a2 is not None and f1 is not None and f2 is not None
+                zf = az[far]
+                a1[far] = f1 / zf
+                a2[far] = (f2 - f1) / (zf * zf)
+        gauss = np.broadcast_to(k == self.n_alpha - 1, az.shape)
         if gauss.any():
-            zg = z[gauss]
+            zg = az[gauss]
             val[gauss] = -0.25 * zg * zg - _LOG_2SQRTPI
             if derivatives:
-                assert d1 is not None and d2 is not None
-                d1[gauss] = -0.5 * zg * zg
-                d2[gauss] = -(zg * zg)
-        return val, d1, d2
+                assert a1 is not None and a2 is not None
+                a1[gauss] = -0.5 * zg
+                a2[gauss] = -0.5
+        return val, a1, a2
 
     def _far_logpdf(
         self, k: np.ndarray, t: np.ndarray, derivatives: bool
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Series tail: log f and its first two derivatives in t = log z."""
         a = self.alphas[k]
         coef = self.pdf_series[k]  # (m, J)
         a1 = coef[:, 0]
@@ -209,31 +209,23 @@ class SasTable:
 
     def logsf_nodes(self, k: np.ndarray, z: np.ndarray) -> np.ndarray:
         """``log P(Z > |z|)`` at node(s) ``k`` (broadcast with ``z``)."""
-        z = np.abs(z)
-        k = np.broadcast_to(k, z.shape)
-        with np.errstate(divide="ignore"):
-            t = np.log(z)
-        nt = self.t.size
-        j, u = self._locate(t)
-        c = self.sf_coef[k * (nt - 1) + j]
-        val = c[..., 0] + u * (c[..., 1] + u * (c[..., 2] + u * c[..., 3]))
-        low = t < T_MIN
-        if low.any():
-            val[low] = np.log(0.5 - np.exp(self.log_f0[k[low]]) * z[low])
-        far = t > T_MAX
+        az = np.abs(z)
+        k = np.asarray(k)
+        u = np.arcsinh(az * (1.0 / Z_SCALE))
+        val = self._spline(self.sf_coef, k, u, False)[0]
+        far = u > U_MAX
         if far.any():
-            kf = k[far]
+            kf = np.broadcast_to(k, az.shape)[far]
+            t = np.log(az[far])
             a = self.alphas[kf]
             coef = self.sf_series[kf]
             jj = np.arange(N_SERIES)[None, :]
-            e = np.exp(-jj * a[:, None] * t[far][:, None])
+            e = np.exp(-jj * a[:, None] * t[:, None])
             b1 = np.where(coef[:, 0] > 0, coef[:, 0], 1.0)
-            val[far] = (
-                np.log(b1) - a * t[far] + np.log1p((coef[:, 1:] / b1[:, None] * e[:, 1:]).sum(1))
-            )
-        gauss = k == self.n_alpha - 1
+            val[far] = np.log(b1) - a * t + np.log1p((coef[:, 1:] / b1[:, None] * e[:, 1:]).sum(1))
+        gauss = np.broadcast_to(k == self.n_alpha - 1, az.shape)
         if gauss.any():
-            val[gauss] = log_ndtr(-z[gauss] / np.sqrt(2.0))
+            val[gauss] = log_ndtr(-az[gauss] / np.sqrt(2.0))
         return val
 
     # -- evaluation at arbitrary alpha ---------------------------------------------------
@@ -251,8 +243,8 @@ class SasTable:
         Linear in log f for alpha < 1.9. For alpha >= 1.9 the tail weight ~ sin(pi alpha/2) ~
         (2 - alpha) makes log f far from linear in alpha, so the tail-scaled values
         ``f z^(alpha+1)`` (``S z^alpha`` for the survival function; ``tail`` holds
-        ``(exponent) * max(log z, 0)`` per unit alpha) are interpolated linearly instead. Errors
-        against scipy: ~1e-4 in log f in the core, up to ~0.02 at rare far-tail points."""
+        ``max(log z, 0)``) are interpolated linearly instead. Errors against scipy: ~1e-4 in
+        log f in the core, up to ~1e-2 at rare far-tail points."""
         out = (1.0 - w) * lo + w * hi
         near2 = self.alphas[k] >= _F_LINEAR_FROM
         if near2.any():
@@ -297,50 +289,56 @@ def _tail_log(z: np.ndarray) -> np.ndarray:
         return np.maximum(np.log(np.abs(z)), 0.0)
 
 
-def _row_logpdf(a: float, t: np.ndarray) -> np.ndarray:
+def _row_logpdf(a: float, z: np.ndarray) -> np.ndarray:
+    """log f at z > 0 (z = 0 handled by the caller)."""
     if a == 1.0:
-        return -np.log(np.pi) - np.log1p(np.exp(2.0 * t))
+        return -np.log(np.pi) - np.log1p(z * z)
     if a == 2.0:
-        return -0.25 * np.exp(2.0 * t) - _LOG_2SQRTPI
-    return quadrature_logpdf(a, t)
+        return -0.25 * z * z - _LOG_2SQRTPI
+    return quadrature_logpdf(a, np.log(z))
+
+
+def _u_grid() -> np.ndarray:
+    return U_STEP * np.arange(round(U_MAX / U_STEP) + 1)
 
 
 @functools.lru_cache(maxsize=1)
 def get_table() -> SasTable:
     """Build (once per process) the SαS tables; about one second."""
     alphas = alpha_grid()
-    nt = round((T_MAX - T_MIN) / T_STEP) + 1
-    t = T_MIN + T_STEP * np.arange(nt)
+    u = _u_grid()
+    nu = u.size
+    z = Z_SCALE * np.sinh(u)
     pdf_series, sf_series = _series_coefficients(alphas)
     log_f0 = gammaln(1.0 + 1.0 / alphas) - np.log(np.pi)
-    pdf_coef = np.empty((alphas.size, nt - 1, 4))
-    sf_coef = np.empty((alphas.size, nt - 1, 4))
+    pdf_coef = np.empty((4, alphas.size, nu - 1))
+    sf_coef = np.empty((4, alphas.size, nu - 1))
+    zmax = float(z[-1])
     for i, a in enumerate(alphas):
         a = float(a)
-        lp = _row_logpdf(a, t)
-        spline = CubicSpline(t, lp)
-        pdf_coef[i] = spline.c[::-1].T
-        # survival: S(e^t) = S(e^T_MAX) + int_t^T_MAX f(e^u) e^u du
+        lp = np.empty(nu)
+        lp[0] = log_f0[i]
+        lp[1:] = _row_logpdf(a, z[1:])
+        # h is even in z, hence in u: zero slope at u = 0
+        pdf_coef[:, i] = CubicSpline(u, lp, bc_type=((1, 0.0), "not-a-knot")).c[::-1]
+        # survival: S(z) = S(zmax) + int_u^U_MAX f(c sinh v) c cosh v dv
         if a == 2.0:
-            logsf = log_ndtr(-np.exp(t) / np.sqrt(2.0))
+            logsf = log_ndtr(-z / np.sqrt(2.0))
         else:
-            zmax = np.exp(T_MAX)
             if a == 1.0:
                 s_max = np.arctan(1.0 / zmax) / np.pi
             else:
                 jj = np.arange(N_SERIES)
                 s_max = float((sf_series[i] * zmax ** (-(jj + 1) * a)).sum())
-            integrand = np.exp(lp + t)[::-1]
-            cum = cumulative_simpson(integrand, dx=T_STEP, initial=0.0)[::-1]
+            integrand = (np.exp(lp) * Z_SCALE * np.cosh(u))[::-1]
+            cum = cumulative_simpson(integrand, dx=U_STEP, initial=0.0)[::-1]
             logsf = np.log(s_max + cum)
-        sf_coef[i] = CubicSpline(t, logsf).c[::-1].T
+        sf_coef[:, i] = CubicSpline(u, logsf).c[::-1]
     return SasTable(
         alphas=alphas,
-        t=t,
-        pdf_coef=pdf_coef.reshape(-1, 4),
-        sf_coef=sf_coef.reshape(-1, 4),
+        u=u,
+        pdf_coef=np.ascontiguousarray(pdf_coef.reshape(4, -1)),
+        sf_coef=np.ascontiguousarray(sf_coef.reshape(4, -1)),
         pdf_series=pdf_series,
         sf_series=sf_series,
-        log_f0=log_f0,
-        small_q=np.exp(gammaln(3.0 / alphas) - gammaln(1.0 / alphas)) / 2.0,
     )

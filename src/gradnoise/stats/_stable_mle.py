@@ -61,18 +61,23 @@ def _optimise_node(
         xa, ka, sa, da = x[:, idx], k[idx], s[idx], d[idx]
         sigma = np.exp(sa)
         z = (xa - da) / sigma
-        v, d1, d2 = table.logpdf_nodes(ka[None, :], z, derivatives=True)
-        assert d1 is not None and d2 is not None
+        v, a1, a2 = table.logpdf_nodes(ka[None, :], z, derivatives=True)
+        assert a1 is not None and a2 is not None
+        # h(|z|) = log f; a1 = h', a2 = h'' in |z|. With |z| = |x - d| e^-s:
+        #   dL/ds = -sum |z| a1 - n,            d2L/ds2 = sum (|z| a1 + z^2 a2)
+        #   dL/dd = -sum sign(z) a1 / sigma,    d2L/dd2 = sum a2 / sigma^2
+        #   d2L/ds dd = sum sign(z) (a1 + |z| a2) / sigma
+        az = np.abs(z)
+        za1 = az * a1
         cur = v.sum(axis=0) - n * sa
         loglik[idx] = cur
-        g_s = -d1.sum(axis=0) - n
-        h_ss = d2.sum(axis=0)
+        g_s = -za1.sum(axis=0) - n
+        h_ss = (za1 + az * az * a2).sum(axis=0)
         if fit_loc:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                inv = np.where(np.abs(z) > 1e-300, 1.0 / z, 0.0)
-            g_d = -(d1 * inv).sum(axis=0) / sigma
-            h_dd = ((d2 - d1) * inv * inv).sum(axis=0) / sigma**2
-            h_sd = (d2 * inv).sum(axis=0) / sigma
+            sg = np.sign(z)
+            g_d = -(sg * a1).sum(axis=0) / sigma
+            h_dd = a2.sum(axis=0) / sigma**2
+            h_sd = (sg * (a1 + az * a2)).sum(axis=0) / sigma
             det = h_ss * h_dd - h_sd * h_sd
             newton = (h_ss < 0) & (det > 0)
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -86,12 +91,14 @@ def _optimise_node(
             step_s = np.where(newton, step_s, fb_s)
             step_d = np.where(newton, step_d, fb_d)
         else:
-            step_s = np.where(h_ss < 0, -g_s / np.where(h_ss < 0, h_ss, 1.0), np.sign(g_s) * 0.1)
+            newton = h_ss < 0
+            step_s = np.where(newton, -g_s / np.where(newton, h_ss, 1.0), np.sign(g_s) * 0.1)
             step_d = np.zeros_like(step_s)
         step_s = np.clip(step_s, -0.5, 0.5)
         step_d = np.clip(step_d, -0.5 * sigma, 0.5 * sigma)
-        # backtracking line search
-        accepted = np.zeros(idx.size, dtype=bool)
+        # backtracking line search; small Newton steps at a concave point (the quadratic
+        # convergence regime) are taken without a trial evaluation
+        accepted = newton & (np.abs(step_s) < 1e-3) & (np.abs(step_d) < 1e-3 * sigma)
         for _half in range(8):
             todo = np.flatnonzero(~accepted)
             if todo.size == 0:
@@ -110,7 +117,10 @@ def _optimise_node(
         step_d = np.where(accepted, step_d, 0.0)
         s[idx] = sa + step_s
         d[idx] = da + step_d
-        done = (np.abs(step_s) < 1e-7) & (np.abs(step_d) < 1e-7 * sigma)
+        # converged when the step's first-order gain is below 1e-7 nats (parameter error
+        # ~ (1e-7 / n)^(1/2) in units of sigma) or the step is negligible
+        gain = np.abs(g_s * step_s + (g_d * step_d if fit_loc else 0.0))
+        done = (gain < 1e-7) | ((np.abs(step_s) < 1e-9) & (np.abs(step_d) < 1e-9 * sigma))
         active[idx[done | ~accepted]] = False
     return loglik, s, d
 

@@ -174,16 +174,17 @@ def _cf_fit(
         arg phi_n(u) = delta u + beta tan(pi alpha/2) (gamma^alpha u^alpha - gamma u)   (S0; OLS)
     Returns (alpha, beta, scale, S0 location) in the data's units."""
     u = np.linspace(0.1, 1.0, 10)
-    y = (block - loc0) / scale0  # (n, m)
-    c1, s1 = np.cos(0.1 * y), np.sin(0.1 * y)
-    ck, sk = c1, s1
-    re = np.empty((u.size, block.shape[1]))
-    im = np.empty_like(re)
+    # exp(i k 0.1 y) by repeated multiplication in complex64 (errors ~1e-7, far below the
+    # sampling error ~n^-1/2 of the empirical CF), averaged in complex128
+    y = ((block - loc0) / scale0).astype(np.float32)  # (n, m)
+    e1 = np.exp(1j * (np.float32(0.1) * y))
+    ek = e1.copy()
+    phi = np.empty((u.size, block.shape[1]), dtype=np.complex128)
     for j in range(u.size):
         if j:
-            ck, sk = ck * c1 - sk * s1, sk * c1 + ck * s1
-        re[j] = ck.mean(axis=0)
-        im[j] = sk.mean(axis=0)
+            ek *= e1
+        phi[j] = ek.mean(axis=0, dtype=np.complex128)
+    re, im = phi.real, phi.imag
     mod2 = np.clip(re * re + im * im, 1e-300, 1.0 - 1e-15)
     yy = np.log(-np.log(mod2))
     xx = np.log(u)[:, None]
