@@ -331,3 +331,26 @@ def test_hessian_eigs_refuses_bad_input():
     bad[0, 0, 0, 0] = float("inf")
     with pytest.raises(FloatingPointError):
         gradnoise.hessian_eigs(model, CE, (bad, y), k=2)
+
+
+def test_hessian_power_law_fits_the_positive_top_k_and_its_eigengaps():
+    from gradnoise.curvature import HessianEigs
+    from gradnoise.spectra import fit_rank_power_law
+
+    model, x, y = _tiny(widths=(10,))
+    res = gradnoise.hessian_eigs(model, CE, (x, y), k=12, method="dense")
+    assert res.power_law().to_dict() == fit_rank_power_law(res.eigenvalues).to_dict()
+    gaps = np.sort(-np.diff(res.eigenvalues))[::-1]
+    assert res.gap_power_law(k_max=8).s == fit_rank_power_law(gaps, k_max=8).s
+    mixed = HessianEigs(
+        eigenvalues=np.array([4.0, 2.0, 1.0, 0.5, -0.1, -2.0]),
+        residuals=np.zeros(6),
+        converged=np.ones(6, dtype=bool),
+        num_matvecs=0,
+        method="dense",
+        num_examples=1,
+        num_params=6,
+    )
+    fit = mixed.power_law()  # negative eigenvalues are excluded: fit on ranks 1..4
+    assert (fit.k_max, fit.n) == (4, 4)
+    assert fit.s == fit_rank_power_law([4.0, 2.0, 1.0, 0.5]).s

@@ -112,7 +112,7 @@ def _spectrum(gram: np.ndarray, n: int, centered: bool, num_params: int | None) 
     rank = n - 1 if centered else n
     if num_params is not None:
         rank = min(rank, int(num_params))
-    eigs = scipy.linalg.eigh(gram / n, eigvals_only=True, driver="evd")[::-1]
+    eigs = scipy.linalg.eigh(gram / n, eigvals_only=True)[::-1]
     return np.maximum(eigs[:rank], 0.0)
 
 

@@ -53,7 +53,9 @@ class RankPowerLawFit(StatResult):
         return np.exp(self.intercept) * np.asarray(k, dtype=np.float64) ** (-self.s)
 
 
-def fit_rank_power_law(eigs: Any, *, k_min: int = 1, k_max: int | None = None) -> RankPowerLawFit:
+def fit_rank_power_law(
+    eigs: Any, *, k_min: int = 1, k_max: int | None = None, min_tail: int | None = None
+) -> RankPowerLawFit:
     """Fit ``lambda_k ~ k^-s`` to the rank-ordered spectrum over ranks ``k_min..k_max``.
 
     The values are sorted in descending order (rank 1 = largest). Two fits on the window:
@@ -63,7 +65,8 @@ def fit_rank_power_law(eigs: Any, *, k_min: int = 1, k_max: int | None = None) -
     2. the Clauset–Shalizi–Newman (2009) continuous power-law fit of the window's values as a
        sample (x_min by KS minimisation, MLE exponent) -> ``ks`` (its KS distance), ``beta_mle``,
        ``s_mle = 1/(beta_mle - 1)``, ``xmin``, ``n_tail``; by
-       :func:`gradnoise.stats.fit_power_law`.
+       :func:`gradnoise.stats.fit_power_law` with at least ``min_tail`` values in the tail
+       (default ``min(50, n)``: small windows, e.g. a top-20 Hessian spectrum, are fitted whole).
 
     Every value in the window must be > 0 (Hessian spectra: fit the positive top-k only; covariance
     spectra: stop before the round-off zeros past the rank).
@@ -71,6 +74,7 @@ def fit_rank_power_law(eigs: Any, *, k_min: int = 1, k_max: int | None = None) -
     Args:
         eigs: eigenvalues (or eigengaps), any order.
         k_min, k_max: 1-based inclusive rank window (default: all values).
+        min_tail: smallest Clauset tail size allowed in the x_min scan.
 
     Example:
         >>> fit = fit_rank_power_law(100.0 * np.arange(1, 201) ** -1.5)
@@ -107,7 +111,10 @@ def fit_rank_power_law(eigs: Any, *, k_min: int = 1, k_max: int | None = None) -
     sst = float(np.sum((y - y.mean()) ** 2))
     r2 = 1.0 - float(resid @ resid) / sst if sst > 0 else 1.0
     s = -slope
-    clauset = _clauset(window)
+    tail = min(50, window.size) if min_tail is None else int(min_tail)
+    if not 1 <= tail <= window.size:
+        raise ValueError(f"min_tail must be in [1, {window.size}], got {min_tail}")
+    clauset = _clauset(window, tail)
     beta_mle = float(clauset["alpha"])
     return RankPowerLawFit(
         s=s,
@@ -125,9 +132,9 @@ def fit_rank_power_law(eigs: Any, *, k_min: int = 1, k_max: int | None = None) -
     )
 
 
-def _clauset(values: np.ndarray) -> dict[str, float]:
+def _clauset(values: np.ndarray, min_tail: int) -> dict[str, float]:
     """The Clauset fit of ``values`` by the project's fitter (never a second implementation)."""
     from ..stats import fit_power_law
 
-    fit = fit_power_law(values)
+    fit = fit_power_law(values, min_tail=min_tail)
     return {"alpha": fit.alpha, "ks": fit.ks, "xmin": fit.xmin, "n_tail": fit.n_tail}
