@@ -175,6 +175,8 @@ def test_input_errors():
         fit_stable(x, method="mle", symmetric=False)
     with pytest.raises(ValueError, match="parameterization"):
         fit_stable(x, parameterization="S2")
+    with pytest.raises(ValueError, match="symmetric fits only"):
+        fit_stable(x, symmetric=False, loc=0.0)
     with pytest.raises(ValueError, match="axis"):
         fit_stable(x, axis=2)
     with pytest.raises(TypeError, match="numeric"):

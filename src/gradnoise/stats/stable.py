@@ -242,8 +242,9 @@ def fit_stable(
             see ``_stable_mle``). Its estimates lie in [0.5, 2].
 
     ``symmetric=True`` fixes beta = 0 (SαS, the model of Battash et al.). ``loc=None`` estimates
-    the location; a number fixes it (e.g. ``loc=0.0`` for stochastic-gradient noise, which is
-    centred by construction). Returns a :class:`StableFit` (floats for 1-D input).
+    the location; with ``symmetric=True`` a number fixes it (e.g. ``loc=0.0`` for
+    stochastic-gradient noise, which is centred by construction). Returns a :class:`StableFit`
+    (floats for 1-D input).
 
     Example:
         >>> z = sample_stable(1.5, size=5000, rng=1)
@@ -258,8 +259,14 @@ def fit_stable(
             "method='mle' fits the symmetric law only (symmetric=True); use method='mcculloch' "
             "or 'cf' for skewed fits"
         )
-    if loc is not None and not np.isfinite(loc):
-        raise ValueError(f"loc must be finite or None, got {loc}")
+    if loc is not None:
+        if not symmetric:
+            raise ValueError(
+                "loc can be fixed for symmetric fits only (with beta free, S0 and S1 locations "
+                "differ); pass loc=None"
+            )
+        if not np.isfinite(loc):
+            raise ValueError(f"loc must be finite or None, got {loc}")
     cols, out_shape = as_columns(x, axis)
     n, m = cols.shape
     check_min_size(n, _MIN_N[method], f"fit_stable(method={method!r})")
