@@ -173,6 +173,19 @@ def test_model_covariance_spectrum_equals_array_path(name):
         gradnoise.covariance_spectrum(model, CE, x[:1], y[:1])
 
 
+def test_model_subspace_stability_equals_array_path():
+    from gradnoise.curvature import subspace_stability
+    from gradnoise.spectra import subspace_stability as array_stability
+
+    model = build_model("lenet", (1, 40), 10, dtype=torch.float64)
+    x, y = _data((1, 40), 20, seed=6)
+    got = subspace_stability(model, CE, x, y, k=2, rng=3, block_size=8)
+    want = array_stability(per_sample_grads(model, CE, x, y), k=2, rng=3)
+    assert got.sin_theta == pytest.approx(want.sin_theta, rel=1e-8, abs=1e-12)
+    assert got.difference_norm == pytest.approx(want.difference_norm, rel=1e-8)
+    np.testing.assert_allclose(got.eigenvalues_1, want.eigenvalues_1, rtol=1e-8)
+
+
 def test_baselines_init_shuffled_and_random_matrix():
     model = build_model("mlp", (1, 8, 8), 10, widths=(8,), dtype=torch.float64, seed=1)
     init = build_model("mlp", (1, 8, 8), 10, widths=(8,), dtype=torch.float64, seed=2)

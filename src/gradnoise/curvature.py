@@ -61,7 +61,9 @@ from .spectra import (
     marchenko_pastur,
     random_matrix_spectrum,
     slq_density,
+    subspace_stability_from_gram,
 )
+from .spectra.structure import SubspaceStability
 from .stats._common import RNGLike, StatResult, as_generator
 
 __all__ = [
@@ -76,6 +78,7 @@ __all__ = [
     "reinitialized",
     "shuffled_labels",
     "spectrum_baselines",
+    "subspace_stability",
 ]
 
 HVPMode = Literal["autograd", "func"]
@@ -139,6 +142,28 @@ def covariance_spectrum(
         device=device,
     )
     return gram_spectrum(gram, centered=centered, num_params=selection.num_columns)
+
+
+def subspace_stability(
+    model: nn.Module,
+    loss_fn: Any,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    k: int,
+    centered: bool = True,
+    params: ParamsArg = None,
+    rng: RNGLike = None,
+    **kwargs: Any,
+) -> SubspaceStability:
+    """Davis–Kahan stability of the top-k gradient-covariance subspace between two random halves.
+
+    :func:`gradnoise.spectra.subspace_stability` on the per-example gradients of the model,
+    computed from the layer-factored Gram matrix (extra keyword arguments go to
+    :func:`per_sample_gram`).
+    """
+    gram = per_sample_gram(model, loss_fn, inputs, targets, params=params, **kwargs)
+    return subspace_stability_from_gram(gram, k=k, centered=centered, rng=rng)
 
 
 # --------------------------------------------------------------------------------------------
