@@ -34,12 +34,14 @@ def _maximise2(
     derivs,  # (x1, x2, idx) -> (f, g1, g2, h11, h12, h22)
     *,
     max_iter: int = 200,
+    tol: float = 1e-15,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Vectorised damped Newton ascent in two unconstrained coordinates.
 
     Newton direction where the Hessian is negative definite, else the gradient (scaled by the
-    diagonal); backtracking until the objective does not decrease. Stops when the Newton
-    decrement ``g . d`` is below ``1e-20 (1 + |f|)`` or no step improves.
+    diagonal); backtracking (at most 40 halvings) until the objective increases. An element
+    stops when the Newton decrement ``g . d`` is below ``tol (1 + |f|)`` (the objective is
+    then within about that of its maximum) or when no step improves it.
     """
     x1 = x1.copy()
     x2 = x2.copy()
@@ -55,24 +57,26 @@ def _maximise2(
         d1 = np.where(nd, -(h22 * g1 - h12 * g2) / det, g1 / np.maximum(np.abs(h11), 1e-12))
         d2 = np.where(nd, -(h11 * g2 - h12 * g1) / det, g2 / np.maximum(np.abs(h22), 1e-12))
         dec = g1 * d1 + g2 * d2
+        converged = np.abs(dec) <= tol * (1.0 + np.abs(f))
         t = np.ones_like(a1)
         accepted = np.zeros(act.size, dtype=bool)
+        pending = ~converged
         n1, n2 = a1.copy(), a2.copy()
-        for _ in range(60):
+        for _ in range(40):
+            if not pending.any():
+                break
             c1 = a1 + t * d1
             c2 = a2 + t * d2
             with np.errstate(all="ignore"):
                 val = value(c1, c2, act)
-            good = ~accepted & np.isfinite(val) & (val >= f)
+            good = pending & np.isfinite(val) & (val > f)
             n1 = np.where(good, c1, n1)
             n2 = np.where(good, c2, n2)
             accepted |= good
-            if accepted.all():
-                break
-            t = np.where(accepted, t, 0.5 * t)
+            pending &= ~good
+            t = np.where(pending, 0.5 * t, t)
         x1[act], x2[act] = n1, n2
-        done = (np.abs(dec) <= 1e-20 * (1.0 + np.abs(f))) | ~accepted
-        act = act[~done]
+        act = act[accepted]
     return x1, x2
 
 
@@ -86,6 +90,7 @@ def _log_expint_cf(p: np.ndarray, x: np.ndarray, iters: int = 300) -> np.ndarray
     c = np.full_like(b, 1.0 / tiny)
     d = 1.0 / np.where(b == 0, tiny, b)
     h = d.copy()
+    done = np.zeros(b.shape, dtype=bool)
     for i in range(1, iters):
         an = -i * (p - 1.0 + i)
         b = b + 2.0
@@ -94,8 +99,9 @@ def _log_expint_cf(p: np.ndarray, x: np.ndarray, iters: int = 300) -> np.ndarray
         c = b + an / c
         c = np.where(np.abs(c) < tiny, tiny, c)
         delta = c * d
-        h = h * delta
-        if np.all(np.abs(delta - 1.0) < 1e-16):
+        h = np.where(done, h, h * delta)  # per element: results do not depend on the batch
+        done |= np.abs(delta - 1.0) < 1e-16
+        if done.all():
             break
     return -x + np.log(h)
 
@@ -135,8 +141,8 @@ def log_expint(p: np.ndarray, x: np.ndarray) -> np.ndarray:
     x = x.ravel()
     out = np.empty(p.size)
     zero = x == 0
-    with np.errstate(divide="ignore"):
-        out[zero] = np.where(p[zero] > 1, -np.log(p[zero] - 1.0), np.inf)
+    pz = p[zero]
+    out[zero] = np.where(pz > 1, -np.log(np.where(pz > 1, pz - 1.0, 1.0)), np.inf)
     big = x >= 1
     if big.any():
         out[big] = _log_expint_cf(p[big], x[big])
@@ -223,13 +229,14 @@ def tn_moments(e1: np.ndarray, e2: np.ndarray) -> tuple[np.ndarray, ...]:
     cf2 = 2.0 * scale**2 / (dk[1] * dk[2])
     cf3 = 6.0 * scale**3 / (dk[1] * dk[2] * dk[3])
     cf4 = 24.0 * scale**4 / (dk[1] * dk[2] * dk[3] * dk[4])
-    # direct branch
+    # direct branch (its values are discarded where the continued fraction is used)
     ad = np.where(use_cf, 0.0, a)
     lam = _SQRT_2_OVER_PI / special.erfcx(-ad / math.sqrt(2.0))
-    d1 = m + s * lam
-    d2 = s2 + m * d1
-    d3 = m * d2 + 2.0 * s2 * d1
-    d4 = m * d3 + 3.0 * s2 * d2
+    with np.errstate(over="ignore", invalid="ignore"):
+        d1 = m + s * lam
+        d2 = s2 + m * d1
+        d3 = m * d2 + 2.0 * s2 * d1
+        d4 = m * d3 + 3.0 * s2 * d2
     return (
         np.where(use_cf, cf1, d1),
         np.where(use_cf, cf2, d2),

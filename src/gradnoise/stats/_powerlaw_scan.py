@@ -409,14 +409,3 @@ def scan(model: _Model) -> ScanResult:
     best[segs] = sel[firsts]
     ks[segs] = val[sel[firsts]]
     return ScanResult(best, ks, int(ex.size))
-
-
-def naive_scan_ks(model: _Model) -> np.ndarray:
-    """KS distance of every candidate by full evaluation (test oracle; O(m * tail))."""
-    cand = model.cand
-    out = np.empty(cand.j.size)
-    for c in range(cand.j.size):
-        k = np.arange(cand.j[c], cand.last[c] + 1)
-        cc = np.full(k.size, c)
-        out[c] = np.max(np.abs(model.a(cc, k) - model.bfun(cc, k)))
-    return out
