@@ -78,10 +78,11 @@ def test_approximate_pvalues_against_monte_carlo(method):
 
 
 def test_pvalue_formulas_are_monotone_and_bounded():
-    a2 = np.linspace(0, 20, 400)
+    a2 = np.r_[np.linspace(0, 20, 400), 1e3, 1e6]  # huge A^2: no overflow warning
     p = anderson_darling_pvalue(a2, 100)
     assert np.all(np.diff(p) <= 1e-12) and p.min() >= 0 and p.max() <= 1
-    d = np.linspace(0, 0.5, 400)
+    assert p[-1] == 3.7e-24
+    d = np.r_[np.linspace(0, 0.5, 400), 1.0]
     for n in (10, 100, 1000):
         p = lilliefors_pvalue(d, n)
         assert np.all(np.diff(p) <= 1e-9) and p.min() >= 0 and p.max() <= 1
@@ -142,6 +143,10 @@ def test_shapes_axes_and_errors():
         normality_test(np.r_[rng.standard_normal(30), np.nan])
     with pytest.raises(ValueError, match="method"):
         normality_test(x, method="ks")
+    # grossly non-normal columns: tiny p-values, no floating-point warnings (warnings = errors)
+    wild = np.column_stack([rng.exponential(size=5000) ** 4, rng.standard_cauchy(5000)])
+    for method in ("anderson", "lilliefors", "dagostino", "jarque_bera", "shapiro"):
+        assert np.all(normality_test(wild, method=method).pvalue < 1e-6)
 
 
 def test_projection_test_calibration_and_power():

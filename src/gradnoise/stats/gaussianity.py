@@ -92,7 +92,8 @@ def anderson_darling_pvalue(a2: np.ndarray, n: int) -> np.ndarray:
         p = exp(0.9177 - 4.279 A* - 1.38 A*^2)           0.34 <= A* < 0.6
         p = exp(1.2937 - 5.709 A* + 0.0186 A*^2)         0.6 <= A* < 10, and 3.7e-24 beyond
     (as R's ``nortest::ad.test``)."""
-    a = np.asarray(a2, dtype=np.float64) * (1.0 + 0.75 / n + 2.25 / n**2)
+    a_star = np.asarray(a2, dtype=np.float64) * (1.0 + 0.75 / n + 2.25 / n**2)
+    a = np.minimum(a_star, 10.0)  # every branch is evaluated: keep exp() finite
     p = np.select(
         [a < 0.2, a < 0.34, a < 0.6, a < 10.0],
         [
@@ -103,6 +104,7 @@ def anderson_darling_pvalue(a2: np.ndarray, n: int) -> np.ndarray:
         ],
         3.7e-24,
     )
+    p = np.where(a_star >= 10.0, 3.7e-24, p)
     return np.clip(p, 0.0, 1.0)
 
 
