@@ -11,17 +11,27 @@ over the distinct tail values ``u_k`` (``B = (u_k/xmin)**-b`` continuous,
 convention of Clauset's ``plfit`` and of the ``powerlaw`` package: the model CDF is compared
 with the fraction of the tail strictly below each distinct value.
 
-The scan is exact (same minimiser as evaluating every ``D``) and fast because of two facts:
+The scan is exact (same minimiser, same ``D``, as evaluating every candidate) and fast because
+of two facts:
 
 * ``A`` and ``B`` are both non-increasing in ``k``, so on an index interval ``[p, q]``
-  ``max |G| <= max(A(p+1) - B(q), B(p) - A(q-1))``: a branch-and-bound over K-ary splits of the
-  tail computes one ``D`` exactly while skipping every interval whose bound is below the best
-  value found (``_resolve``).
-* The maximiser of ``|G|`` barely moves between neighbouring candidates, so evaluating each
-  candidate at its neighbours' maximisers gives a near-tight *lower* bound of its ``D`` for
-  O(1) work (``_lower_bounds``, coarse-to-fine over the candidates). Candidates are then
-  resolved exactly in increasing order of that bound; a candidate whose lower bound exceeds
-  the smallest exact ``D`` found so far cannot be the minimiser and is never resolved.
+  ``max |G| <= max(A(p+1) - B(q), B(p) - A(q-1))``. ``_resolve`` computes ``D`` exactly by a
+  branch-and-bound over K-ary splits of the tail that discards every interval whose bound is
+  not above the largest ``|G|`` found so far, and abandons a candidate as soon as its ``|G|``
+  exceeds the best (smallest) exact ``D`` of its sample: it cannot be the minimiser.
+* The maximiser of ``|G|`` barely moves between neighbouring candidates (``G`` changes by
+  O(1/n_t) per candidate for a fixed ``k``). ``_progressive`` visits candidates coarse to fine
+  (first and last of each sample, then midpoints, halving the spacing): each new candidate is
+  first evaluated at the maximisers of ``+G`` and ``-G`` of its two visited neighbours, which
+  gives a lower bound of its ``D`` that is usually tight; only candidates whose bound does not
+  exceed the best exact ``D`` so far are resolved (and may be abandoned early).
+
+Every candidate thus ends with either its exact ``D`` or a proven lower bound above the final
+minimum, so the argmin (ties: smallest xmin) is the full scan's. Alpha for all candidates
+comes from suffix sums in O(n). Cost in practice: O(n log n) for the sort plus a few
+evaluations per candidate; the worst case (every candidate nearly tied) degrades gracefully to
+the full O(n m) scan. All operations are vectorised over candidates *and* samples, and a
+sample's result does not depend on the rest of the batch.
 """
 
 from __future__ import annotations

@@ -172,6 +172,8 @@ def _prepare(x: Any, axis: int | None, nonpositive: str, discrete: bool, name: s
     if axis is None:
         arr = arr.ravel()
     if arr.ndim == 1:
+        if axis not in (None, 0, -1):
+            raise ValueError(f"axis {axis} is out of bounds for a 1-D sample")
         shape: tuple[int, ...] = ()
         mat = arr[None, :]
     else:
@@ -394,6 +396,15 @@ def fit_power_law(
 
     Returns:
         :class:`PowerLawFit`.
+
+    Algorithm (exact, not a subsample of candidates): alpha of every candidate from suffix sums
+    of ``ln(u_k/u_{k-1})`` (O(n) after sorting; the discrete MLE by safeguarded Newton on the
+    score with Euler–Maclaurin Hurwitz-zeta log-moments). The KS distance is computed exactly
+    only where needed: candidates are visited coarse to fine, each first evaluated where its
+    neighbours' KS deviation peaked (a lower bound), and resolved by a branch-and-bound over
+    its tail (the empirical and model survival functions are both monotone, which bounds
+    ``|G|`` on an interval from its ends) only if that bound does not already exceed the best
+    KS distance found. n = 1e6 takes about a second. Details in ``_powerlaw_scan``.
 
     Example:
         >>> rng = np.random.default_rng(0)
