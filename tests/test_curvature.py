@@ -17,7 +17,11 @@ from gradnoise.curvature import (
     shuffled_labels,
     spectrum_baselines,
 )
-from gradnoise.errors import InsufficientDataError, UnsupportedLayerError
+from gradnoise.errors import (
+    InsufficientDataError,
+    NonFiniteGradientError,
+    UnsupportedLayerError,
+)
 from gradnoise.spectra import covariance_spectrum as array_spectrum
 from gradnoise.spectra.krylov import _probes
 from gradnoise.testing import naive_per_sample_grads
@@ -139,6 +143,17 @@ def test_gram_refuses_ill_defined_per_example_gradients():
     lin = nn.Linear(4, 10).double()
     with pytest.raises(ValueError, match="NaN"):
         per_sample_gram(lin, CE, torch.full((3, 4), float("nan"), dtype=torch.float64), y[:3])
+
+    class Sqrt(nn.Module):  # finite loss, infinite gradient of sqrt at 0
+        def forward(self, h):
+            return torch.sqrt(h * h)
+
+    net = nn.Sequential(nn.Linear(4, 4), Sqrt(), nn.Linear(4, 10)).double()
+    with torch.no_grad():
+        net[0].weight.zero_()
+        net[0].bias.zero_()
+    with pytest.raises(NonFiniteGradientError, match="example"):
+        per_sample_gram(net, CE, x, y)
 
 
 # ---------------------------------------------------------------- covariance spectrum -----
