@@ -97,7 +97,6 @@ def test_calibration_fixed_xmin_is_exact():
     assert lo <= rate <= hi, (rate, lo, hi)
 
 
-@pytest.mark.slow
 def test_calibration_csn_scan_does_not_over_reject():
     """The full CSN procedure (xmin re-scanned in every replicate) on exact power laws: it must
     not reject more than 10% beyond binomial noise. It is conservative here (about 5-7%, see
