@@ -209,14 +209,17 @@ def _symmetric(rng: np.random.Generator, eigs: np.ndarray) -> np.ndarray:
     return (q * eigs) @ q.T
 
 
+@pytest.mark.parametrize("ncv", [None, 14])
 @pytest.mark.parametrize("which", ["LA", "SA", "LM"])
-def test_lanczos_eigs_matches_eigvalsh(which):
+def test_lanczos_eigs_matches_eigvalsh(which, ncv):
     rng = np.random.default_rng(0)
     eigs = np.concatenate([10.0 / np.arange(1, 150) ** 1.1, -np.linspace(0.1, 3.0, 50)])
     a = _symmetric(rng, eigs)
     res = lanczos_eigs(
-        lambda v: a @ v, 199, k=6, which=which, tol=1e-10, rng=1, return_vectors=True
+        lambda v: a @ v, 199, k=6, which=which, tol=1e-10, ncv=ncv, rng=1, return_vectors=True
     )
+    if ncv is not None:
+        assert res.num_restarts > 0  # a small basis forces thick restarts
     w = np.linalg.eigvalsh(a)
     want = {"LA": w[::-1], "SA": w, "LM": w[np.argsort(-np.abs(w))]}[which][:6]
     np.testing.assert_allclose(res.eigenvalues, want, rtol=1e-10)
