@@ -108,7 +108,8 @@ def test_calibration_csn_scan_does_not_over_reject():
     res = power_law_test(x, n_boot=49, rng=23)
     rate = float(np.mean(res.pvalue <= 0.1))
     assert rate <= _band(n_rep, 0.1)[1], rate
-    assert rate >= _band(n_rep, 0.02)[0], rate  # and it is not a test that never rejects
+    # ...and it is not a test that never rejects: at least 5 of 200 (a 2.5% rate)
+    assert rate >= 0.025, rate
 
 
 def test_rejects_clearly_non_power_law_data():
