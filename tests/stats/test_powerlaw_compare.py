@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 from scipy import optimize, special, stats
 
+import powerlaw
 from gradnoise.stats import compare_tails, fit_power_law
 from gradnoise.stats._powerlaw_alt import log_expint
-
-powerlaw = pytest.importorskip("powerlaw")
 
 ALTS = ["lognormal", "exponential", "truncated_power_law", "stretched_exponential"]
 

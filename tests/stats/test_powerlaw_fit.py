@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 from scipy import optimize, special
 
+import powerlaw
 from gradnoise.errors import InsufficientDataError
 from gradnoise.stats import fit_power_law
-
-powerlaw = pytest.importorskip("powerlaw")
 
 
 # ----------------------------------------------------------------------------------------------
