@@ -245,3 +245,31 @@ def test_integer_targets_with_mean_loss_are_unscaled():
         [g.reshape(-1) for g in torch.autograd.grad(batch_loss, list(net.parameters()))]
     )
     assert_close(mean.mean(0), batch_grad)
+
+
+@pytest.mark.parametrize(
+    "loss_fn",
+    [
+        nn.CrossEntropyLoss(),
+        nn.CrossEntropyLoss(reduction="sum"),
+        nn.CrossEntropyLoss(reduction="none", label_smoothing=0.1),
+        nn.CrossEntropyLoss(reduction="sum", ignore_index=2),
+        nn.CrossEntropyLoss(weight=torch.linspace(0.5, 2, 5, dtype=torch.float64)),
+        nn.MSELoss(),
+        nn.MSELoss(reduction="sum"),
+    ],
+)
+def test_per_example_loss_closed_forms_match_the_batch_of_one_definition(loss_fn):
+    from gradnoise.capture._common import per_example_losses
+
+    gen = torch.Generator().manual_seed(0)
+    out = torch.randn(9, 5, generator=gen, dtype=torch.float64)
+    if isinstance(loss_fn, nn.CrossEntropyLoss):
+        target = torch.tensor([0, 1, 2, 3, 4, 2, 1, 0, 3])
+    else:
+        target = torch.randn(9, 5, generator=gen, dtype=torch.float64)
+    fast = per_example_losses(loss_fn, out, target)
+    generic = per_example_losses(lambda o, t: loss_fn(o, t), out, target)  # not a known module
+    expected = torch.stack([loss_fn(out[i : i + 1], target[i : i + 1]).reshape(()) for i in range(9)])
+    torch.testing.assert_close(fast, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(generic, expected, rtol=1e-12, atol=1e-12)

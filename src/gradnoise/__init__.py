@@ -30,8 +30,12 @@ _LAZY = {
     "hessian_eigs": "gradnoise.curvature",
     "hessian_trace": "gradnoise.curvature",
     "hessian_density": "gradnoise.curvature",
+    "per_sample_gram": "gradnoise.curvature",
+    "spectrum_baselines": "gradnoise.curvature",
     # stratified minibatch sampling (issue: gradient variance)
     "GradientClusteringSampler": "gradnoise.clustering",
+    "GradientClustering": "gradnoise.clustering",
+    "compare_estimators": "gradnoise.clustering",
 }
 
 __all__ = ["__version__", *sorted(_LAZY)]

@@ -2,9 +2,10 @@
 
 For an example b with layer input ``x_b`` and output gradient ``g_b = dL_b/dy_b``, the per-example
 parameter gradient has closed forms, e.g. ``dL_b/dW = sum_s g_bs x_bs^T`` for ``y = W x + c``
-(Linear; the sum runs over sequence positions, or over output pixels of a Conv after unfolding
-the input). Writing these products straight into the caller's output buffer is what makes the
-structured backend fast: no ``[B, P]`` temporary is materialised.
+(Linear; the sum runs over sequence positions). A Conv's per-example weight gradients are the
+weight gradient of a single convolution whose groups are the examples. Writing these products
+straight into the caller's output buffer is what makes the structured backend fast: no ``[B, P]``
+temporary is materialised for Linear layers.
 
 A rule is registered per exact module type in :data:`LAYER_RULES`; add one with
 :func:`register_layer_rule`. A module whose type has no rule (or whose configuration the rule does
@@ -92,7 +93,8 @@ def _linear(
 
 
 def _conv_geometry(m: nn.Module) -> tuple[tuple[int, ...], ...] | None:
-    """(kernel, dilation, padding, stride) as 2-D tuples for F.unfold, or None if unsupported."""
+    """(kernel, dilation, padding, stride) as 2-D tuples (Conv1d: a leading 1 or 0 is added), or
+    None when unsupported (non-zero padding modes, asymmetric 'same' padding)."""
     assert isinstance(m, (nn.Conv1d, nn.Conv2d))
     if m.padding_mode != "zeros":
         return None
@@ -100,7 +102,7 @@ def _conv_geometry(m: nn.Module) -> tuple[tuple[int, ...], ...] | None:
     if isinstance(m.padding, str):
         if m.padding == "valid":
             padding = tuple(0 for _ in kernel)
-        else:  # "same": F.unfold needs symmetric padding
+        else:  # "same": only symmetric padding is supported
             total = [d * (k - 1) for d, k in zip(dilation, kernel, strict=True)]
             if any(t % 2 for t in total):
                 return None
@@ -123,20 +125,30 @@ def _conv(
 ) -> None:
     assert isinstance(m, (nn.Conv1d, nn.Conv2d))
     c, c_out = x.shape[0], g.shape[1]
-    g = g.reshape(c, c_out, -1)
     if pname == "bias":
-        _emit(dest, g.sum(2), index, accumulate)
+        _emit(dest, g.reshape(c, c_out, -1).sum(2), index, accumulate)
         return
     geometry = _conv_geometry(m)
     assert geometry is not None
-    kernel, dilation, padding, stride = geometry
-    x4 = x.unsqueeze(2) if isinstance(m, nn.Conv1d) else x
-    cols = F.unfold(x4, kernel, dilation=dilation, padding=padding, stride=stride)
-    groups = m.groups
-    cols = cols.reshape(c, groups, -1, cols.shape[-1])
-    g = g.reshape(c, groups, c_out // groups, -1)
-    value = torch.einsum("bgol,bgil->bgoi", g, cols)
-    _emit(dest, value, index, accumulate)
+    # Per-example weight gradients are the weight gradient of one convolution in which the batch
+    # becomes groups: inputs [1, c*C_in, ...], output gradients [1, c*C_out, ...], groups c*G.
+    dims = x.dim() - 2
+    kernel, dilation, padding, stride = (t[-dims:] for t in geometry)
+    weight_shape = (c * c_out, m.in_channels // m.groups, *kernel)
+    _, value, _ = torch.ops.aten.convolution_backward(
+        g.reshape(1, c * c_out, *g.shape[2:]),
+        x.reshape(1, c * m.in_channels, *x.shape[2:]),
+        x.new_empty(weight_shape),
+        None,
+        list(stride),
+        list(padding),
+        list(dilation),
+        False,
+        [0] * dims,
+        m.groups * c,
+        [False, True, False],
+    )
+    _emit(dest, value.reshape(c, -1), index, accumulate)
 
 
 def _group_norm(

@@ -95,7 +95,7 @@ def per_sample_grads(
     dtype = tensors[0].dtype
     out = _prepare_out(out, (n, selection.num_columns), dtype, dev)
     chosen = choose_backend(model, selection) if backend == "auto" else backend
-    if chosen == "structured" and choose_backend(model, selection) != "structured":
+    if backend == "structured" and choose_backend(model, selection) != "structured":
         raise ValueError(
             "backend='structured' needs every selected parameter to belong to a layer type with a "
             "per-example rule (Linear, Conv1d/2d, GroupNorm, LayerNorm, Embedding), used by that "
@@ -256,7 +256,7 @@ class _StructuredBackend:
         for io in layer_io(self.model, self.loss_fn, x, y, list(self.plan)):
             module, inp, g = io.module, io.inputs, io.grad_output
             rule = LAYER_RULES[type(module)]
-            if not bool(torch.isfinite(g).all()) or not _finite_input(inp):
+            if not _all_finite(g) or not _all_finite(inp):
                 names = ", ".join(repr(e[3]) for e in self.plan[module])
                 raise NonFiniteGradientError(
                     f"non-finite (NaN/Inf) per-example gradient in parameter(s) {names}"
@@ -271,8 +271,9 @@ class _StructuredBackend:
                     dest[:, cols].zero_()
 
 
-def _finite_input(inp: Tensor) -> bool:
-    return not inp.is_floating_point() or bool(torch.isfinite(inp).all())
+def _all_finite(t: Tensor) -> bool:
+    """One reduction pass: a NaN/Inf anywhere makes the sum non-finite (integers are finite)."""
+    return not t.is_floating_point() or bool(torch.isfinite(t.sum()))
 
 
 def _check_losses(losses: Tensor) -> None:

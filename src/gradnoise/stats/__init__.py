@@ -17,11 +17,17 @@ _LAZY = {
     "fit_power_law": "powerlaw",
     "power_law_test": "powerlaw",
     "compare_tails": "powerlaw",
+    "PowerLawFit": "powerlaw",
+    "PowerLawTest": "powerlaw",
+    "TailComparison": "powerlaw",
     # alpha-stable laws, tail indices, Gaussianity, noise-model comparison
     "sample_stable": "stable",
     "fit_stable": "stable",
     "tail_index": "tail",
     "normality_test": "gaussianity",
+    "projection_normality_test": "gaussianity",
+    "sas_logpdf": "stable",
+    "sas_cdf": "stable",
     "compare_noise_models": "noise_models",
 }
 
