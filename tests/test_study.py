@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 import gradnoise
 from gradnoise.cli import app
+from gradnoise.report import Section
 from gradnoise.study import Analysis, StudyConfig, register_analysis, run_study
 from gradnoise.study.registry import available_analyses, get_analysis
 
@@ -171,3 +172,65 @@ def test_registering_an_analysis(tmp_path):
         register_analysis(Analysis("training", "x", compute, render))
     run = run_study(StudyConfig(**{**TINY, "analyses": ("custom",)}), tmp_path / "r")
     assert "2 checkpoints" in (run / "report.html").read_text()
+
+
+def test_preset_runs_each_config_and_writes_an_index(tmp_path):
+    from gradnoise.study.registry import Preset, register_preset
+
+    def headline(results):
+        return {"recorded steps": results["recorded_steps"]}
+
+    register_analysis(
+        Analysis(
+            "steps_only",
+            "Steps",
+            lambda ctx: {"recorded_steps": ctx.run.length},
+            lambda view: Section("s", "Steps"),
+            headline=headline,
+        )
+    )
+    configs = {
+        "a": StudyConfig(**{**TINY, "analyses": ("steps_only",)}),
+        "b": StudyConfig(**{**TINY, "steps": 10, "analyses": ("steps_only",)}),
+    }
+    register_preset(Preset("tiny-preset", "two tiny runs", lambda quick, seed: configs))
+    result = CliRunner().invoke(
+        app, ["reproduce", "tiny-preset", "--out", str(tmp_path / "p"), "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    index = (tmp_path / "p/index.html").read_text()
+    assert "a/report.html" in index and "b/report.html" in index and "recorded steps" in index
+    assert (tmp_path / "p/a/report.html").exists() and (tmp_path / "p/b/summary.json").exists()
+    (tmp_path / "p/index.html").unlink()
+    assert CliRunner().invoke(app, ["report", str(tmp_path / "p")]).exit_code == 0
+    assert (tmp_path / "p/index.html").exists()
+    result = CliRunner().invoke(app, ["reproduce", "no-such-preset"])
+    assert result.exit_code == 2 and "unknown preset" in result.output
+
+
+def test_during_training_hooks_measure_without_perturbing_training(tiny_run, tmp_path):
+    import torch
+
+    def measure(ctx, step, model):
+        if step % 5 == 0:  # a measurement that runs forward/backward passes of its own
+            x, y = ctx.train_tensors
+            g = gradnoise.full_grad(model, ctx.loss_fn, (x[:64], y[:64]))
+            ctx.scratch.setdefault("hooked", []).append([step, float(torch.linalg.vector_norm(g))])
+
+    register_analysis(
+        Analysis(
+            "hooked",
+            "Hooked",
+            lambda ctx: {"seen": ctx.scratch["hooked"]},
+            lambda view: Section("hooked", "Hooked"),
+            during_training=measure,
+        )
+    )
+    run = run_study(
+        StudyConfig(**{**TINY, "analyses": ("training", "gradients", "hooked")}), tmp_path / "h"
+    )
+    summary = json.loads((run / "summary.json").read_text())
+    assert [s for s, _ in summary["analyses"]["hooked"]["seen"]] == [0, 5, 10, 15, 20]
+    base = json.loads((tiny_run / "summary.json").read_text())
+    assert summary["analyses"]["training"] == base["analyses"]["training"]
+    np.testing.assert_array_equal(gradnoise.open_run(run).grads, gradnoise.open_run(tiny_run).grads)

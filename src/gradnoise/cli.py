@@ -106,22 +106,22 @@ def reproduce(
 ) -> None:
     """Run a paper-sized study (e.g. xie-tails); without a name, list the presets."""
     from .study.registry import available_presets, get_preset
+    from .study.runner import run_preset
 
     if name is None:
         names = available_presets()
         if not names:
-            typer.echo("no presets are registered yet")
+            typer.echo("no presets are registered")
         for preset_name in names:
             typer.echo(f"{preset_name:28s} {get_preset(preset_name).description}")
         return
     try:
-        preset = get_preset(name)
         with _progress(quiet) as progress:
-            run_dir = preset.run(out=out, quick=quick, seed=seed, progress=progress)
+            run_dir = run_preset(name, out, quick=quick, seed=seed, progress=progress)
     except (GradnoiseError, ValueError) as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from err
-    typer.echo(str(run_dir))
+    typer.echo(str(run_dir / "index.html"))
 
 
 @app.command()

@@ -38,6 +38,7 @@ class Section:
         title: heading.
         paragraphs: plain-text paragraphs (escaped when rendered).
         tables, figures: content, rendered in this order after the text.
+        notes: caveats, rendered last; links: ``(text, relative URL)`` pairs.
     """
 
     key: str
@@ -46,6 +47,7 @@ class Section:
     tables: Sequence[Table] = ()
     figures: Sequence[Figure] = ()
     notes: Sequence[str] = field(default_factory=tuple)
+    links: Sequence[tuple[str, str]] = ()
 
 
 def _fmt(value: Any) -> str:

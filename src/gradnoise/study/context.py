@@ -65,6 +65,7 @@ class StudyContext:
         probe_index: indices (into the train split) of the examples whose per-sample gradients
             were captured at each checkpoint.
         progress: use ``ctx.progress.track(iterable, "what")`` around long loops.
+        scratch: per-analysis measurements taken during training (``during_training`` hooks).
     """
 
     config: StudyConfig
@@ -73,6 +74,7 @@ class StudyContext:
     checkpoints: dict[int, Path]
     probe_index: np.ndarray
     progress: Progress = field(default_factory=Progress)
+    scratch: dict[str, Any] = field(default_factory=dict)
 
     @property
     def device(self) -> Any:

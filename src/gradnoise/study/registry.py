@@ -11,15 +11,23 @@ An analysis is an :class:`Analysis`: a name, a report title and two functions.
 * ``render(view: RunView) -> Section`` builds the report section from stored data only (the
   summary, saved arrays and the store); it must not import torch, so that
   ``gradnoise report RUN_DIR`` re-renders any run without retraining.
+* optionally ``headline(results) -> {label: value}``: a few numbers for the comparison table of a
+  preset's index page.
+* optionally ``during_training(ctx, step, model)``: called at every training step (after the
+  minibatch backward, before the optimizer step) and once more after the last step with
+  ``step == config.steps``; it decides itself when to measure (e.g. every k steps) and keeps its
+  measurements in ``ctx.scratch[name]`` for ``compute``. It must not change the model, its
+  ``.grad`` fields or the training data order (use ``ctx.rng(...)`` streams, ``autograd.grad``).
 
 Register it in :data:`BUILTIN_ANALYSES` (``"name": "module:attribute"``, imported on first use,
 so nothing is registered as a side effect of importing) or at run time with
 :func:`register_analysis`. A study runs the analyses named in ``StudyConfig.analyses``; options
 come from ``StudyConfig.options[name]`` (TOML ``[options.<name>]``).
 
-Presets for ``gradnoise reproduce NAME`` are registered the same way in :data:`BUILTIN_PRESETS`:
-a :class:`Preset` is a function ``run(*, out, quick, seed, progress) -> Path`` that writes a
-run directory with ``summary.json`` and ``report.html``.
+Presets for ``gradnoise reproduce NAME`` are registered the same way in :data:`BUILTIN_PRESETS`.
+A :class:`Preset` maps ``(quick, seed)`` to named study configurations (e.g. one per dataset);
+``gradnoise reproduce`` runs each into ``<out>/<key>/`` and writes ``<out>/index.html`` with a
+comparison table built from each analysis's optional ``headline(results) -> {label: value}``.
 """
 
 from __future__ import annotations
@@ -27,11 +35,11 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..report import Section
+    from .config import StudyConfig
     from .context import RunView, StudyContext
 
 
@@ -44,6 +52,8 @@ class Analysis:
     compute: Callable[[StudyContext], dict[str, Any]]
     render: Callable[[RunView], Section]
     description: str = ""
+    headline: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    during_training: Callable[[StudyContext, int, Any], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -52,15 +62,27 @@ class Preset:
 
     name: str
     description: str
-    run: Callable[..., Path]
+    configs: Callable[[bool, int], dict[str, StudyConfig]]
 
 
 BUILTIN_ANALYSES: dict[str, str] = {
     "training": "gradnoise.study.analyses.training:ANALYSIS",
     "gradients": "gradnoise.study.analyses.gradients:ANALYSIS",
+    "tails": "gradnoise.study.analyses.tails:ANALYSIS",
+    "noise_model": "gradnoise.study.analyses.noise_model:ANALYSIS",
+    "spectra": "gradnoise.study.analyses.spectra:ANALYSIS",
+    "variance": "gradnoise.study.analyses.variance:ANALYSIS",
 }
 
-BUILTIN_PRESETS: dict[str, str] = {}
+BUILTIN_PRESETS: dict[str, str] = {
+    "xie-tails": "gradnoise.study.presets.xie:TAILS",
+    "xie-covariance": "gradnoise.study.presets.xie_spectra:COVARIANCE",
+    "xie-hessian": "gradnoise.study.presets.xie_spectra:HESSIAN",
+    "simsekli-tail-index": "gradnoise.study.presets.noise_models:SIMSEKLI",
+    "panigrahi-batch-size": "gradnoise.study.presets.noise_models:PANIGRAHI",
+    "battash-sas": "gradnoise.study.presets.noise_models:BATTASH",
+    "faghri-variance": "gradnoise.study.presets.faghri:VARIANCE",
+}
 
 _ANALYSES: dict[str, Analysis] = {}
 _PRESETS: dict[str, Preset] = {}

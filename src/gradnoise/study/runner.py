@@ -156,6 +156,7 @@ def run_study(
             seed=derive_seed(config.seed, f"noise-{step}") % 2**31,
         )
 
+    hooks = [a.during_training for a in analyses if a.during_training is not None]
     perm: np.ndarray = np.empty(0, dtype=np.int64)
     position = 0
     model.train()
@@ -188,9 +189,13 @@ def run_study(
                 lr=optimizer.param_groups[0]["lr"],
                 **scalars,
             )
+        for hook in hooks:
+            hook(ctx, step, model)
         optimizer.step()
     if config.steps in checkpoint_steps:
         checkpoint(config.steps)
+    for hook in hooks:
+        hook(ctx, config.steps, model)
     final_test_loss, final_test_acc = evaluate()
     timings["train_and_capture_s"] = time.perf_counter() - t0
 
@@ -242,6 +247,11 @@ def run_study(
 def render_run(run_dir: str | Path) -> Path:
     """(Re-)render ``report.html`` and the figures of a finished run from stored data only."""
     run_dir = Path(run_dir)
+    if (run_dir / INDEX).exists():  # a preset directory: re-render every run, then the index
+        with open(run_dir / INDEX, encoding="utf-8") as f:
+            for key in json.load(f)["runs"]:
+                render_run(run_dir / key)
+        return render_index(run_dir)
     if not (run_dir / SUMMARY).exists():
         raise GradnoiseError(f"{run_dir} has no {SUMMARY}: not a finished gradnoise run")
     with open(run_dir / SUMMARY, encoding="utf-8") as f:
@@ -261,4 +271,88 @@ def render_run(run_dir: str | Path) -> Path:
     }
     return render_report(
         run_dir / "report.html", title=title, config=flat_config, sections=sections, meta=meta
+    )
+
+
+INDEX = "index.json"
+
+
+def run_preset(
+    name: str,
+    out: str | Path | None = None,
+    *,
+    quick: bool = False,
+    seed: int = 0,
+    progress: Any = None,
+) -> Path:
+    """Run the studies of preset ``name`` into ``out/<key>/`` and write ``out/index.html``."""
+    from .registry import get_preset
+
+    preset = get_preset(name)
+    configs = preset.configs(quick, seed)
+    out = (
+        Path(out)
+        if out is not None
+        else Path("runs")
+        / (f"{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{name}" + ("-quick" if quick else ""))
+    )
+    if out.exists() and any(out.iterdir()):
+        raise GradnoiseError(
+            f"output directory {out} exists and is not empty; choose another --out"
+        )
+    for key in configs:
+        run_study(configs[key], out / key, progress=progress)
+    write_json(
+        out / INDEX,
+        {
+            "preset": name,
+            "description": preset.description,
+            "quick": quick,
+            "seed": seed,
+            "runs": list(configs),
+        },
+    )
+    render_index(out)
+    return out
+
+
+def render_index(out: str | Path) -> Path:
+    """``index.html`` of a preset directory: a comparison table and links to each run's report."""
+    out = Path(out)
+    with open(out / INDEX, encoding="utf-8") as f:
+        index = json.load(f)
+    rows, header = [], ["run", "dataset", "model", "steps", "test accuracy"]
+    headlines: list[dict[str, Any]] = []
+    for key in index["runs"]:
+        with open(out / key / SUMMARY, encoding="utf-8") as f:
+            summary = json.load(f)
+        line: dict[str, Any] = {}
+        for name, results in summary["analyses"].items():
+            headline = get_analysis(name).headline
+            if headline is not None:
+                line.update(headline(results))
+        headlines.append(line)
+        cfg = summary["config"]
+        rows.append(
+            [key, summary["data"]["name"], cfg["model"], cfg["steps"], summary["final"]["test_acc"]]
+        )
+    extra = list(dict.fromkeys(k for line in headlines for k in line))
+    table_rows = [
+        [*row, *(line.get(k, "") for k in extra)] for row, line in zip(rows, headlines, strict=True)
+    ]
+    from ..report import Section, Table
+
+    section = Section(
+        "comparison",
+        "Comparison",
+        paragraphs=[index["description"]],
+        tables=[Table([*header, *extra], table_rows)],
+        links=[(f"report of run '{key}'", f"{key}/report.html") for key in index["runs"]],
+    )
+    title = f"gradnoise reproduce {index['preset']}" + (" (quick)" if index["quick"] else "")
+    return render_report(
+        out / "index.html",
+        title=title,
+        config={"preset": index["preset"], "quick": index["quick"], "seed": index["seed"]},
+        sections=[section],
     )

@@ -1,0 +1,1 @@
+"""Paper presets for ``gradnoise reproduce`` (see :mod:`gradnoise.study.registry`)."""
