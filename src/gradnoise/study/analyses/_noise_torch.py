@@ -1,0 +1,104 @@
+"""Torch side of the noise-model studies: SGN samples at fixed parameters, short training arms.
+
+Imported only inside ``compute`` (rendering never needs torch).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...capture import full_grad, per_sample_grads
+from ...selection import ParamSelection
+
+
+def stratified_selection(model: Any, coords: int, rng: np.random.Generator) -> ParamSelection:
+    """Up to ceil(coords / #tensors) seeded random coordinates of every trainable tensor (all of a
+    smaller tensor), so that every layer, biases included, is represented."""
+    named = [(n, tuple(p.shape)) for n, p in model.named_parameters() if p.requires_grad]
+    per = max(1, math.ceil(coords / len(named)))
+    indices: list[np.ndarray | None] = []
+    for _, shape in named:
+        numel = math.prod(shape)
+        indices.append(None if numel <= per else np.sort(rng.choice(numel, per, replace=False)))
+    return ParamSelection(tuple(n for n, _ in named), tuple(s for _, s in named), tuple(indices))
+
+
+def data_pass_noise(
+    model: Any, loss_fn: Any, x: torch.Tensor, y: torch.Tensor, batch_size: int
+) -> np.ndarray:
+    """Simsekli et al.'s SGN sample (methods.md §4b(b)): one pass over the data in P = N // B
+    consecutive disjoint minibatches (data order as stored; the last N - P B examples are not
+    used), minibatch gradients g_k of all parameters, noise g_k - (1/P) sum_k g_k. ``[P, M]``."""
+    p = x.shape[0] // batch_size
+    if p < 2:
+        raise ValueError(
+            f"a data pass of {x.shape[0]} examples holds fewer than 2 minibatches of {batch_size}"
+        )
+    grads = torch.stack(
+        [
+            full_grad(
+                model,
+                loss_fn,
+                (
+                    x[k * batch_size : (k + 1) * batch_size],
+                    y[k * batch_size : (k + 1) * batch_size],
+                ),
+                batch_size=batch_size,
+            )
+            for k in range(p)
+        ]
+    ).double()
+    return (grads - grads.mean(0)).float().cpu().numpy()
+
+
+def per_sample_and_mean(
+    model: Any, loss_fn: Any, x: torch.Tensor, y: torch.Tensor, selection: ParamSelection
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-example gradients of the whole train split on ``selection`` (``[N, C]``, the
+    parameters' dtype) and their mean, the full gradient G (``[C]``, float64)."""
+    g = per_sample_grads(model, loss_fn, x, y, params=selection, chunk_size=256)
+    return g.cpu().numpy(), g.double().mean(0).cpu().numpy()
+
+
+def train_arm(
+    model: Any,
+    loss_fn: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    lr: float,
+    batch_size: int,
+    steps: int,
+    momentum: float,
+    weight_decay: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Plain minibatch SGD as in the study (epochs without replacement, order from ``rng``);
+    returns the minibatch losses. Changes ``model`` in place."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    n = x.shape[0]
+    perm, pos = np.empty(0, dtype=np.int64), 0
+    losses = np.empty(steps)
+    model.train()
+    for t in range(steps):
+        if pos + batch_size > perm.size:
+            perm, pos = rng.permutation(n), 0
+        idx = torch.as_tensor(perm[pos : pos + batch_size])
+        pos += batch_size
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x[idx]), y[idx])
+        loss.backward()
+        opt.step()
+        losses[t] = float(loss.detach())
+    return losses
+
+
+def evaluate(model: Any, loss_fn: Any, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Loss and accuracy of ``model`` on ``(x, y)``."""
+    with torch.no_grad():
+        logits = model(x)
+        return float(loss_fn(logits, y)), float((logits.argmax(1) == y).float().mean())

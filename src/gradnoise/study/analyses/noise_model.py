@@ -1,0 +1,430 @@
+"""Noise model: Gaussian or alpha-stable? Three studies of SGN at fixed parameters.
+
+* **Simsekli** (Simsekli, Sagun & Gurbuzbalaban, ICML 2019; methods.md §4b): one pass over the
+  train split in disjoint minibatches of ``pass_batch_size``, noise = minibatch gradient minus
+  the mean of the pass's minibatch gradients (all parameters); the Mohammadi tail index pooled
+  over all coordinates row-major (the original recipe) vs per coordinate, and the same
+  estimator on Gaussian coordinates with the observed per-coordinate scales (methods.md §8).
+* **Panigrahi** (Panigrahi et al. 2019; methods.md §4a): fraction of coordinates and of random
+  directions accepted as Gaussian (normality ``test``, BH and Holm at ``level``) vs batch size
+  and training stage.
+* **Battash** (Battash, Wolf & Lindenbaum, AISTATS 2024; methods.md §3): per-coordinate SαS fits
+  (alpha, scale), where SαS beats the Gaussian (AIC) by layer and over training, a full alpha /
+  scale map of one weight matrix, and learning-rate-decay arms trained from a checkpoint.
+
+SGN for Panigrahi and Battash is drawn from the exact per-example gradients of the whole train
+split on a stratified coordinate subset: xi_k = (1/B) sum_{i in B_k} (g_i - G), each minibatch
+without replacement, minibatches independent (regime 1 of methods.md §0).
+
+Options (``[options.noise_model]``): ``mode`` = ``"default"`` (cheap, for ``gradnoise run``) or
+``"full"`` (paper-sized, for the presets) sets the defaults of the size options below; any of
+them may be given explicitly:
+``studies`` (subset of simsekli, panigrahi, battash), ``sgn_samples`` K, ``coords`` (selected
+coordinates), ``batch_sizes`` (Panigrahi sweep), ``directions``, ``test`` (a
+:func:`gradnoise.stats.normality_test` method), ``level``, ``fit_coords`` (coordinates fitted by
+SαS MLE), ``battash_batch_sizes``, ``map_param``, ``map_method``, ``pass_batch_size``,
+``resampled`` (Simsekli per-coordinate alpha also on K resampled minibatches), ``arms``,
+``arm_from``, ``arm_steps``, ``decay``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ...report import Section
+from ..context import RunView, StudyContext
+from ..registry import Analysis
+
+NAME = "noise_model"
+TITLE = "Noise model: Gaussian or alpha-stable?"
+STUDIES = ("simsekli", "panigrahi", "battash")
+ARMS = ("constant", "lr-decay", "batch-increase", "lr-decay-small-batch")
+TESTS = ("shapiro", "dagostino", "anderson", "jarque_bera", "lilliefors")
+
+MODES: dict[str, dict[str, Any]] = {
+    "default": {
+        "sgn_samples": 256,
+        "coords": 1200,
+        "batch_sizes": [32, 128, 512],
+        "directions": 100,
+        "fit_coords": 300,
+        "battash_batch_sizes": None,  # the study's batch size
+        "map_method": "mcculloch",
+        "resampled": False,
+        "arms": ["constant", "lr-decay", "batch-increase"],
+    },
+    "full": {
+        "sgn_samples": 1000,
+        "coords": 3000,
+        "batch_sizes": [32, 64, 128, 256, 512, 1024],
+        "directions": 200,
+        "fit_coords": 1200,
+        "battash_batch_sizes": [32, 128, 512],
+        "map_method": "mle",
+        "resampled": True,
+        "arms": list(ARMS),
+    },
+}
+COMMON: dict[str, Any] = {
+    "studies": list(STUDIES),
+    "test": "shapiro",
+    "level": 0.05,
+    "pass_batch_size": None,  # the study's batch size (Simsekli: eval batch = training batch)
+    "map_param": None,  # the last 2-D weight matrix
+    "arms": None,
+    "arm_from": None,  # the middle checkpoint
+    "arm_steps": None,  # steps // 4
+    "decay": 4,
+}
+
+
+def resolve_options(raw: dict[str, Any], config: Any) -> dict[str, Any]:
+    """Options with the defaults of their ``mode`` filled in, validated (clear errors)."""
+    raw = dict(raw)
+    mode = raw.pop("mode", "default")
+    if mode not in MODES:
+        raise ValueError(f"options.noise_model.mode must be one of {sorted(MODES)}, got {mode!r}")
+    opts = {**COMMON, **MODES[mode]}
+    unknown = set(raw) - set(opts)
+    if unknown:
+        raise ValueError(
+            f"unknown options.noise_model setting(s) {sorted(unknown)}; known: "
+            f"{sorted([*opts, 'mode'])}"
+        )
+    opts.update(raw)
+    opts["mode"] = mode
+    studies = [str(s) for s in opts["studies"]]
+    if not studies or set(studies) - set(STUDIES):
+        raise ValueError(f"options.noise_model.studies must be a non-empty subset of {STUDIES}")
+    opts["studies"] = [s for s in STUDIES if s in studies]
+    if opts["test"] not in TESTS:
+        raise ValueError(f"options.noise_model.test must be one of {TESTS}, got {opts['test']!r}")
+    for key in ("sgn_samples", "coords", "directions", "fit_coords", "decay"):
+        if isinstance(opts[key], bool) or not isinstance(opts[key], int) or opts[key] < 1:
+            raise ValueError(f"options.noise_model.{key} must be a positive int, got {opts[key]!r}")
+    if not 20 <= opts["sgn_samples"] <= 5000:
+        raise ValueError(
+            "options.noise_model.sgn_samples must lie in [20, 5000] (normality tests need >= 20; "
+            f"Shapiro–Wilk's p-value is unreliable above 5000), got {opts['sgn_samples']}"
+        )
+    if not 0 < float(opts["level"]) < 1:
+        raise ValueError(f"options.noise_model.level must be in (0, 1), got {opts['level']}")
+    opts["pass_batch_size"] = int(opts["pass_batch_size"] or config.batch_size)
+    opts["battash_batch_sizes"] = [
+        int(b) for b in opts["battash_batch_sizes"] or [config.batch_size]
+    ]
+    opts["batch_sizes"] = sorted({int(b) for b in opts["batch_sizes"]})
+    if any(b < 1 for b in [*opts["batch_sizes"], *opts["battash_batch_sizes"]]):
+        raise ValueError("options.noise_model batch sizes must be >= 1")
+    opts["arms"] = [str(a) for a in (opts["arms"] or [])]
+    if set(opts["arms"]) - set(ARMS):
+        raise ValueError(f"options.noise_model.arms must be a subset of {ARMS}, got {opts['arms']}")
+    if opts["map_method"] not in ("mcculloch", "cf", "mle"):
+        raise ValueError("options.noise_model.map_method must be mcculloch, cf or mle")
+    steps = config.checkpoint_steps()
+    if opts["arm_from"] is None:
+        opts["arm_from"] = steps[(len(steps) - 1) // 2] if len(steps) > 1 else steps[0]
+    if opts["arm_from"] not in steps:
+        raise ValueError(f"options.noise_model.arm_from must be a checkpoint step {steps}")
+    opts["arm_steps"] = int(opts["arm_steps"] or max(1, config.steps // 4))
+    return opts
+
+
+def _arm_settings(arm: str, lr: float, batch: int, decay: int) -> tuple[float, int]:
+    return {
+        "constant": (lr, batch),
+        "lr-decay": (lr / decay, batch),
+        "batch-increase": (lr, batch * decay),
+        "lr-decay-small-batch": (lr / decay, max(1, batch // decay)),
+    }[arm]
+
+
+def compute(ctx: StudyContext) -> dict[str, Any]:
+    import numpy as np
+
+    from . import _noise_stats as ns
+    from . import _noise_torch as nt
+
+    cfg = ctx.config
+    opts = resolve_options(ctx.options(NAME), cfg)
+    studies = opts["studies"]
+    loss_fn = ctx.loss_fn
+    x, y = (t.to(ctx.device) for t in ctx.train_tensors)
+    n = int(x.shape[0])
+    k = opts["sgn_samples"]
+    steps = sorted(ctx.checkpoints)
+    model0 = ctx.load_model(steps[0])
+    selection = nt.stratified_selection(model0, opts["coords"], ctx.rng(f"{NAME}-coords"))
+    names = list(selection.names)
+    numels = [selection.numel(i) for i in range(len(names))]
+    groups = selection.layer_of_columns()
+    arrays: dict[str, Any] = {}
+    out: dict[str, Any] = {
+        "studies": studies,
+        "settings": {
+            key: opts[key]
+            for key in (
+                "mode",
+                "sgn_samples",
+                "test",
+                "level",
+                "pass_batch_size",
+                "batch_sizes",
+                "battash_batch_sizes",
+                "directions",
+                "fit_coords",
+                "map_method",
+            )
+        },
+        "train_examples": n,
+        "selected_coordinates": selection.num_columns,
+        "selected_params": names,
+    }
+
+    def batches(step: int | str, b: int) -> np.ndarray:
+        return ns.draw_minibatches(ctx.rng(f"{NAME}-batches-{step}-{b}"), n, b, k)
+
+    # the map of one weight matrix (Battash): the last 2-D parameter by default
+    map_name = opts["map_param"]
+    if "battash" in studies:
+        two_d = [nm for nm, p in model0.named_parameters() if p.ndim == 2]
+        if map_name is None:
+            if not two_d:
+                raise ValueError("the model has no 2-D parameter for the alpha map")
+            map_name = two_d[-1]
+        elif map_name not in dict(model0.named_parameters()):
+            raise ValueError(f"options.noise_model.map_param {map_name!r} is not a parameter")
+        map_shape = tuple(dict(model0.named_parameters())[map_name].shape)
+        map_sel = type(selection)((map_name,), (map_shape,), (None,))
+
+    skipped = sorted({b for b in [*opts["batch_sizes"], *opts["battash_batch_sizes"]] if b > n})
+    sim_rows, pan_rows, bat_rows, bat_layers, map_rows = [], [], [], [], []
+    branch: dict[str, Any] = {}
+    for step in ctx.progress.track(steps, "noise model at checkpoints"):
+        model = ctx.load_model(step)
+        need_gamma = bool({"panigrahi", "battash"} & set(studies)) or opts["resampled"]
+        gamma = nt.per_sample_and_mean(model, loss_fn, x, y, selection) if need_gamma else None
+        xi_cache: dict[int, np.ndarray] = {}
+
+        def xi_at(b: int, gamma: Any = gamma, step: int = step, cache: Any = xi_cache) -> Any:
+            if b not in cache:
+                cache[b] = ns.sgn_from_per_sample(*gamma, batches(step, b))
+            return cache[b]
+
+        if "simsekli" in studies:
+            noise = nt.data_pass_noise(model, loss_fn, x, y, opts["pass_batch_size"])
+            resampled = xi_at(opts["pass_batch_size"]) if opts["resampled"] else None
+            row, arr = ns.simsekli_stats(
+                noise, rng=ctx.rng(f"{NAME}-simsekli-control-{step}"), resampled=resampled
+            )
+            del noise
+            sim_rows.append({"step": step, **row})
+            arrays.update({f"simsekli_{key}_{step}": v for key, v in arr.items()})
+        if "panigrahi" in studies:
+            for b in opts["batch_sizes"]:
+                if b > n:
+                    continue
+                row = ns.panigrahi_stats(
+                    xi_at(b),
+                    test=opts["test"],
+                    directions=opts["directions"],
+                    level=opts["level"],
+                    rng=ctx.rng(f"{NAME}-directions-{step}-{b}"),
+                )
+                pan_rows.append({"step": step, "batch_size": b, **row})
+        if "battash" in studies:
+            for b in opts["battash_batch_sizes"]:
+                if b > n:
+                    continue
+                summ, layers, arr = ns.battash_stats(
+                    xi_at(b),
+                    groups=groups,
+                    names=names,
+                    numels=numels,
+                    fit_coords=opts["fit_coords"],
+                    rng=ctx.rng(f"{NAME}-fit-{step}-{b}"),
+                )
+                bat_rows.append({"step": step, "batch_size": b, **summ})
+                bat_layers += [{"step": step, "batch_size": b, **r} for r in layers]
+                arrays.update({f"battash_{key}_{step}_{b}": v for key, v in arr.items()})
+            gamma_map = nt.per_sample_and_mean(model, loss_fn, x, y, map_sel)
+            xi_map = ns.sgn_from_per_sample(*gamma_map, batches(f"map-{step}", cfg.batch_size))
+            del gamma_map
+            a_map, s_map, n_deg = ns.parameter_map(xi_map, map_shape, method=opts["map_method"])
+            arrays[f"battash_alpha_map_{step}"] = a_map.astype(np.float32)
+            arrays[f"battash_scale_map_{step}"] = s_map.astype(np.float32)
+            finite = np.isfinite(a_map)
+            map_rows.append(
+                {
+                    "step": step,
+                    "degenerate": n_deg,
+                    "alpha_median": float(np.median(a_map[finite])) if finite.any() else None,
+                    "fraction_alpha_below_1_9": float(np.mean(a_map[finite] < 1.9))
+                    if finite.any()
+                    else None,
+                }
+            )
+            if step == opts["arm_from"] and opts["arms"]:
+                branch = {"step": step, "xi": xi_at(cfg.batch_size)}
+        del gamma, xi_cache
+    out["skipped_batch_sizes"] = skipped
+    if "simsekli" in studies:
+        out["simsekli"] = {"batch_size": opts["pass_batch_size"], "checkpoints": sim_rows}
+    if "panigrahi" in studies:
+        out["panigrahi"] = {"rows": pan_rows}
+    if "battash" in studies:
+        out["battash"] = {
+            "rows": bat_rows,
+            "layers": bat_layers,
+            "map": {
+                "param": map_name,
+                "shape": list(map_shape),
+                "method": opts["map_method"],
+                "batch_size": cfg.batch_size,
+                "checkpoints": map_rows,
+            },
+        }
+        if branch:
+            out["battash"]["arms"] = _arms(ctx, opts, selection, branch, arrays, (x, y))
+    ctx.save_arrays(NAME, **arrays)
+    return out
+
+
+def _arms(
+    ctx: StudyContext,
+    opts: dict[str, Any],
+    selection: Any,
+    branch: dict[str, Any],
+    arrays: dict[str, Any],
+    train: tuple[Any, Any],
+) -> dict[str, Any]:
+    """Learning-rate-decay arms (Battash et al.; methods.md §3(b)4): from checkpoint
+    ``arm_from``, train ``arm_steps`` steps with (constant) lr, B; (lr-decay) lr/gamma, B;
+    (batch-increase) lr, gamma B; (lr-decay-small-batch) lr/gamma, B/gamma; then measure the
+    SGN each arm's optimizer sees (its own batch size) at its end point."""
+    import numpy as np
+
+    from . import _noise_stats as ns
+    from . import _noise_torch as nt
+
+    cfg = ctx.config
+    x, y = train
+    n = int(x.shape[0])
+    xt, yt = (t.to(ctx.device) for t in ctx.test_tensors)
+    groups = selection.layer_of_columns()
+    names = list(selection.names)
+    numels = [selection.numel(i) for i in range(len(names))]
+    base_step_noise = cfg.lr * branch["xi"]
+    rows, skipped = [], []
+    for arm in ctx.progress.track(opts["arms"], "learning-rate-decay arms"):
+        lr, b = _arm_settings(arm, cfg.lr, cfg.batch_size, opts["decay"])
+        if b > n:
+            skipped.append(arm)
+            continue
+        model = ctx.load_model(branch["step"])
+        losses = nt.train_arm(
+            model,
+            ctx.loss_fn,
+            x,
+            y,
+            lr=lr,
+            batch_size=b,
+            steps=opts["arm_steps"],
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            rng=ctx.rng(f"{NAME}-arm-order-{arm}"),
+        )
+        arrays[f"arm_loss_{arm}"] = losses.astype(np.float32)
+        gamma = nt.per_sample_and_mean(model, ctx.loss_fn, x, y, selection)
+        xi = ns.sgn_from_per_sample(
+            *gamma,
+            ns.draw_minibatches(ctx.rng(f"{NAME}-arm-batches-{arm}"), n, b, opts["sgn_samples"]),
+        )
+        del gamma
+        summ, _, arr = ns.battash_stats(
+            xi,
+            groups=groups,
+            names=names,
+            numels=numels,
+            fit_coords=opts["fit_coords"],
+            rng=ctx.rng(f"{NAME}-arm-fit-{arm}"),
+        )
+        alpha, scale = arr["alpha"].astype(np.float64), arr["scale"].astype(np.float64)
+        train_loss, train_acc = nt.evaluate(model, ctx.loss_fn, x, y)
+        _, test_acc = nt.evaluate(model, ctx.loss_fn, xt, yt)
+        tail = max(1, losses.size // 4)
+        rows.append(
+            {
+                "arm": arm,
+                "lr": lr,
+                "batch_size": b,
+                "train_loss": train_loss,
+                "train_acc": train_acc,
+                "test_acc": test_acc,
+                "minibatch_loss_last_quarter": float(losses[-tail:].mean()),
+                "alpha_median": summ["alpha_median"],
+                "fraction_stable": summ["fraction_stable"],
+                "sgn_scale_median": summ["scale_median"],
+                "step_noise_scale_median": float(np.median(lr * scale)),
+                "levy_amplitude_median": float(np.median(lr ** ((alpha - 1) / alpha) * scale)),
+                **ns.jump_stats(base_step_noise, lr * xi),
+            }
+        )
+    return {
+        "from_step": branch["step"],
+        "steps": opts["arm_steps"],
+        "decay": opts["decay"],
+        "base_lr": cfg.lr,
+        "base_batch_size": cfg.batch_size,
+        "rows": rows,
+        "skipped": skipped,
+    }
+
+
+def headline(results: dict[str, Any]) -> dict[str, Any]:
+    """A few numbers at the last checkpoint for a preset's comparison table."""
+    line: dict[str, Any] = {}
+    if "simsekli" in results and results["simsekli"]["checkpoints"]:
+        last = results["simsekli"]["checkpoints"][-1]
+        line["pooled α (Simsekli)"] = last["pooled_alpha"]
+        line["pooled α, Gaussian control"] = last["pooled_alpha_gaussian_control"]
+        line["pooled α, Gaussian control (IQR)"] = last["pooled_alpha_gaussian_control_iqr"]
+        line["median per-coord α"] = last["per_coord_alpha_median"]
+    if "panigrahi" in results and results["panigrahi"]["rows"]:
+        rows = results["panigrahi"]["rows"]
+        final = [r for r in rows if r["step"] == rows[-1]["step"]]
+        for r in (final[0], final[-1]) if len(final) > 1 else final[:1]:
+            line[f"Gaussian coords B={r['batch_size']}"] = r["accepted_bh"]
+            line[f"Gaussian dirs B={r['batch_size']}"] = r["directions_accepted_bh"]
+    if "battash" in results and results["battash"]["rows"]:
+        rows = results["battash"]["rows"]
+        final = [r for r in rows if r["step"] == rows[-1]["step"]]
+        train_b = results["battash"]["map"]["batch_size"]
+        last = next((r for r in final if r["batch_size"] == train_b), final[0])
+        line["SαS wins (AIC)"] = last["fraction_stable"]
+        line["median SαS α"] = last["alpha_median"]
+        for r in results["battash"].get("arms", {}).get("rows", []):
+            if r["arm"] in ("lr-decay", "batch-increase"):
+                line[f"jump freq {r['arm']}"] = r["jump_frequency"]
+    return {
+        k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v)
+        for k, v in line.items()
+    }
+
+
+def render(view: RunView) -> Section:
+    from ._noise_render import render_section
+
+    return render_section(view, TITLE)
+
+
+ANALYSIS = Analysis(
+    NAME,
+    TITLE,
+    compute,
+    render,
+    description="pooled vs per-coordinate tail index (Simsekli), Gaussianity vs batch size "
+    "(Panigrahi), per-parameter SαS fits and lr-decay arms (Battash)",
+    headline=headline,
+)
