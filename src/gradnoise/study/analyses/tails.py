@@ -1,0 +1,730 @@
+"""Power-law tails of gradients: the dimension-wise / iteration-wise / SGN battery of Xie et al.
+
+Xie, Tang, Sun, Li, "On the Overlooked Structure of Stochastic Gradients" (NeurIPS 2023,
+arXiv:2212.02083) report that *dimension-wise* gradients (the P coordinates of one gradient
+vector, per layer or whole model) usually have power-law tails, while *iteration-wise* gradients
+(one coordinate along training) and stochastic gradient noise usually do not. Sample families
+(methods.md §1(a), §1(b); absolute values, since a power law lives on x > 0):
+
+* ``dim_minibatch``, ``dim_full``, ``dim_sgn``: at each checkpoint, ``|g_B|`` (one or more
+  minibatch gradients), ``|G|`` (full-batch gradient) and ``|g_B - G|`` over all P coordinates
+  (scope ``model``) and over the coordinates of each parameter tensor (scope ``layer``);
+* ``iter_grad``: per tracked coordinate, ``|g_t|`` over the recorded training steps (the
+  gradient store), and the same in contiguous windows of steps (``iter_grad_windows``);
+* ``iter_sgn``: per tracked coordinate and checkpoint, ``|g_B - G|`` over K minibatches at the
+  fixed parameters of the checkpoint (methods.md §0 regime 1).
+
+Each family goes through :func:`gradnoise.stats.tail_battery.power_law_battery`: CSN fit,
+bootstrap test (plausible iff p > 0.1), the naive KS rule ``D < 1.358/sqrt(n_tail)``, likelihood
+ratios vs lognormal and exponential with Benjamini–Hochberg control across the family's samples.
+
+A size-matched control: ``dim_minibatch_matched`` draws random subsets of T non-zero
+coordinates of each dimension-wise minibatch gradient (T = the recorded steps, the size of an
+iteration-wise sample). The CSN test detects smaller departures from a power law in larger
+samples, and dimension-wise samples are ~100x larger than iteration-wise ones: comparing at equal
+size separates the sampling axis from the sample size.
+
+Zero policy: exact zeros are dropped and counted (``nonpositive="drop"``): they occur
+structurally (input pixels that are 0 in every example, dead ReLU units) and say nothing about
+the tail. SGN values of minibatches whose gradient at the coordinate is exactly 0 are dropped
+too: there ``xi = -G`` exactly, an atom that a continuous power-law fit would absorb into a
+steep "tail". A sample with fewer than ``min_tail`` remaining values (or < 3 distinct) is
+counted as untestable and left out of the fractions.
+
+Options (``[options.tails]``): ``n_boot`` (bootstrap replicates, default 9: small, for the
+default study's time budget; with ``(n_boot + 1) level`` an integer the rule ``p <= level``
+has no Monte-Carlo discreteness bias: with 20 replicates it would reject 3/21 = 14% of exact
+nulls; the preset uses more), ``boot_coords`` (iteration-wise families bootstrap a
+seeded random subset of this many samples per checkpoint or window, default 200; fits, the
+naive rule and likelihood ratios use all), ``dim_vectors`` (minibatch vectors per checkpoint,
+default 1), ``matched_samples`` (size-matched subsets per minibatch vector, default 50; 0
+disables), ``sgn_batches`` (K for ``iter_sgn``, default 256: the store's SGN snapshots are used
+when they hold at least K minibatches, else K are recomputed from the checkpoint),
+``iter_windows`` (default: one window per checkpoint interval when each holds at least
+``2 min_tail`` steps; 0 disables), ``min_tail`` (50), ``level`` (0.1), ``fdr`` (0.1),
+``examples`` (coordinates per iteration-wise CCDF panel, 3), ``full_batch_size`` (512).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ...report import Figure, Section, Table
+from ...report.figures import ccdf, figure, save_figure, thin
+from ..context import RunView, StudyContext
+from ..registry import Analysis
+
+NAME = "tails"
+
+DEFAULTS: dict[str, Any] = {
+    "n_boot": 9,
+    "boot_coords": 200,
+    "dim_vectors": 1,
+    "sgn_batches": 256,
+    "iter_windows": None,
+    "min_tail": 50,
+    "level": 0.1,
+    "fdr": 0.1,
+    "matched_samples": 50,
+    "examples": 3,
+    "full_batch_size": 512,
+}
+
+# family key -> (short label, what one sample is)
+FAMILIES: dict[str, tuple[str, str]] = {
+    "dim_minibatch": ("dimension-wise |g_B|", "one minibatch gradient, over coordinates"),
+    "dim_full": ("dimension-wise |G|", "the full-batch gradient, over coordinates"),
+    "dim_sgn": ("dimension-wise |g_B - G|", "one SGN vector, over coordinates"),
+    "dim_minibatch_matched": (
+        "dimension-wise |g_B|, size-matched",
+        "T random non-zero coordinates of one minibatch gradient",
+    ),
+    "iter_grad": ("iteration-wise |g_t|", "one coordinate, over training steps"),
+    "iter_grad_windows": ("iteration-wise |g_t|, windows", "one coordinate, over a window"),
+    "iter_sgn": ("per-coordinate SGN |g_B - G|", "one coordinate, over K minibatches at fixed θ"),
+}
+DIM_FAMILIES = ("dim_minibatch", "dim_full", "dim_sgn")
+SCOPES = {"model": "whole model", "layer": "per parameter tensor"}
+ALTERNATIVES = ("lognormal", "exponential")
+ZERO_POLICY = (
+    "exact zeros of |g_B|, |G| and |g_t| are dropped and counted; so are SGN values of "
+    "minibatches whose gradient at that coordinate is exactly 0 (there xi = -G, an atom); a "
+    "sample with fewer than min_tail remaining values (or < 3 distinct) is untestable and "
+    "left out of the fractions"
+)
+
+# (row key, headline label): the comparison the paper's claim is about
+HEADLINE = (
+    ("dim_minibatch/layer", "dim-wise |g_B| (per layer)"),
+    ("dim_full/layer", "dim-wise |G| (per layer)"),
+    ("dim_sgn/layer", "dim-wise SGN (per layer)"),
+    ("dim_minibatch_matched", "dim-wise |g_B| (size-matched)"),
+    ("iter_grad", "iter-wise |g_t|"),
+    ("iter_sgn", "per-coord SGN"),
+)
+
+
+def _settings(ctx: StudyContext) -> dict[str, Any]:
+    opts = ctx.options(NAME)
+    unknown = set(opts) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(
+            f"unknown [options.{NAME}] setting(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}"
+        )
+    s = {**DEFAULTS, **opts}
+    for key in ("n_boot", "boot_coords", "examples", "matched_samples"):
+        if int(s[key]) != s[key] or s[key] < 0:
+            raise ValueError(f"[options.{NAME}] {key} must be an integer >= 0, got {s[key]!r}")
+    for key in ("dim_vectors", "sgn_batches", "min_tail", "full_batch_size"):
+        if int(s[key]) != s[key] or s[key] < 1:
+            raise ValueError(f"[options.{NAME}] {key} must be an integer >= 1, got {s[key]!r}")
+    for key in ("level", "fdr"):
+        if not 0 < float(s[key]) < 1:
+            raise ValueError(f"[options.{NAME}] {key} must be in (0, 1), got {s[key]!r}")
+    if s["iter_windows"] is not None and (
+        int(s["iter_windows"]) != s["iter_windows"] or s["iter_windows"] < 0
+    ):
+        raise ValueError(
+            f"[options.{NAME}] iter_windows must be an integer >= 0, got {s['iter_windows']!r}"
+        )
+    return s
+
+
+def _param_layout(model: Any) -> tuple[list[str], np.ndarray]:
+    names, sizes = [], []
+    for name, p in model.named_parameters():
+        names.append(name)
+        sizes.append(p.numel())
+    return names, np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+
+def _selection_columns(selection: Any, names: list[str], offsets: np.ndarray) -> np.ndarray:
+    """Flat index into the full parameter vector of every tracked column."""
+    parts = []
+    for k, name in enumerate(selection.names):
+        parts.append(offsets[names.index(name)] + selection.flat_indices(k))
+    return np.concatenate(parts)
+
+
+def _windows(length: int, settings: dict[str, Any], checkpoints: int) -> int:
+    w = settings["iter_windows"]
+    if w is None:
+        w = checkpoints - 1
+        if w < 2 or length // w < 2 * settings["min_tail"]:
+            return 0
+    return int(min(w, length))
+
+
+def _row(key: str, family: str, scope: str | None) -> dict[str, Any]:
+    label, axis = FAMILIES[family]
+    if scope is not None:
+        label = f"{label} ({SCOPES[scope]})"
+    return {"key": key, "family": family, "scope": scope, "label": label, "axis": axis}
+
+
+def _group(res: Any, labels: list[Any], name: str) -> list[dict[str, Any]]:
+    return [{name: k, **v} for k, v in res.group_fractions(labels).items()]
+
+
+def _curve(values: np.ndarray, max_points: int = 400) -> tuple[np.ndarray, np.ndarray]:
+    x, p = ccdf(values)
+    return thin(x, p, max_points)
+
+
+def _example(res: Any, j: int, label: str) -> dict[str, Any]:
+    return {
+        "label": label,
+        "alpha": float(res.alpha[j]),
+        "xmin": float(res.xmin[j]),
+        "n_tail": int(res.n_tail[j]),
+        "n": int(res.n[j]),
+        "ks": float(res.ks[j]),
+        "ks_critical": float(res.ks_critical[j]),
+        "pvalue": float(res.pvalue[j]) if res.bootstrapped[j] else None,
+    }
+
+
+def _pick_examples(res: Any, count: int, rng: np.random.Generator) -> list[int]:
+    """Tested samples at the 10/50/90% quantiles of the bootstrap p (random if no bootstrap)."""
+    if count == 0 or not res.tested.any():
+        return []
+    pool = np.flatnonzero(res.bootstrapped if res.bootstrapped.any() else res.tested)
+    if res.bootstrapped.any():
+        order = pool[np.argsort(res.pvalue[pool], kind="stable")]
+        qs = np.linspace(0.1, 0.9, count) if count > 1 else np.array([0.5])
+        picks = order[np.round(qs * (order.size - 1)).astype(int)]
+        return list(dict.fromkeys(int(j) for j in picks))
+    return sorted(int(j) for j in rng.choice(pool, size=min(count, pool.size), replace=False))
+
+
+def compute(ctx: StudyContext) -> dict[str, Any]:
+    import torch
+
+    from ...capture import full_grad, minibatch_grads
+    from ...stats.tail_battery import power_law_battery
+
+    s = _settings(ctx)
+    cfg = ctx.config
+    run = ctx.run
+    sel = run.selection
+    x, y = ctx.train_tensors
+    steps = sorted(ctx.checkpoints)
+    common = {
+        "n_boot": s["n_boot"],
+        "level": s["level"],
+        "fdr": s["fdr"],
+        "min_tail": s["min_tail"],
+        "nonpositive": "drop",
+        "untestable": "skip",
+        "alternatives": ALTERNATIVES,
+    }
+    rows: list[dict[str, Any]] = []
+    arrays: dict[str, np.ndarray] = {}
+    examples: dict[str, list[dict[str, Any]]] = {}
+
+    def record(key: str, res: Any, **extra: np.ndarray) -> None:
+        arrays[f"{key}/alpha"] = res.alpha
+        arrays[f"{key}/xmin"] = res.xmin
+        arrays[f"{key}/n_tail"] = res.n_tail
+        arrays[f"{key}/n"] = res.n
+        arrays[f"{key}/ks"] = res.ks
+        arrays[f"{key}/pvalue"] = res.pvalue
+        arrays[f"{key}/naive"] = res.naive_plausible
+        arrays[f"{key}/tested"] = res.tested
+        for alt, v in res.comparisons.items():
+            arrays[f"{key}/lr_{alt}"] = v.verdict
+        for name, value in extra.items():
+            arrays[f"{key}/{name}"] = value
+
+    # ---------------------------------------------------------------- gradients at checkpoints
+    dim: dict[str, list[np.ndarray]] = {f"{f}/{sc}": [] for f in DIM_FAMILIES for sc in SCOPES}
+    dim_meta: dict[str, list[tuple[int, int, int]]] = {k: [] for k in dim}  # (step, vector, layer)
+    stored = run.noise
+    sgn_stored = all(step in stored and stored[step].shape[0] >= s["sgn_batches"] for step in steps)
+    noise_per_step: list[np.ndarray] = []
+    matched: list[np.ndarray] = []
+    matched_steps: list[int] = []
+    matched_rng = ctx.rng("tails-matched")
+    layer_names: list[str] = []
+    for step in ctx.progress.track(steps, "tails: gradients at checkpoints"):
+        model = ctx.load_model(step)
+        layer_names, offsets = _param_layout(model)
+        full_t = full_grad(model, ctx.loss_fn, (x, y), batch_size=s["full_batch_size"])
+        mb_t = minibatch_grads(
+            model,
+            ctx.loss_fn,
+            (x, y),
+            batch_size=cfg.batch_size,
+            num_batches=s["dim_vectors"],
+            seed=ctx.seed_for(f"tails-dim-{step}"),
+        )
+        full = full_t.cpu().numpy().astype(np.float64)
+        mb = mb_t.cpu().numpy().astype(np.float64)
+        sgn = np.abs(mb - full[None, :])
+        sgn[mb == 0] = 0.0  # no gradient from the minibatch: xi = -G, dropped (see docstring)
+        vectors = {
+            "dim_full": [np.abs(full)],
+            "dim_minibatch": list(np.abs(mb)),
+            "dim_sgn": list(sgn),
+        }
+        for a in vectors["dim_minibatch"]:  # size-matched subsets (see the docstring)
+            nonzero = a[a > 0]
+            if s["matched_samples"] and nonzero.size >= run.length:
+                for _ in range(s["matched_samples"]):
+                    matched.append(matched_rng.choice(nonzero, size=run.length, replace=False))
+                    matched_steps.append(step)
+        for fam, vecs in vectors.items():
+            for v, a in enumerate(vecs):
+                dim[f"{fam}/model"].append(a)
+                dim_meta[f"{fam}/model"].append((step, v, -1))
+                for k in range(len(layer_names)):
+                    dim[f"{fam}/layer"].append(a[offsets[k] : offsets[k + 1]])
+                    dim_meta[f"{fam}/layer"].append((step, v, k))
+        cols = torch.as_tensor(_selection_columns(sel, layer_names, offsets))
+        if sgn_stored:
+            # G exactly as the recorder computed it (gradient_noise: full_grad in batches of
+            # 256 over the selection), to recover g_B = xi + G and its exact zeros
+            g_sel = full_grad(model, ctx.loss_fn, (x, y), batch_size=256, params=sel)
+            noise = stored[step][: s["sgn_batches"]].astype(np.float32)
+            g_b = noise + g_sel.cpu().numpy()[None, :]
+        else:
+            g_sel = full_t.index_select(0, cols.to(full_t.device))
+            g_b_t = minibatch_grads(
+                model,
+                ctx.loss_fn,
+                (x, y),
+                batch_size=cfg.batch_size,
+                num_batches=s["sgn_batches"],
+                seed=ctx.seed_for(f"tails-sgn-{step}"),
+                params=sel,
+            )
+            noise = (g_b_t - g_sel).cpu().numpy()
+            g_b = g_b_t.cpu().numpy()
+        a_noise = np.abs(noise.astype(np.float64))
+        a_noise[g_b == 0] = 0.0  # minibatch gradient exactly 0: xi = -G, an atom; dropped
+        noise_per_step.append(a_noise)
+        del model, full_t, mb_t
+
+    # ---------------------------------------------------------------- dimension-wise batteries
+    for key, samples in ctx.progress.track(list(dim.items()), "tails: dimension-wise tests"):
+        fam, scope = key.split("/")
+        res = power_law_battery(samples, rng=ctx.rng(f"tails-{key}"), **common)
+        meta = np.array(dim_meta[key], dtype=np.int64).reshape(-1, 3)
+        record(key, res, step=meta[:, 0], vector=meta[:, 1], layer=meta[:, 2])
+        row = {**_row(key, fam, scope), **res.summary()}
+        row["values_per_sample"] = int((res.n + res.n_dropped).max()) if scope == "model" else None
+        row["by_step"] = _group(res, meta[:, 0].tolist(), "step")
+        if scope == "layer":
+            row["by_layer"] = _group(res, [layer_names[k] for k in meta[:, 2]], "layer")
+        # CCDF examples: whole model at every checkpoint; per tensor at the last checkpoint
+        ex_key = fam if scope == "model" else f"{fam}_layers"
+        if scope == "model" or fam == "dim_minibatch":
+            examples[ex_key] = []
+            for j in range(res.n_samples):
+                step, v, k = (int(m) for m in meta[j])
+                if v != 0 or not res.tested[j] or (scope == "layer" and step != steps[-1]):
+                    continue
+                cx, cp = _curve(samples[j])
+                tag = f"{ex_key}_{len(examples[ex_key])}"
+                arrays[f"example/{tag}/x"], arrays[f"example/{tag}/p"] = cx, cp
+                label = f"step {step}" if scope == "model" else layer_names[k]
+                examples[ex_key].append({**_example(res, j, label), "tag": tag})
+        rows.append(row)
+    del dim
+
+    # ---------------------------------------------------------------- iteration-wise batteries
+    grads = np.abs(run.grads.astype(np.float64))  # [T, C]
+    layer_of = sel.layer_of_columns()
+    col_layer = [sel.names[k] for k in layer_of]
+    ex_rng = ctx.rng("tails-examples")
+    n_cols = grads.shape[1]
+    iter_sets: list[tuple[str, Any, list[Any], int]] = [("iter_grad", grads, [], 1)]
+    n_win = _windows(grads.shape[0], s, len(steps))
+    window_bounds: list[list[int]] = []
+    if n_win:
+        blocks = np.array_split(np.arange(grads.shape[0]), n_win)
+        window_bounds = [[int(run.steps[b[0]]), int(run.steps[b[-1]])] for b in blocks]
+        win = [grads[b, j] for b in blocks for j in range(n_cols)]
+        labels = [(lo + hi) // 2 for lo, hi in window_bounds for _ in range(n_cols)]
+        iter_sets.append(("iter_grad_windows", win, labels, n_win))
+    if matched:
+        iter_sets.append(("dim_minibatch_matched", matched, matched_steps, len(steps)))
+    iter_sets.append(
+        (
+            "iter_sgn",
+            np.concatenate(noise_per_step, axis=1),
+            [st for st in steps for _ in range(n_cols)],
+            len(steps),
+        )
+    )
+    for key, mat, step_labels, reps in ctx.progress.track(iter_sets, "tails: iteration-wise"):
+        max_boot = s["boot_coords"] * reps if s["boot_coords"] else None
+        res = power_law_battery(mat, rng=ctx.rng(f"tails-{key}"), max_boot=max_boot, **common)
+        record(key, res)
+        row = {
+            **_row(key, key, None),
+            **res.summary(),
+            "values_per_sample": int((res.n + res.n_dropped).max()),
+        }
+        if step_labels:
+            row["by_step"] = _group(res, step_labels, "step")
+        if key != "dim_minibatch_matched":
+            row["by_layer"] = _group(res, col_layer * reps, "layer")
+        if key in ("iter_grad", "iter_sgn"):
+            examples[key] = []
+            for j in _pick_examples(res, s["examples"], ex_rng):
+                cx, cp = _curve(mat[:, j])
+                tag = f"{key}_{len(examples[key])}"
+                arrays[f"example/{tag}/x"], arrays[f"example/{tag}/p"] = cx, cp
+                name, index = sel.locate(j % n_cols)[0]
+                where = f"{name}[{', '.join(map(str, index))}]"
+                if key == "iter_sgn":
+                    where += f", step {steps[j // n_cols]}"
+                examples[key].append({**_example(res, j, where), "tag": tag})
+        rows.append(row)
+
+    ctx.save_arrays(NAME, **arrays)
+    k_sgn = s["sgn_batches"]
+    if sgn_stored:
+        sgn_source = f"gradient store: {k_sgn} of the SGN snapshots per checkpoint"
+    else:
+        have = {st: int(v.shape[0]) for st, v in stored.items()}
+        sgn_source = (
+            f"recomputed: {k_sgn} minibatches of {cfg.batch_size} per checkpoint (the store "
+            f"holds {min(have.values()) if have else 0} per checkpoint)"
+        )
+    return {
+        "settings": {
+            **{k: s[k] for k in DEFAULTS if k != "iter_windows"},
+            "iter_windows": n_win,
+            "window_steps": window_bounds,
+            "zero_policy": ZERO_POLICY,
+            "sgn_source": sgn_source,
+            "sgn_from_store": sgn_stored,
+            "tracked_coordinates": n_cols,
+            "recorded_steps": int(grads.shape[0]),
+            "first_step": int(run.steps[0]),
+            "last_step": int(run.steps[-1]),
+            "checkpoints": steps,
+            "layers": layer_names,
+            "alternatives": list(ALTERNATIVES),
+        },
+        "families": rows,
+        "examples": examples,
+    }
+
+
+# ---------------------------------------------------------------------------------- rendering
+def _frac(count: int, total: int) -> str:
+    return f"{count / total:.2f} ({count}/{total})" if total else "n/a"
+
+
+def _num(value: Any) -> float:
+    """A summary number for plotting (JSON null -> NaN)."""
+    return float("nan") if value is None else float(value)
+
+
+def _lr_cell(row: dict[str, Any], alt: str) -> str:
+    v = row["likelihood_ratio"].get(alt)
+    if v is None or not row["tested"]:
+        return "n/a"
+    return f"{v['power_law']:.2f} / {v['alternative']:.2f} / {v['inconclusive']:.2f}"
+
+
+def _alpha_cell(row: dict[str, Any]) -> str:
+    a = row["alpha"]
+    if not row["tested"] or a["median"] is None:
+        return "n/a"
+    return f"{a['median']:.2f} [{a['q25']:.2f}, {a['q75']:.2f}]"
+
+
+def headline(results: dict[str, Any]) -> dict[str, Any]:
+    """Plausible fractions per family: bootstrap rule (p > level), then the naive KS rule."""
+    rows = {r["key"]: r for r in results["families"]}
+    out: dict[str, Any] = {}
+    for key, label in HEADLINE:
+        r = rows.get(key)
+        if r is None:
+            continue
+        boot = _frac(r["plausible"], r["bootstrapped"])
+        naive = _frac(r["naive"], r["tested"])
+        out[f"PL plausible: {label}"] = f"{boot}; KS rule {naive}"
+    return out
+
+
+def _fit_line(ex: dict[str, Any], xmax: float) -> tuple[np.ndarray, np.ndarray]:
+    """The fitted tail ``P(X >= x) = (n_tail/n) (x/xmin)^(1-alpha)`` for ``x >= xmin``."""
+    xs = np.geomspace(ex["xmin"], max(xmax, ex["xmin"] * 1.0001), 50)
+    return xs, ex["n_tail"] / ex["n"] * (xs / ex["xmin"]) ** (1.0 - ex["alpha"])
+
+
+def _plot_examples(ax: Any, arrays: dict[str, np.ndarray], exs: list[dict[str, Any]]) -> None:
+    lows = []
+    for i, ex in enumerate(exs):
+        color = f"C{i % 10}"
+        x, p = arrays[f"example/{ex['tag']}/x"], arrays[f"example/{ex['tag']}/p"]
+        pv = "" if ex["pvalue"] is None else f", p={ex['pvalue']:.2f}"
+        ax.loglog(x, p, ".", ms=2.5, color=color, label=f"{ex['label']}: α={ex['alpha']:.2f}{pv}")
+        fx, fp = _fit_line(ex, float(x[-1]))
+        ax.loglog(fx, fp, "--", lw=1.3, color=color)
+        ax.plot([ex["xmin"]], [ex["n_tail"] / ex["n"]], "o", mfc="none", color=color, ms=6)
+        lows.append(ex["xmin"] / 100)
+    if lows:  # far below xmin the CCDF is flat at 1 and says nothing about the tail
+        ax.set_xlim(left=min(lows))
+    ax.legend(fontsize=7, loc="lower left")
+
+
+def _fractions_plot(
+    ax_l: Any, ax_s: Any, rows: dict[str, Any], layers: list[str], steps: list[int]
+) -> None:
+    series = [
+        ("dim_minibatch/layer", "dim-wise |g_B|"),
+        ("dim_full/layer", "dim-wise |G|"),
+        ("dim_sgn/layer", "dim-wise SGN"),
+        ("iter_grad", "iter-wise |g_t| (whole run)"),
+        ("iter_sgn", "per-coord SGN"),
+        ("dim_minibatch_matched", "dim-wise |g_B|, size-matched"),
+        ("iter_grad_windows", "iter-wise |g_t|, windows"),
+    ]
+    series = [(k, lab, f"C{i}") for i, (k, lab) in enumerate(series) if k in rows]
+    per_layer = [t for t in series if rows[t[0]].get("by_layer") and t[0] != "iter_grad_windows"]
+    width = 0.8 / max(len(per_layer), 1)
+    for i, (key, label, color) in enumerate(per_layer):
+        by = {g["layer"]: g for g in rows[key]["by_layer"]}
+        pos = np.arange(len(layers)) + (i - (len(per_layer) - 1) / 2) * width
+        boot = [_num(by[n]["fraction_plausible"]) if n in by else np.nan for n in layers]
+        naive = [_num(by[n]["fraction_naive"]) if n in by else np.nan for n in layers]
+        ax_l.bar(pos, boot, width, color=color, label=label)
+        ax_l.plot(pos, naive, "_", ms=max(3.0, 40 * width), mew=2, color="k")
+    ax_l.set_xticks(np.arange(len(layers)), layers, rotation=30, ha="right", fontsize=7)
+    ax_l.set(
+        ylabel="fraction plausible",
+        ylim=(0, 1.05),
+        title="Power law plausible per parameter tensor",
+    )
+    for key, label, color in series:
+        by = rows[key].get("by_step")
+        if key == "iter_grad" and by is None and steps:  # one sample over the whole run
+            r = rows[key]
+            ax_s.plot(steps, [_num(r["fraction_plausible"])] * 2, "-", color=color, label=label)
+            ax_s.plot(steps, [_num(r["fraction_naive"])] * 2, ":", color=color)
+            continue
+        if not by:
+            continue
+        xs = [g["step"] for g in by]
+        ax_s.plot(xs, [_num(g["fraction_plausible"]) for g in by], "o-", color=color, label=label)
+        ax_s.plot(xs, [_num(g["fraction_naive"]) for g in by], "x:", color=color)
+    ax_s.set(
+        xlabel="training step (checkpoint, or window centre)",
+        ylabel="fraction plausible",
+        ylim=(-0.02, 1.05),
+        title="Power law plausible along training",
+    )
+    ax_s.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+
+
+def render(view: RunView) -> Section:
+    res = view.results
+    arrays = view.arrays()
+    st = res["settings"]
+    rows = {r["key"]: r for r in res["families"]}
+    exs = res["examples"]
+    figures: list[Figure] = []
+
+    with figure(2, 2, width=4.6, height=3.4) as (fig, axes):
+        titles = {
+            "dim_minibatch": "minibatch gradient |g_B|",
+            "dim_full": "full gradient |G|",
+            "dim_sgn": "SGN |g_B - G|",
+        }
+        for ax, fam in zip(axes[:3], DIM_FAMILIES, strict=True):
+            _plot_examples(ax, arrays, exs.get(fam, []))
+            ax.set(xlabel="|value| of a coordinate", ylabel="P(X ≥ x)", title=titles[fam])
+        _plot_examples(axes[3], arrays, exs.get("dim_minibatch_layers", []))
+        axes[3].set(
+            xlabel="|g_B| of a coordinate",
+            ylabel="P(X ≥ x)",
+            title=f"|g_B| per parameter tensor, step {st['checkpoints'][-1]}",
+        )
+        figures.append(
+            Figure(
+                save_figure(fig, view.figure_path("ccdf_dimension")),
+                "Dimension-wise samples (one gradient vector, all coordinates of the model or of "
+                "one parameter tensor): empirical CCDF of the absolute values (dots; exact zeros "
+                "dropped) and the fitted power law above xmin (dashed; circle: xmin). p: CSN "
+                f"bootstrap p-value (power law plausible if p > {st['level']}). A power law is a "
+                "straight line on these axes; the fit covers only the tail above xmin.",
+            )
+        )
+
+    with figure(2, width=4.6, height=3.4) as (fig, axes):
+        for ax, fam, title in zip(
+            axes,
+            ("iter_grad", "iter_sgn"),
+            ("Iteration-wise |g_t| of one coordinate", "Per-coordinate SGN at fixed θ"),
+            strict=True,
+        ):
+            _plot_examples(ax, arrays, exs.get(fam, []))
+            ax.set(xlabel="|value|", ylabel="P(X ≥ x)", title=title)
+        figures.append(
+            Figure(
+                save_figure(fig, view.figure_path("ccdf_iteration")),
+                "Iteration-wise samples: the bootstrapped coordinates at the 10%, 50% and 90% "
+                "quantiles of the bootstrap p-value, with their fitted power laws (dashed).",
+            )
+        )
+
+    with figure(2, width=4.6, height=3.4) as (fig, (ax_dim, ax_it)):
+        dim_alpha = {fam: _finite(arrays[f"{fam}/layer/alpha"]) for fam in DIM_FAMILIES}
+        bins = _bins(list(dim_alpha.values()), 20)
+        for i, (fam, a) in enumerate(dim_alpha.items()):
+            if a.size:
+                ax_dim.hist(
+                    a, bins=bins, histtype="step", lw=1.5, color=f"C{i}", label=FAMILIES[fam][0]
+                )
+        ax_dim.set(
+            xlabel="fitted α (pdf exponent)",
+            ylabel="samples",
+            title="Dimension-wise (parameter tensor × checkpoint)",
+        )
+        ax_dim.legend(fontsize=7)
+        it_alpha = {
+            fam: _finite(arrays[f"{fam}/alpha"])
+            for fam in ("iter_grad", "iter_sgn", "dim_minibatch_matched")
+            if f"{fam}/alpha" in arrays
+        }
+        pooled = np.concatenate([np.zeros(0), *it_alpha.values()])
+        hi = float(np.quantile(pooled, 0.99)) if pooled.size else 1.0
+        bins = _bins([np.minimum(a, hi) for a in it_alpha.values()], 40)
+        colors = {"iter_grad": "C3", "iter_sgn": "C4", "dim_minibatch_matched": "C5"}
+        for fam, a in it_alpha.items():
+            if a.size:
+                ax_it.hist(
+                    np.minimum(a, hi),
+                    bins=bins,
+                    histtype="step",
+                    lw=1.5,
+                    density=True,
+                    color=colors[fam],
+                    label=f"{FAMILIES[fam][0]} ({a.size})",
+                )
+        ax_it.set(
+            xlabel="fitted α (clipped at the 99% quantile)",
+            ylabel="density",
+            title="Per coordinate (and size-matched dim-wise)",
+        )
+        ax_it.legend(fontsize=7)
+        figures.append(
+            Figure(
+                save_figure(fig, view.figure_path("alpha")),
+                "Fitted tail exponents α (p(x) ∝ x^-α above xmin) over the tested samples of "
+                "each family.",
+            )
+        )
+
+    with figure(2, width=5.0, height=3.4) as (fig, (ax_l, ax_s)):
+        _fractions_plot(ax_l, ax_s, rows, st["layers"], [st["first_step"], st["last_step"]])
+        figures.append(
+            Figure(
+                save_figure(fig, view.figure_path("fractions")),
+                f"Share of samples where the power law is plausible: bootstrap p > {st['level']} "
+                "(bars, solid lines) and the naive KS rule (black ticks, dotted lines). Left: "
+                "per parameter tensor (dimension-wise samples pooled over checkpoints; "
+                "iteration-wise samples by the tensor of the coordinate). Right: along training "
+                "(dimension-wise and SGN per checkpoint, iteration-wise per window of steps). "
+                "Colours as in the legend on the right.",
+            )
+        )
+
+    table = Table(
+        [
+            "family",
+            "one sample is",
+            "tested (untestable)",
+            "values per sample",
+            "zeros dropped",
+            f"PL plausible: bootstrap p > {st['level']}",
+            "PL plausible: KS < 1.358/√n_tail",
+            "α median [q25, q75]",
+            "median tail share",
+            "LR vs lognormal: PL / LN / incon.",
+            "LR vs exponential: PL / exp / incon.",
+        ],
+        [
+            [
+                r["label"],
+                r["axis"],
+                f"{r['tested']} ({r['untestable']})",
+                _values_cell(r),
+                r["dropped_nonpositive"],
+                _frac(r["plausible"], r["bootstrapped"]),
+                _frac(r["naive"], r["tested"]),
+                _alpha_cell(r),
+                "n/a" if r["tail_fraction_median"] is None else f"{r['tail_fraction_median']:.3f}",
+                _lr_cell(r, "lognormal"),
+                _lr_cell(r, "exponential"),
+            ]
+            for r in res["families"]
+        ],
+        caption="Dimension-wise vs iteration-wise vs SGN power-law plausibility (Xie et al. "
+        "2023). Bootstrap fractions are over the bootstrapped samples (counts in brackets), the "
+        "naive KS rule over all tested samples. Likelihood-ratio columns: share of tested "
+        "samples where the power law / the alternative is favoured at Benjamini–Hochberg FDR "
+        f"{st['fdr']} across the family's samples, or neither (inconclusive).",
+    )
+    paragraphs = [
+        "Xie et al. (2023) report that dimension-wise gradients (the coordinates of one "
+        "gradient vector) usually have power-law tails while iteration-wise gradients (one "
+        "coordinate along training) and gradient noise usually do not. Every sample below is "
+        "tested on absolute values with the Clauset–Shalizi–Newman procedure: maximum-likelihood "
+        f"α above the KS-optimal xmin (tail of at least {st['min_tail']} values), the "
+        f"semi-parametric bootstrap with {st['n_boot']} replicates per sample, xmin re-fitted in "
+        f"each (power law plausible iff p > {st['level']}; for an exact bootstrap this rule "
+        f"rejects a true power law with probability {_mc_size(st['n_boot'], st['level']):.3f}), "
+        "the naive rule KS distance < 1.358/√n_tail side by side (lenient: it ignores that α and xmin were fitted), and "
+        "likelihood ratios against lognormal and exponential tails. Plausible does not mean "
+        "proven, and a CSN test on a larger sample detects smaller departures: dimension-wise "
+        "samples hold tens of thousands of values, iteration-wise ones hundreds. The size-"
+        "matched family (random subsets of the dimension-wise minibatch gradient, as large as "
+        "an iteration-wise sample) separates that effect from the sampling axis.",
+        f"Data: {st['tracked_coordinates']} tracked coordinates over {st['recorded_steps']} "
+        f"recorded steps; checkpoints {st['checkpoints']}; {st['dim_vectors']} minibatch "
+        f"vector(s) per checkpoint for the dimension-wise tests. Per-coordinate SGN: "
+        f"{st['sgn_source']}. Iteration-wise families bootstrap a seeded random subset of "
+        f"{st['boot_coords'] or 'all'} samples per checkpoint or window (fits, the KS rule and "
+        f"likelihood ratios use all). Zeros: {st['zero_policy']}.",
+    ]
+    return Section(NAME, ANALYSIS.title, paragraphs=paragraphs, tables=[table], figures=figures)
+
+
+def _finite(a: np.ndarray) -> np.ndarray:
+    return a[np.isfinite(a)]
+
+
+def _bins(samples: list[np.ndarray], count: int) -> Any:
+    pooled = np.concatenate([np.zeros(0), *samples])
+    if pooled.size == 0 or pooled.min() == pooled.max():
+        return count
+    return np.linspace(pooled.min(), pooled.max(), count + 1)
+
+
+def _mc_size(n_boot: int, level: float) -> float:
+    """P(p <= level) for an exact Monte-Carlo test: (floor(level n_boot) + 1) / (n_boot + 1)."""
+    return (np.floor(level * n_boot + 1e-9) + 1) / (n_boot + 1) if n_boot else float("nan")
+
+
+def _values_cell(row: dict[str, Any]) -> str:
+    n = row.get("values_per_sample")
+    return "size of the tensor" if n is None else str(n)
+
+
+ANALYSIS = Analysis(
+    NAME,
+    "Power-law tails (Xie et al.)",
+    compute,
+    render,
+    description="CSN power-law battery: dimension-wise vs iteration-wise gradients vs SGN",
+    headline=headline,
+)
