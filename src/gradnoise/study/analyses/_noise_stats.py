@@ -340,7 +340,7 @@ def jump_stats(
 
     ``tau_j`` is the ``quantile`` of ``|eta_0 xi_0j|`` at the branch point (base lr and batch);
     the jump frequency of an arm is the fraction of its ``|eta xi_kj|`` above ``tau_j`` (about
-    1 - quantile when nothing changed), the jump size the mean exceedance ``|eta xi| / tau``
+    1 - quantile when nothing changed), the jump size the median exceedance ``|eta xi| / tau``
     over those jumps. Columns with tau_j = 0 are left out (counted)."""
     tau = np.quantile(np.abs(base_step_noise), quantile, axis=0)
     ok = tau > 0
@@ -348,6 +348,6 @@ def jump_stats(
     jumps = ratio > 1.0
     return {
         "jump_frequency": float(jumps.mean()),
-        "jump_size": float(ratio[jumps].mean()) if jumps.any() else None,
+        "jump_size": float(np.median(ratio[jumps])) if jumps.any() else None,
         "jump_columns": int(ok.sum()),
     }

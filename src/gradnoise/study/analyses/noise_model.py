@@ -391,6 +391,8 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         line["pooled α, Gaussian control"] = last["pooled_alpha_gaussian_control"]
         line["pooled α, Gaussian control (IQR)"] = last["pooled_alpha_gaussian_control_iqr"]
         line["median per-coord α"] = last["per_coord_alpha_median"]
+        if "resampled_per_coord_alpha_median" in last:
+            line["median per-coord α, K resampled"] = last["resampled_per_coord_alpha_median"]
     if "panigrahi" in results and results["panigrahi"]["rows"]:
         rows = results["panigrahi"]["rows"]
         final = [r for r in rows if r["step"] == rows[-1]["step"]]
