@@ -160,7 +160,7 @@ def simsekli_stats(
         "scale_spread_q90_over_q10": float(np.quantile(sk, 0.9) / np.quantile(sk, 0.1)),
         "scale_log10_std": float(np.log10(sk).std()),
     }
-    arrays = {
+    arrays: dict[str, np.ndarray] = {
         "alpha_coord": alpha_coord.astype(np.float32),
         "alpha_control": alpha_ctrl.astype(np.float32),
         "ccdf_grid": grid,

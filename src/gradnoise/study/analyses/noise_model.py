@@ -209,7 +209,7 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
 
         def xi_at(b: int, gamma: Any = gamma, step: int = step, cache: Any = xi_cache) -> Any:
             if b not in cache:
-                cache[b] = ns.sgn_from_per_sample(*gamma, batches(step, b))
+                cache[b] = ns.sgn_from_per_sample(gamma[0], gamma[1], batches(step, b))
             return cache[b]
 
         if "simsekli" in studies:
@@ -249,7 +249,9 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
                 bat_layers += [{"step": step, "batch_size": b, **r} for r in layers]
                 arrays.update({f"battash_{key}_{step}_{b}": v for key, v in arr.items()})
             gamma_map = nt.per_sample_and_mean(model, loss_fn, x, y, map_sel)
-            xi_map = ns.sgn_from_per_sample(*gamma_map, batches(f"map-{step}", cfg.batch_size))
+            xi_map = ns.sgn_from_per_sample(
+                gamma_map[0], gamma_map[1], batches(f"map-{step}", cfg.batch_size)
+            )
             del gamma_map
             a_map, s_map, n_deg = ns.parameter_map(xi_map, map_shape, method=opts["map_method"])
             arrays[f"battash_alpha_map_{step}"] = a_map.astype(np.float32)
@@ -338,7 +340,8 @@ def _arms(
         arrays[f"arm_loss_{arm}"] = losses.astype(np.float32)
         gamma = nt.per_sample_and_mean(model, ctx.loss_fn, x, y, selection)
         xi = ns.sgn_from_per_sample(
-            *gamma,
+            gamma[0],
+            gamma[1],
             ns.draw_minibatches(ctx.rng(f"{NAME}-arm-batches-{arm}"), n, b, opts["sgn_samples"]),
         )
         del gamma
