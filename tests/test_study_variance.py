@@ -202,17 +202,18 @@ def test_trend_and_equal_loss_helpers():
 def test_preset_configs():
     full = faghri.configs(False, 3)
     assert list(full) == [
-        f"{d}-lr{lr}" for d in ("mnist1d", "digits") for lr in ("0.1", "0.02", "0.005")
+        f"{d}-lr{lr}" for d in ("mnist1d", "digits") for lr in ("0.1", "0.03", "0.01")
     ]
-    cfg = full["mnist1d-lr0.02"]
-    assert cfg.lr == 0.02 and cfg.seed == 3 and cfg.batch_size == 128 and cfg.model == "lenet"
+    cfg = full["mnist1d-lr0.03"]
+    assert cfg.lr == 0.03 and cfg.seed == 3 and cfg.batch_size == 128 and cfg.model == "lenet"
     assert cfg.analyses == ("training", "variance") and cfg.momentum == 0.0
+    assert full["digits-lr0.1"].model == "mlp"
     assert cfg.options["variance"]["draws"] == 50 and cfg.options["variance"]["num_clusters"] == 128
     # identical trajectories' randomness across the sweep: only lr differs
     other = full["mnist1d-lr0.1"]
     assert {k for k, v in cfg.to_dict().items() if other.to_dict()[k] != v} == {"lr"}
     quick = faghri.configs(True, 0)
-    assert list(quick) == ["mnist1d-lr0.1", "mnist1d-lr0.005", "digits-lr0.1", "digits-lr0.005"]
+    assert list(quick) == ["mnist1d-lr0.1", "mnist1d-lr0.01", "digits-lr0.1", "digits-lr0.01"]
     assert all(c.steps <= 30 for c in quick.values())
 
 
@@ -229,3 +230,18 @@ def test_quick_preset_through_the_cli(tmp_path):
         assert res["measurements"] == 4 and math.isfinite(res["ngv_mean"])
         assert (out / key / "figures/variance_estimators.png").exists()
     assert "GC / SG-B variance" in index and "mean NGV" in index
+
+
+def test_without_comparators(tmp_path):
+    cfg = StudyConfig(
+        **dict(TINY, steps=6, checkpoints=1),
+        analyses=("variance",),
+        options={"variance": {"every": 4, "comparators": False, "draws": 4}},
+    )
+    run = run_study(cfg, tmp_path / "r")
+    res, a = _results(run), _arrays(run)
+    np.testing.assert_array_equal(a["steps"], [0, 4, 6])  # and once after the last step
+    assert "comparators" not in res and "cmp_variance" not in a
+    assert not (run / "figures/variance_estimators.png").exists()
+    assert (run / "figures/variance_layers.png").exists()
+    assert "GC / SG-B variance" not in V.headline(res)

@@ -329,7 +329,9 @@ def trend(steps: np.ndarray, values: np.ndarray, start: float) -> dict[str, Any]
     keep = steps >= start
     s, v = steps[keep], values[keep]
     third = s.size // 3
-    growth = float(np.mean(v[-third:]) / np.mean(v[:third])) if third >= 1 else None
+    growth = None
+    if third >= 1 and np.mean(v[:third]) > 0:
+        growth = float(np.mean(v[-third:]) / np.mean(v[:third]))
     return {"growth": growth, "spearman": _spearman(s.astype(float), v), "points": int(s.size)}
 
 
