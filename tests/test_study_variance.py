@@ -30,7 +30,8 @@ TINY = dict(
     checkpoints=2,
     eval_every=5,
 )
-CONFIG = StudyConfig(**TINY, analyses=("training", "variance"))
+# every 4 steps: measurements at 0, 4, ..., 16 during training and 20 after it
+CONFIG = StudyConfig(**TINY, analyses=("training", "variance"), options={"variance": {"every": 4}})
 
 
 @pytest.fixture(scope="module")
@@ -54,18 +55,18 @@ def test_section_figures_and_arrays(var_run):
     html = (var_run / "report.html").read_text()
     assert "Gradient variance (Faghri et al.)" in html and "GC" in html
     assert html.count("data:image/png;base64,") == 4  # training curves + 3 of ours
-    # default every = steps // 10 = 2: steps 0, 2, ..., 18 during training and 20 after it
-    np.testing.assert_array_equal(a["steps"], np.arange(0, 21, 2))
-    assert res["measurements"] == 11 and res["options"]["every"] == 2
+    np.testing.assert_array_equal(a["steps"], np.arange(0, 21, 4))
+    assert res["measurements"] == 6 and res["options"]["every"] == 4
+    assert res["options"]["num_clusters"] == 16 and res["options"]["snapshot_every"] == 16
     assert res["parameters"] == 85002 and res["train_examples"] == 1438
     assert list(a["layer_names"]) == ["1 (Linear)", "3 (Linear)", "5 (Linear)"]
     assert a["layer_sizes"].sum() == res["parameters"]
-    assert a["layer_variance"].shape == (11, 3) and a["layer_gsnr"].shape == (11, 3)
+    assert a["layer_variance"].shape == (6, 3) and a["layer_gsnr"].shape == (6, 3)
     # the overall mean variance is the size-weighted mean of the per-layer means
     np.testing.assert_allclose(
         a["layer_variance"] @ a["layer_sizes"] / a["layer_sizes"].sum(), a["variance"], rtol=1e-10
     )
-    assert a["cmp_variance"].shape == (11, 4) and list(a["cmp_names"]) == list(V.ESTIMATORS)
+    assert a["cmp_variance"].shape == (6, 4) and list(a["cmp_names"]) == list(V.ESTIMATORS)
     assert np.all(a["ngv"] > 0) and np.all(a["ngv"] < 1)
     assert np.all(np.diff(a["train_loss"]) < 0.05)  # full-train-set loss roughly decreases
 
@@ -116,7 +117,7 @@ def test_comparators_behave_as_expected(var_run):
     assert abs(est["sg2b"]["ratio_to_sg_geomean"] / expected - 1) < 0.25
     # SVRG is exact at its snapshot (same minibatch at theta and the snapshot theta)
     snap = a["cmp_snapshot"]
-    assert snap.sum() == 3  # steps 0, 8, 16 with snapshot_every = 4 * every = 8
+    np.testing.assert_array_equal(a["cmp_steps"][snap], [0, 16])  # snapshot_every = 4 every
     svrg, sg = a["cmp_variance"][:, 2], a["cmp_variance"][:, 0]
     assert np.all(svrg[snap] < 1e-8 * sg[snap]) and np.all(svrg[~snap] > 0)
     # unbiased estimators: ||gbar - G||^2 is about tr(Var) / draws on average
@@ -124,7 +125,8 @@ def test_comparators_behave_as_expected(var_run):
         assert 0.3 < est[e]["bias_z_mean"] < 3.0, (e, est[e]["bias_z_mean"])
     # Faghri et al.: GC below SG-B at the same batch size
     assert est["gc"]["ratio_to_sg_geomean"] < 1.0 and est["gc"]["batch_size"] == b
-    assert res["comparators"]["reclusterings"] == 3
+    np.testing.assert_array_equal(a["cmp_reclustered"], snap)
+    assert res["comparators"]["reclusterings"] == 2
     line = V.headline(res)
     assert line["GC / SG-B variance"] == est["gc"]["ratio_to_sg_geomean"]
     assert line["mean NGV"] == res["ngv_mean"]
@@ -183,6 +185,18 @@ def test_bad_options_are_clear(tmp_path):
         run_study(StudyConfig(**tiny, options={"variance": {"draws": 1}}), tmp_path / "b")
     with pytest.raises(ValueError, match="num_clusters"):
         run_study(StudyConfig(**tiny, options={"variance": {"num_clusters": 5000}}), tmp_path / "c")
+
+
+def test_default_options_follow_the_study():
+    from types import SimpleNamespace
+
+    ctx = SimpleNamespace(options=lambda name: {}, config=StudyConfig())  # 300 steps, B = 32
+    opts = V.resolve_options(ctx)
+    assert opts["every"] == 30 and opts["draws"] == 16 and opts["comparator_draws"] == 16
+    assert opts["num_clusters"] == 32 and opts["recluster_every"] == opts["snapshot_every"] == 120
+    ctx = SimpleNamespace(options=lambda name: {"every": 0}, config=StudyConfig())
+    with pytest.raises(ValueError, match="every must be a positive integer"):
+        V.resolve_options(ctx)
 
 
 def test_trend_and_equal_loss_helpers():

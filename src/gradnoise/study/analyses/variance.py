@@ -431,9 +431,8 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         "mean NGV": results["ngv_mean"],
         "final grad. variance": results["variance_last"],
         "variance growth (late/early)": results["variance_trend"]["growth"],
-        f"variance @ train loss {results['at_loss_level']['level']:g}": results["at_loss_level"][
-            "variance"
-        ],
+        "equal-loss level": results["at_loss_level"]["level"],
+        "variance @ equal loss": results["at_loss_level"]["variance"],
     }
     comp = results.get("comparators")
     if comp:
