@@ -243,7 +243,7 @@ def test_registered_and_quick_preset_runs(tmp_path):
     assert get_analysis("tails") is tails.ANALYSIS and tails.ANALYSIS.headline is not None
     configs = get_preset("xie-tails").configs(False, 0)
     assert set(configs) == {"mnist1d", "digits"}
-    assert configs["mnist1d"].options["tails"]["n_boot"] == 99
+    assert configs["mnist1d"].options["tails"]["n_boot"] == 49
     out = tmp_path / "p"
     result = CliRunner().invoke(app, ["reproduce", "xie-tails", "--quick", "--out", str(out), "-q"])
     assert result.exit_code == 0, result.output

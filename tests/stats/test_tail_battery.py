@@ -252,3 +252,20 @@ def test_bad_samples_are_named():
 
 def test_docstring_example():
     assert doctest.testmod(tail_battery, raise_on_error=False).failed == 0
+
+
+def test_blocks_of_columns_do_not_change_results():
+    """max_values_per_chunk bounds memory (fits, likelihood ratios, bootstrap in blocks)."""
+    rng = np.random.default_rng(9)
+    x = np.abs(rng.standard_t(3, (200, 12)))
+    x[:20, 5] = 0.0
+    kw = {"n_boot": 9, "rng": 4, "nonpositive": "drop", "max_boot": 7}
+    whole = power_law_battery(x, **kw)
+    blocks = power_law_battery(x, **kw, max_values_per_chunk=450)  # 2 columns per block
+    for f in ("alpha", "xmin", "ks", "n_tail", "pvalue", "bootstrapped"):
+        np.testing.assert_array_equal(getattr(whole, f), getattr(blocks, f))
+    for alt in ("lognormal", "exponential"):
+        a, b = whole.comparisons[alt], blocks.comparisons[alt]
+        np.testing.assert_array_equal(a.loglik_ratio, b.loglik_ratio)
+        np.testing.assert_array_equal(a.pvalue_adjusted, b.pvalue_adjusted)
+        np.testing.assert_array_equal(a.verdict, b.verdict)

@@ -245,8 +245,8 @@ def power_law_battery(
 
     Args:
         samples: a 2-D array with the values of each sample along ``axis`` (one sample per
-            column for ``axis=0``), or a list/tuple of 1-D arrays (one sample each, any lengths). Pass absolute
-            values ``|g|``: a power law lives on ``x > 0``.
+            column for ``axis=0``), or a list/tuple of 1-D arrays (one sample each, any
+            lengths). Pass absolute values ``|g|``: a power law lives on ``x > 0``.
         n_boot: bootstrap replicates per sample (CSN §4.1, xmin re-scanned in each); ``0``
             skips the bootstrap (only the naive rule and likelihood ratios). Prefer
             ``(n_boot + 1) * level`` an integer (9, 19, 49, 99, ...): ``p <= level`` then
@@ -269,7 +269,9 @@ def power_law_battery(
             from ``rng`` (the bootstrap dominates the cost when a family has thousands of
             samples); ``None``: all. Fits, the naive rule and likelihood ratios use all samples.
         axis: the value axis of a 2-D ``samples`` array.
-        max_values_per_chunk: memory bound of the bootstrap (does not change results).
+        max_values_per_chunk: memory bound: fits and likelihood ratios run on blocks of
+            columns holding about this many values, and so do the bootstrap replicates (does
+            not change results).
 
     Returns:
         :class:`PowerLawBattery`.
@@ -343,11 +345,27 @@ def power_law_battery(
     bootstrapped = np.zeros(n_samples, dtype=bool)
     gen = as_generator(rng)
     subset_rng, boot_rng = gen.spawn(2)
-    comparisons: dict[str, LikelihoodRatioVerdicts] = {}
+    lr = {alt: [np.full(n_samples, np.nan) for _ in range(3)] for alt in alternatives}
     if idx.size:
-        fit = fit_power_law(sub, min_tail=min_tail, nonpositive="drop", axis=0)
-        alpha[idx], xmin[idx], ks[idx], sigma[idx] = fit.alpha, fit.xmin, fit.ks, fit.sigma
-        n_tail[idx] = fit.n_tail
+        # fits and likelihood ratios in blocks of columns (memory ~ values per block)
+        width = max(1, max_values_per_chunk // max(sub.shape[0], 1))
+        for b0 in range(0, idx.size, width):
+            block, cols = sub[:, b0 : b0 + width], idx[b0 : b0 + width]
+            fit = fit_power_law(block, min_tail=min_tail, nonpositive="drop", axis=0)
+            alpha[cols], xmin[cols], ks[cols], sigma[cols] = fit.alpha, fit.xmin, fit.ks, fit.sigma
+            n_tail[cols] = fit.n_tail
+            for alt in alternatives:
+                cmp = compare_tails(
+                    block,
+                    alt,  # type: ignore[arg-type]  # validated against the known names above
+                    xmin=fit.xmin,
+                    nonpositive="drop",
+                    axis=0,
+                )
+                for arr, val in zip(
+                    lr[alt], (cmp.loglik_ratio, cmp.normalized_ratio, cmp.pvalue), strict=True
+                ):
+                    arr[cols] = val
         if n_boot:
             pick = np.arange(idx.size)
             if max_boot is not None and idx.size > max_boot:
@@ -363,12 +381,9 @@ def power_law_battery(
             )
             pvalue[idx[pick]] = test.pvalue
             bootstrapped[idx[pick]] = True
-        for alt in alternatives:
-            cmp = compare_tails(sub, alt, xmin=fit.xmin, nonpositive="drop", axis=0)  # type: ignore[arg-type]
-            comparisons[alt] = _verdicts(alt, cmp, idx, n_samples, fdr)
-    else:
-        for alt in alternatives:
-            comparisons[alt] = _verdicts(alt, None, idx, n_samples, fdr)
+    comparisons = {
+        alt: _verdicts(alt, lr[alt][0], lr[alt][1], lr[alt][2], idx, fdr) for alt in alternatives
+    }
     with np.errstate(divide="ignore"):
         ks_crit = np.where(tested, KS_CRITICAL_5PCT / np.sqrt(np.maximum(n_tail, 1)), np.nan)
     naive = tested & (ks < ks_crit)
@@ -416,19 +431,12 @@ def power_law_battery(
 
 
 def _verdicts(
-    alt: str,
-    cmp: Any,
-    idx: np.ndarray,
-    n_samples: int,
-    fdr: float,
+    alt: str, r: np.ndarray, z: np.ndarray, p: np.ndarray, idx: np.ndarray, fdr: float
 ) -> LikelihoodRatioVerdicts:
-    r, z, p, padj = (np.full(n_samples, np.nan) for _ in range(4))
-    verdict = np.zeros(n_samples, dtype=np.int8)
-    if cmp is not None and idx.size:
-        r[idx] = cmp.loglik_ratio
-        z[idx] = cmp.normalized_ratio
-        p[idx] = cmp.pvalue
-        padj[idx] = adjust_pvalues(np.asarray(cmp.pvalue, dtype=np.float64), method="bh")
+    padj = np.full(r.size, np.nan)
+    verdict = np.zeros(r.size, dtype=np.int8)
+    if idx.size:
+        padj[idx] = adjust_pvalues(p[idx], method="bh")
         sig = padj[idx] <= fdr
         verdict[idx] = np.where(sig, np.sign(r[idx]), 0).astype(np.int8)
     m = idx.size

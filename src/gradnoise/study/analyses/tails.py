@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import GradnoiseError
 from ...report import Figure, Section, Table
 from ...report.figures import ccdf, figure, save_figure, thin
 from ..context import RunView, StudyContext
@@ -243,6 +244,10 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
     dim_meta: dict[str, list[tuple[int, int, int]]] = {k: [] for k in dim}  # (step, vector, layer)
     stored = run.noise
     sgn_stored = all(step in stored and stored[step].shape[0] >= s["sgn_batches"] for step in steps)
+    finite = ~run.nonfinite  # rows whose gradient held NaN/Inf are left out (and counted)
+    t_len = int(finite.sum())
+    if t_len == 0:
+        raise GradnoiseError("tails: every recorded gradient holds NaN/Inf; nothing to test")
     noise_per_step: list[np.ndarray] = []
     matched: list[np.ndarray] = []
     matched_steps: list[int] = []
@@ -271,9 +276,9 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
         }
         for a in vectors["dim_minibatch"]:  # size-matched subsets (see the docstring)
             nonzero = a[a > 0]
-            if s["matched_samples"] and nonzero.size >= run.length:
+            if s["matched_samples"] and nonzero.size >= t_len:
                 for _ in range(s["matched_samples"]):
-                    matched.append(matched_rng.choice(nonzero, size=run.length, replace=False))
+                    matched.append(matched_rng.choice(nonzero, size=t_len, replace=False))
                     matched_steps.append(step)
         for fam, vecs in vectors.items():
             for v, a in enumerate(vecs):
@@ -335,7 +340,8 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
     del dim
 
     # ---------------------------------------------------------------- iteration-wise batteries
-    grads = np.abs(run.grads.astype(np.float64))  # [T, C]
+    rec_steps = run.steps[finite]
+    grads = np.abs(run.grads[finite].astype(np.float64))  # [T, C]
     layer_of = sel.layer_of_columns()
     col_layer = [sel.names[k] for k in layer_of]
     ex_rng = ctx.rng("tails-examples")
@@ -345,7 +351,7 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
     window_bounds: list[list[int]] = []
     if n_win:
         blocks = np.array_split(np.arange(grads.shape[0]), n_win)
-        window_bounds = [[int(run.steps[b[0]]), int(run.steps[b[-1]])] for b in blocks]
+        window_bounds = [[int(rec_steps[b[0]]), int(rec_steps[b[-1]])] for b in blocks]
         win = [grads[b, j] for b in blocks for j in range(n_cols)]
         labels = [(lo + hi) // 2 for lo, hi in window_bounds for _ in range(n_cols)]
         iter_sets.append(("iter_grad_windows", win, labels, n_win))
@@ -405,8 +411,9 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
             "sgn_from_store": sgn_stored,
             "tracked_coordinates": n_cols,
             "recorded_steps": int(grads.shape[0]),
-            "first_step": int(run.steps[0]),
-            "last_step": int(run.steps[-1]),
+            "nonfinite_steps_excluded": int((~finite).sum()),
+            "first_step": int(rec_steps[0]),
+            "last_step": int(rec_steps[-1]),
             "checkpoints": steps,
             "layers": layer_names,
             "alternatives": list(ALTERNATIVES),
@@ -479,7 +486,7 @@ def _plot_examples(ax: Any, arrays: dict[str, np.ndarray], exs: list[dict[str, A
 def _fractions_plot(
     ax_l: Any, ax_s: Any, rows: dict[str, Any], layers: list[str], steps: list[int]
 ) -> None:
-    series = [
+    names = [
         ("dim_minibatch/layer", "dim-wise |g_B|"),
         ("dim_full/layer", "dim-wise |G|"),
         ("dim_sgn/layer", "dim-wise SGN"),
@@ -488,7 +495,7 @@ def _fractions_plot(
         ("dim_minibatch_matched", "dim-wise |g_B|, size-matched"),
         ("iter_grad_windows", "iter-wise |g_t|, windows"),
     ]
-    series = [(k, lab, f"C{i}") for i, (k, lab) in enumerate(series) if k in rows]
+    series = [(k, lab, f"C{i}") for i, (k, lab) in enumerate(names) if k in rows]
     per_layer = [t for t in series if rows[t[0]].get("by_layer") and t[0] != "iter_grad_windows"]
     width = 0.8 / max(len(per_layer), 1)
     for i, (key, label, color) in enumerate(per_layer):
@@ -678,23 +685,30 @@ def render(view: RunView) -> Section:
         "Xie et al. (2023) report that dimension-wise gradients (the coordinates of one "
         "gradient vector) usually have power-law tails while iteration-wise gradients (one "
         "coordinate along training) and gradient noise usually do not. Every sample below is "
-        "tested on absolute values with the Clauset–Shalizi–Newman procedure: maximum-likelihood "
-        f"α above the KS-optimal xmin (tail of at least {st['min_tail']} values), the "
+        "tested on absolute values with the Clauset–Shalizi–Newman procedure: maximum-"
+        f"likelihood α above the KS-optimal xmin (tail of at least {st['min_tail']} values), the "
         f"semi-parametric bootstrap with {st['n_boot']} replicates per sample, xmin re-fitted in "
         f"each (power law plausible iff p > {st['level']}; for an exact bootstrap this rule "
         f"rejects a true power law with probability {_mc_size(st['n_boot'], st['level']):.3f}), "
-        "the naive rule KS distance < 1.358/√n_tail side by side (lenient: it ignores that α and xmin were fitted), and "
-        "likelihood ratios against lognormal and exponential tails. Plausible does not mean "
-        "proven, and a CSN test on a larger sample detects smaller departures: dimension-wise "
-        "samples hold tens of thousands of values, iteration-wise ones hundreds. The size-"
-        "matched family (random subsets of the dimension-wise minibatch gradient, as large as "
-        "an iteration-wise sample) separates that effect from the sampling axis.",
+        "the naive rule KS distance < 1.358/√n_tail side by side (lenient: it ignores that α "
+        "and xmin were fitted), and likelihood ratios against lognormal and exponential "
+        "tails. Plausible does not mean proven, and a CSN test on a larger sample detects "
+        "smaller departures: dimension-wise samples hold tens of thousands of values, "
+        "iteration-wise ones hundreds. The size-matched family (random subsets of the "
+        "dimension-wise minibatch gradient, as large as an iteration-wise sample) separates "
+        "that effect from the sampling axis.",
         f"Data: {st['tracked_coordinates']} tracked coordinates over {st['recorded_steps']} "
         f"recorded steps; checkpoints {st['checkpoints']}; {st['dim_vectors']} minibatch "
         f"vector(s) per checkpoint for the dimension-wise tests. Per-coordinate SGN: "
         f"{st['sgn_source']}. Iteration-wise families bootstrap a seeded random subset of "
         f"{st['boot_coords'] or 'all'} samples per checkpoint or window (fits, the KS rule and "
-        f"likelihood ratios use all). Zeros: {st['zero_policy']}.",
+        f"likelihood ratios use all). Zeros: {st['zero_policy']}."
+        + (
+            f" {st['nonfinite_steps_excluded']} recorded steps with NaN/Inf gradients are left "
+            "out of the iteration-wise samples."
+            if st.get("nonfinite_steps_excluded")
+            else ""
+        ),
     ]
     return Section(NAME, ANALYSIS.title, paragraphs=paragraphs, tables=[table], figures=figures)
 

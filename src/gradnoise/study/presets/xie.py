@@ -12,9 +12,10 @@ batch sizes and sample sizes were not retrievable (methods.md §1(c)); this pres
   tracked coordinates;
 
 with 4 checkpoints, 2 minibatch vectors per checkpoint for the dimension-wise tests, per-
-coordinate SGN over K = 1,000 fixed-parameter minibatches (recomputed at each checkpoint),
-99 bootstrap replicates per sample (500 bootstrapped coordinates per checkpoint or window for
-the iteration-wise families). ``--quick`` is a tiny version for CI (80 steps, an MLP
+coordinate SGN over K = 500 fixed-parameter minibatches (recomputed at each checkpoint),
+49 bootstrap replicates per sample (300 bootstrapped coordinates per checkpoint or window for
+the iteration-wise families; (49 + 1) x 0.1 is an integer, so the rule p <= 0.1 has no
+Monte-Carlo discreteness bias). ``--quick`` is a tiny version for CI (80 steps, an MLP
 64-64 on both datasets, 9 replicates, min_tail 30): it checks the plumbing, not the claim.
 """
 
@@ -39,11 +40,11 @@ FULL_COMMON: dict[str, Any] = {
     "eval_every": 50,
 }
 FULL_OPTIONS: dict[str, Any] = {
-    "n_boot": 99,
-    "boot_coords": 500,
+    "n_boot": 49,
+    "boot_coords": 300,
     "dim_vectors": 2,
-    "matched_samples": 50,
-    "sgn_batches": 1000,
+    "matched_samples": 25,
+    "sgn_batches": 500,
     "iter_windows": 3,
 }
 
