@@ -82,7 +82,7 @@ LARGE_BATCH_QUICK = 64
 def _study(
     dataset: str, quick: bool, seed: int, options: dict[str, Any], **extra: Any
 ) -> StudyConfig:
-    size = (
+    size: dict[str, Any] = (
         dict(QUICK_STUDY)
         if quick
         else {**FULL_STUDY, "steps": FULL_STEPS[dataset], "checkpoints": 4}
