@@ -39,7 +39,9 @@ TORCH_FREE = [
 
 
 def _run(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", BLOCK_TORCH + code], capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-c", BLOCK_TORCH + code], capture_output=True, text=True
+    )
 
 
 @pytest.mark.parametrize("module", TORCH_FREE)

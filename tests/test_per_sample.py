@@ -270,6 +270,8 @@ def test_per_example_loss_closed_forms_match_the_batch_of_one_definition(loss_fn
         target = torch.randn(9, 5, generator=gen, dtype=torch.float64)
     fast = per_example_losses(loss_fn, out, target)
     generic = per_example_losses(lambda o, t: loss_fn(o, t), out, target)  # not a known module
-    expected = torch.stack([loss_fn(out[i : i + 1], target[i : i + 1]).reshape(()) for i in range(9)])
+    expected = torch.stack(
+        [loss_fn(out[i : i + 1], target[i : i + 1]).reshape(()) for i in range(9)]
+    )
     torch.testing.assert_close(fast, expected, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(generic, expected, rtol=1e-12, atol=1e-12)
