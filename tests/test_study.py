@@ -23,6 +23,7 @@ TINY = dict(
     noise_batches=8,
     checkpoints=2,
     eval_every=5,
+    analyses=("training", "gradients"),
 )
 
 

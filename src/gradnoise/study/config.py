@@ -10,7 +10,7 @@ from typing import Any
 
 import tomllib
 
-DEFAULT_ANALYSES = ("training", "gradients")
+DEFAULT_ANALYSES = ("training", "gradients", "tails", "noise_model", "spectra", "variance")
 
 
 @dataclass(frozen=True)
