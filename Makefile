@@ -31,7 +31,7 @@ peers: $(STAMP)
 	$(BIN)/python -m pip install --quiet --no-deps backpack-for-pytorch opacus pyhessian
 
 bench: peers
-	$(BIN)/python benchmarks/per_sample.py
+	for b in per_sample powerlaw stable spectra variance; do $(BIN)/python benchmarks/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
