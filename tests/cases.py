@@ -35,3 +35,15 @@ def make_case(model: str, dataset: str, loss: str = "ce-mean", n: int = 6, seed:
     else:
         y = torch.randn(n, 10, generator=gen, dtype=torch.float64)
     return net, LOSSES[loss](), x, y
+
+
+# A study small enough for a test: every checkpointed artefact exists, nothing takes long.
+TINY_STUDY = dict(
+    steps=20,
+    batch_size=16,
+    track_coords=500,
+    per_sample_examples=32,
+    noise_batches=8,
+    checkpoints=2,
+    eval_every=5,
+)

@@ -10,19 +10,14 @@ import pytest
 from typer.testing import CliRunner
 
 import gradnoise
+from cases import TINY_STUDY
 from gradnoise.cli import app
 from gradnoise.report import Section
 from gradnoise.study import Analysis, StudyConfig, register_analysis, run_study
 from gradnoise.study.registry import available_analyses, get_analysis
 
 TINY = dict(
-    steps=20,
-    batch_size=16,
-    track_coords=500,
-    per_sample_examples=32,
-    noise_batches=8,
-    checkpoints=2,
-    eval_every=5,
+    **TINY_STUDY,
     analyses=("training", "gradients"),
 )
 

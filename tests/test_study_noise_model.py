@@ -13,6 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 import gradnoise
+from cases import TINY_STUDY
 from gradnoise.cli import app
 from gradnoise.stats import compare_noise_models, normality_test, sample_stable, tail_index
 from gradnoise.stats.multitest import multiple_test
@@ -23,15 +24,7 @@ from gradnoise.study.analyses.noise_model import ANALYSIS, TITLE, headline, reso
 from gradnoise.study.context import StudyContext
 from gradnoise.study.registry import get_analysis, get_preset
 
-TINY = dict(
-    steps=20,
-    batch_size=16,
-    track_coords=500,
-    per_sample_examples=32,
-    noise_batches=8,
-    checkpoints=2,
-    eval_every=5,
-)
+TINY = TINY_STUDY
 OPTIONS = {
     "sgn_samples": 64,
     "coords": 240,

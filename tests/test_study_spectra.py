@@ -18,6 +18,7 @@ import torch
 from typer.testing import CliRunner
 
 import gradnoise
+from cases import TINY_STUDY
 from gradnoise.cli import app
 from gradnoise.spectra import covariance_spectrum, fit_rank_power_law
 from gradnoise.stats import power_law_test
@@ -35,13 +36,7 @@ from gradnoise.study.context import StudyContext
 from gradnoise.study.registry import get_analysis, get_preset
 
 TINY = dict(
-    steps=20,
-    batch_size=16,
-    track_coords=500,
-    per_sample_examples=32,
-    noise_batches=8,
-    checkpoints=2,
-    eval_every=5,
+    **TINY_STUDY,
     model_options={"widths": [24]},  # P = 1,810: a dense Hessian is the oracle
 )
 OPTIONS = {

@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 import gradnoise
+from cases import TINY_STUDY
 from gradnoise.cli import app
 from gradnoise.stats import fit_power_law
 from gradnoise.study import StudyConfig, run_study
@@ -21,13 +22,7 @@ from gradnoise.study.registry import get_analysis, get_preset
 
 OPTIONS = {"min_tail": 10, "n_boot": 9, "boot_coords": 40, "sgn_batches": 48, "matched_samples": 4}
 TINY = dict(
-    steps=20,
-    batch_size=16,
-    track_coords=500,
-    per_sample_examples=32,
-    noise_batches=8,
-    checkpoints=2,
-    eval_every=5,
+    **TINY_STUDY,
     model_options={"widths": [128, 64]},
     analyses=("training", "tails"),
     options={"tails": OPTIONS},

@@ -15,21 +15,14 @@ import torch
 from typer.testing import CliRunner
 
 import gradnoise
+from cases import TINY_STUDY
 from gradnoise.cli import app
 from gradnoise.study import StudyConfig, run_study
 from gradnoise.study.analyses import variance as V
 from gradnoise.study.context import StudyContext
 from gradnoise.study.presets import faghri
 
-TINY = dict(
-    steps=20,
-    batch_size=16,
-    track_coords=500,
-    per_sample_examples=32,
-    noise_batches=8,
-    checkpoints=2,
-    eval_every=5,
-)
+TINY = TINY_STUDY
 # every 4 steps: measurements at 0, 4, ..., 16 during training and 20 after it
 CONFIG = StudyConfig(**TINY, analyses=("training", "variance"), options={"variance": {"every": 4}})
 
