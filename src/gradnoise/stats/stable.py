@@ -174,16 +174,25 @@ def _cf_fit(
         arg phi_n(u) = delta u + beta tan(pi alpha/2) (gamma^alpha u^alpha - gamma u)   (S0; OLS)
     Returns (alpha, beta, scale, S0 location) in the data's units."""
     u = np.linspace(0.1, 1.0, 10)
-    # exp(i k 0.1 y) by repeated multiplication in complex64 (errors ~1e-7, far below the
-    # sampling error ~n^-1/2 of the empirical CF), averaged in complex128
-    y = ((block - loc0) / scale0).astype(np.float32)  # (n, m)
-    e1 = np.exp(1j * (np.float32(0.1) * y))
+    # exp(i k 0.1 y) by repeated multiplication in complex64, averaged by a BLAS matrix-vector
+    # product (errors ~1e-6, far below the sampling error ~n^-1/2 of the empirical CF)
+    n = block.shape[0]
+    if block.dtype == np.float32:  # already float32 data: standardise in float32
+        y = (block - loc0.astype(np.float32)) / scale0.astype(np.float32)
+    else:
+        y = ((block - loc0) / scale0).astype(np.float32)  # (n, m)
+    y *= np.float32(0.1)
+    e1 = np.empty(y.shape, dtype=np.complex64)
+    np.cos(y, out=e1.real)
+    np.sin(y, out=e1.imag)
+    del y
     ek = e1.copy()
+    weights = np.full(n, 1.0 / n, dtype=np.complex64)
     phi = np.empty((u.size, block.shape[1]), dtype=np.complex128)
     for j in range(u.size):
         if j:
             ek *= e1
-        phi[j] = ek.mean(axis=0, dtype=np.complex128)
+        phi[j] = weights @ ek
     re, im = phi.real, phi.imag
     mod2 = np.clip(re * re + im * im, 1e-300, 1.0 - 1e-15)
     yy = np.log(-np.log(mod2))
@@ -286,11 +295,11 @@ def fit_stable(
         if loc is not None:
             zeta = np.full_like(zeta, float(loc))
         if method != "mcculloch":
-            block64 = block.astype(np.float64, copy=False)
             if method == "cf":
-                alpha, beta, scale, cf_loc = _cf_fit(block64, alpha, scale, zeta, symmetric)
+                alpha, beta, scale, cf_loc = _cf_fit(block, alpha, scale, zeta, symmetric)
                 zeta = cf_loc if loc is None else zeta
             else:
+                block64 = block.astype(np.float64, copy=False)
                 alpha, scale, zeta, ll = fit_sas_mle(block64, alpha, scale, zeta, loc is None)
                 res["loglik"][sl] = ll
         res["alpha"][sl], res["beta"][sl], res["scale"][sl], res["loc0"][sl] = (
