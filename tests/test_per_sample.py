@@ -275,3 +275,26 @@ def test_per_example_loss_closed_forms_match_the_batch_of_one_definition(loss_fn
     )
     torch.testing.assert_close(fast, expected, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(generic, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_cross_entropy_on_sequence_outputs_is_one_loss_per_example(reduction):
+    """[B, C, T] logits: an example's loss is CE over its T tokens (mean or sum), not T losses."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 5)).double()
+
+    class Seq(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):  # [B, T, 4] -> [B, 5, T]
+            return self.net(x).transpose(1, 2)
+
+    model, loss_fn = Seq(), nn.CrossEntropyLoss(reduction=reduction)
+    x, y = torch.randn(6, 3, 4, dtype=torch.float64), torch.randint(0, 5, (6, 3))
+    expected = naive_per_sample_grads(model, loss_fn, x, y)
+    for backend in ("auto", "func"):
+        got = gradnoise.per_sample_grads(model, loss_fn, x, y, backend=backend)
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(gradnoise.full_grad(model, loss_fn, (x, y)), expected.mean(0))

@@ -179,7 +179,14 @@ def _known_per_example_losses(loss_fn: Any, outputs: Tensor, targets: Tensor) ->
     Equal by construction to ``loss_fn`` on each example alone; tested against the generic path.
     """
     kind = type(loss_fn)
-    if kind is nn.CrossEntropyLoss and loss_fn.weight is None and targets.dtype == torch.long:
+    if (
+        kind is nn.CrossEntropyLoss
+        and loss_fn.weight is None
+        and loss_fn.reduction in ("mean", "sum")
+        and targets.dtype == torch.long
+        and outputs.dim() == 2  # [B, C]; [B, C, T...] means over tokens: the generic path
+        and targets.dim() == 1
+    ):
         ignored = targets == loss_fn.ignore_index
         if loss_fn.reduction == "mean" and bool(ignored.any()):
             return None  # a batch of one ignored example has an undefined (0/0) mean
