@@ -192,3 +192,47 @@ def test_sigkill_mid_run_keeps_every_recorded_step_and_resumes(tmp_path):
 
 def _model_wide():
     return gradnoise.build_model("mlp", (1, 8, 8), 10, widths=(64,), seed=0)
+
+
+def _small_store(path, rows=6):
+    model = torch.nn.Linear(3, 2)
+    rec = gradnoise.Recorder(path, model, chunk_rows=2)
+    for step in range(rows):
+        _set_grads(model, step)
+        rec.record(step, model, loss=1.0)
+    return model
+
+
+def test_a_failed_creation_leaves_nothing_behind(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    with pytest.raises(ValueError, match="dtype"):
+        gradnoise.Recorder(tmp_path / "r.zarr", model, dtype=torch.bfloat16)
+    assert list(tmp_path.iterdir()) == []  # no half-made store that could not be resumed
+    rec = gradnoise.Recorder(tmp_path / "r.zarr", model)
+    _set_grads(model, 1)
+    rec.record(0, model)
+    assert open_run(tmp_path / "r.zarr").length == 1
+
+
+def test_deleted_or_garbled_chunk_files_are_reported_not_read_as_nan(tmp_path):
+    _small_store(tmp_path / "gone.zarr")
+    chunk = tmp_path / "gone.zarr" / "grads" / "c" / "1" / "0"
+    assert chunk.exists()
+    chunk.unlink()
+    with pytest.raises(StoreError, match=r"rows \[2, 3\].*steps \[2, 3\]"):
+        _ = open_run(tmp_path / "gone.zarr").grads
+    with pytest.raises(StoreError, match="rows"):
+        open_run(tmp_path / "gone.zarr").read_grads(np.array([0, 1]))
+
+    _small_store(tmp_path / "bad.zarr")
+    (tmp_path / "bad.zarr" / "grads" / "c" / "0" / "0").write_bytes(b"not a zstd frame")
+    with pytest.raises(StoreError, match="corrupt: cannot read 'grads'"):
+        _ = open_run(tmp_path / "bad.zarr").grads
+
+
+def test_rows_with_nan_are_flagged_even_when_written_directly(tmp_path):
+    sel = gradnoise.select_params(torch.nn.Linear(3, 2))
+    writer = RunWriter(tmp_path / "w.zarr", sel)
+    writer.append(0, np.full(sel.num_columns, np.nan))  # caller forgot nonfinite=True
+    run = open_run(tmp_path / "w.zarr")
+    assert run.nonfinite.tolist() == [True] and np.isnan(run.grads).all()

@@ -21,7 +21,9 @@ This module is torch-free: the torch side is :class:`gradnoise.Recorder`.
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import platform
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -83,9 +85,43 @@ class RunWriter:
             return
         if self.path.exists() and any(self.path.iterdir()):
             raise StoreError(f"{self.path} exists and is not a gradnoise store; choose a new path")
-        self.group = zarr.open_group(str(self.path), mode="w")
+        try:
+            np_dtype = np.dtype(dtype)
+        except TypeError as err:
+            raise ValueError(
+                f"the store cannot hold gradients of dtype {dtype!r}; use float16, float32 or "
+                "float64"
+            ) from err
+        if np_dtype.kind != "f":
+            raise ValueError(f"gradients are stored as floats, got dtype {np_dtype}")
+        # Built in a sibling directory and renamed into place: a failure or a kill during
+        # creation never leaves a half-made store at ``path`` (which could not be resumed).
+        building = self.path.with_name(f".{self.path.name}.creating-{os.getpid()}")
+        shutil.rmtree(building, ignore_errors=True)
+        try:
+            self._create(zarr, building, np_dtype, chunk_rows, metadata)
+            os.replace(building, self.path)
+        except BaseException:
+            shutil.rmtree(building, ignore_errors=True)
+            raise
+        self.group = zarr.open_group(str(self.path), mode="r+")
+        self._commit_group = self.group["commit"]
+        self.length = 0
+        self.last_step: int | None = None
+        self.snapshots: list[dict[str, Any]] = []
+
+    def _create(
+        self,
+        zarr: Any,
+        where: Path,
+        dtype: np.dtype,
+        chunk_rows: int | None,
+        metadata: Mapping[str, Any] | None,
+    ) -> None:
+        selection = self.selection
+        group = zarr.open_group(str(where), mode="w")
         rows, cols = _chunk_shape(selection.num_columns, chunk_rows)
-        self.group.create_array(
+        group.create_array(
             "grads",
             shape=(0, selection.num_columns),
             chunks=(rows, cols),
@@ -93,10 +129,10 @@ class RunWriter:
             fill_value=np.nan,
         )
         width = 2 + len(self.scalar_names)
-        self.group.create_array(
+        group.create_array(
             "table", shape=(0, width), chunks=(256, width), dtype="float64", fill_value=np.nan
         )
-        self.group.attrs["gradnoise"] = {
+        group.attrs["gradnoise"] = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -110,11 +146,7 @@ class RunWriter:
             },
             **dict(metadata or {}),
         }
-        self._commit_group = self.group.create_group("commit")
-        self.length = 0
-        self.last_step: int | None = None
-        self.snapshots: list[dict[str, Any]] = []
-        self._commit()
+        group.create_group("commit").attrs["commit"] = {"length": 0, "snapshots": []}
 
     def _resume(self) -> None:
         run = open_run(self.path)
@@ -166,6 +198,7 @@ class RunWriter:
                 f"steps must increase: step {step} after step {self.last_step} in {self.path}"
             )
         grad = np.asarray(grad)
+        nonfinite = bool(nonfinite) or not bool(np.isfinite(grad).all())
         if grad.shape != (self.selection.num_columns,):
             raise ValueError(
                 f"gradient row must have shape ({self.selection.num_columns},), got {grad.shape}"
@@ -248,11 +281,38 @@ class Run:
     @cached_property
     def grads(self) -> np.ndarray:
         """``[T, C]`` recorded minibatch gradients."""
-        return np.asarray(self._group["grads"][: self.length])
+        return self._checked_rows(self._read("grads", lambda a: a[: self.length]))
 
     @cached_property
     def _table(self) -> np.ndarray:
-        return np.asarray(self._group["table"][: self.length])
+        table = self._read("table", lambda a: a[: self.length])
+        if np.isnan(table[:, 0]).any():
+            raise StoreError(
+                f"{self.path} is corrupt: steps of rows "
+                f"{np.flatnonzero(np.isnan(table[:, 0]))[:10].tolist()} are missing "
+                "(a chunk file of 'table' was deleted or never written)"
+            )
+        return table
+
+    def _read(self, name: str, take: Any) -> np.ndarray:
+        """Read (part of) array ``name``; unreadable chunks raise a StoreError naming the store."""
+        try:
+            return np.asarray(take(self._group[name]))
+        except Exception as err:  # zarr/codecs raise assorted types on corrupt chunk files
+            raise StoreError(
+                f"{self.path} is corrupt: cannot read {name!r} ({type(err).__name__}: {err})"
+            ) from err
+
+    def _checked_rows(self, values: np.ndarray) -> np.ndarray:
+        """Rows with NaN that were not recorded as non-finite come from missing chunk files."""
+        lost = np.isnan(values).any(axis=1) & ~self.nonfinite
+        if lost.any():
+            raise StoreError(
+                f"{self.path} is corrupt: gradient rows {np.flatnonzero(lost)[:10].tolist()} "
+                f"(steps {self.steps[lost][:10].tolist()}) read back as missing values though "
+                "they were recorded finite (a chunk file of 'grads' was deleted)"
+            )
+        return values
 
     @property
     def steps(self) -> np.ndarray:
@@ -273,7 +333,7 @@ class Run:
         """Read only some columns of :attr:`grads` (all rows)."""
         if columns is None:
             return self.grads
-        return np.asarray(self._group["grads"].oindex[: self.length, columns])
+        return self._checked_rows(self._read("grads", lambda a: a.oindex[: self.length, columns]))
 
     def snapshot_index(self, kind: str | None = None) -> list[dict[str, Any]]:
         """Committed snapshots (``kind``, ``step``, ``name``, ``shape``, extra attrs)."""
@@ -282,7 +342,7 @@ class Run:
     def snapshots(self, kind: str) -> dict[int, np.ndarray]:
         """All committed snapshots of one kind, by step, e.g. ``run.snapshots("noise")``."""
         return {
-            s["step"]: np.asarray(self._group[s["name"]][...]) for s in self.snapshot_index(kind)
+            s["step"]: self._read(s["name"], lambda a: a[...]) for s in self.snapshot_index(kind)
         }
 
     @property
