@@ -448,3 +448,22 @@ def test_docstring_training_loop_runs():
     sampler, model = namespace["sampler"], namespace["model"]
     assert sampler.num_reclusters == 1 and sampler.batches_drawn == 5 * len(sampler)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_every_clustering_entry_point_accepts_device():
+    model, data = _model("mlp", "digits"), _data("digits", 24)
+    kw = {"batch_size": 4}
+    sampler = GradientClusteringSampler(model, LOSS, data, rng=0, device="cpu", **kw)
+    assert sampler.clustering.device == torch.device("cpu")
+    assert GradientClustering(model, LOSS, 4, rng=0, device="cpu").device.type == "cpu"
+    comparison = compare_estimators(
+        model, LOSS, data, num_draws=3, estimators=("sg",), rng=0, device="cpu", **kw
+    )
+    assert comparison.estimators["sg"].batch_size == 4
+    comparator = EstimatorComparator(model, LOSS, data, num_draws=3, estimators=("sg",), **kw)
+    assert EstimatorComparator(model, LOSS, data, rng=0, device="cpu", **kw).device == "cpu"
+    assert comparator.measure(0).estimators.keys() == {"sg"}
+    with pytest.raises(ValueError, match=r"model\.to"):
+        GradientClustering(model, LOSS, 4, device="meta")
+    with pytest.raises(ValueError, match=r"model\.to"):
+        compare_estimators(model, LOSS, data, device="meta", **kw)

@@ -363,6 +363,7 @@ class GradientClustering:
         dtype: torch.dtype = torch.float64,
         dropout: ClusterDropout = "error",
         rng: RNGLike = None,
+        device: torch.device | str | None = None,
     ) -> None:
         if int(num_clusters) != num_clusters or num_clusters < 1:
             raise ValueError(f"num_clusters must be a positive integer, got {num_clusters}")
@@ -381,7 +382,7 @@ class GradientClustering:
         self.chunk_size, self.dtype, self.dropout = int(chunk_size), dtype, dropout
         self.rng = as_generator(rng)
         check_batchnorm(model)
-        self.device = model_device(model, None)
+        self.device = model_device(model, device)
         self.selection, _ = resolve_selection(model, params)
         self._plan(centers)
         self.sizes: np.ndarray | None = None
@@ -720,6 +721,7 @@ class GradientClusteringSampler(Sampler[list[tuple[int, float]]]):
         chunk_size: int = 256,
         dropout: ClusterDropout = "error",
         rng: RNGLike = None,
+        device: torch.device | str | None = None,
     ) -> None:
         n = dataset_size(data)
         if int(batch_size) != batch_size or batch_size < 1:
@@ -746,6 +748,7 @@ class GradientClusteringSampler(Sampler[list[tuple[int, float]]]):
             chunk_size=chunk_size,
             dropout=dropout,
             rng=self.rng,
+            device=device,
         )
         dtype = next(iter(model.parameters())).dtype
         self.dataset: Dataset = _WeightedDataset(_as_dataset(data), dtype)
@@ -919,6 +922,7 @@ def compare_estimators(
     params: ParamsArg = None,
     full_batch_size: int = 256,
     rng: RNGLike = None,
+    device: torch.device | str | None = None,
 ) -> EstimatorComparison:
     """Draw K estimates of the gradient from each estimator at the model's current parameters.
 
@@ -931,6 +935,7 @@ def compare_estimators(
     the exact full gradient :func:`gradnoise.full_grad`. Draws use their own generator, so
     measuring does not disturb a training data stream.
     """
+    model_device(model, device)  # the model must live on ``device``
     gen = as_generator(rng)
     sel, _ = resolve_selection(model, params)
     known = {"sg", "sg2b", "svrg", "gc"}
@@ -1021,8 +1026,10 @@ class EstimatorComparator:
         params: ParamsArg = None,
         centers: Centers = "rank1",
         rng: RNGLike = None,
+        device: torch.device | str | None = None,
     ) -> None:
         self.model, self.loss_fn, self.data = model, loss_fn, data
+        self.device = device
         self.batch_size, self.num_draws = int(batch_size), int(num_draws)
         self.snapshot_every, self.recluster_every = int(snapshot_every), int(recluster_every)
         self.cluster_iters, self.estimators, self.params = int(cluster_iters), estimators, params
@@ -1034,6 +1041,7 @@ class EstimatorComparator:
             params=params,
             centers=centers,
             rng=self.rng,
+            device=device,
         )
         self.snapshot: nn.Module | None = None
         self.result: ClusteringResult | None = None
@@ -1058,4 +1066,5 @@ class EstimatorComparator:
             clustering=self.result,
             params=self.params,
             rng=self.rng,
+            device=self.device,
         )

@@ -181,8 +181,11 @@ def reinitialized(model: nn.Module, *, seed: int = 0) -> nn.Module:
     """
     fresh = copy.deepcopy(model)
     reset: set[int] = set()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
+    cuda = sorted({p.device.index or 0 for p in fresh.parameters() if p.device.type == "cuda"})
+    with torch.random.fork_rng(devices=cuda):  # only the generators drawn from, all restored
+        torch.default_generator.manual_seed(int(seed))
+        for index in cuda:
+            torch.cuda.default_generators[index].manual_seed(int(seed))
         for module in fresh.modules():
             own = list(module.parameters(recurse=False))
             reset_fn = getattr(module, "reset_parameters", None)

@@ -202,6 +202,6 @@ def build_model(
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; built-in models: {', '.join(MODELS)}")
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # built on the CPU; CUDA RNGs untouched
         model = MODELS[name](tuple(input_shape), int(num_classes), **kwargs)
     return model.to(dtype)
