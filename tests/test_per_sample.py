@@ -230,7 +230,7 @@ def test_non_finite_gradients_name_the_parameter(backend):
     net, loss_fn, x, y = make_case("mlp", "digits")
     with torch.no_grad():
         net[3].weight[0, 0] = float("inf")
-    with pytest.raises(NonFiniteGradientError):
+    with pytest.raises(NonFiniteGradientError, match=r"'3\.weight'"):
         gradnoise.per_sample_grads(net, loss_fn, x, y, backend=backend)
 
 

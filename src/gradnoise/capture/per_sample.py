@@ -226,7 +226,7 @@ def layer_io(
     with torch.enable_grad(), _hooked(modules, capture):
         outputs = model(inputs)
     losses = per_example_losses(loss_fn, outputs, targets)
-    _check_losses(losses)
+    _check_losses(losses, model)
     probes = [probe for _, _, probe in capture.records]
     grads = torch.autograd.grad(losses.sum(), probes, allow_unused=True)
     return [
@@ -276,13 +276,19 @@ def _all_finite(t: Tensor) -> bool:
     return not t.is_floating_point() or bool(torch.isfinite(t.sum()))
 
 
-def _check_losses(losses: Tensor) -> None:
+def _check_losses(losses: Tensor, model: nn.Module) -> None:
     bad = ~torch.isfinite(losses)
     if bool(bad.any()):
         first = int(bad.nonzero()[0, 0])
+        params = [n for n, p in model.named_parameters() if not _all_finite(p.detach())]
+        cause = (
+            f"; parameter(s) {', '.join(map(repr, params))} hold NaN/Inf"
+            if params
+            else " (the parameters are finite: check the inputs and targets)"
+        )
         raise NonFiniteGradientError(
             f"the loss of {int(bad.sum())} example(s) is NaN/Inf (first: example {first} of the "
-            "chunk); per-example gradients would be non-finite"
+            f"chunk); per-example gradients would be non-finite{cause}"
         )
 
 
