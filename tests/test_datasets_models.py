@@ -53,6 +53,54 @@ def test_npz_and_user_dataset(tmp_path):
     assert x.shape == (16, 2) and y.dtype == torch.int64
 
 
+@pytest.mark.parametrize(
+    ("X", "y", "message"),
+    [
+        (np.zeros((5, 2)), np.array(list("abcab")), "integer class labels"),
+        (np.zeros((5, 2)), np.array([0, 1, 2.5, 1, 0]), "integer class labels"),
+        (np.zeros((5, 2)), np.array([0, -1, 2, 1, 0]), ">= 0"),
+        (np.zeros((0, 2)), np.zeros(0, dtype=int), "at least 2 examples"),
+    ],
+)
+def test_bad_npz_labels_and_sizes_are_named(tmp_path, X, y, message):
+    np.savez(tmp_path / "d.npz", X=X, y=y)
+    with pytest.raises(ValueError, match=message):
+        gradnoise.load_dataset(tmp_path / "d.npz")
+
+
+class _Numpy64(Dataset):
+    """The most common hand-written Dataset: float64 numpy inputs, Python int labels."""
+
+    def __init__(self, labels):
+        self.x = np.random.default_rng(0).normal(size=(len(labels), 1, 8, 8))
+        self.labels = labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.x[i], self.labels[i]
+
+
+def test_user_dataset_of_float64_numpy_items_runs_a_study(tmp_path):
+    from gradnoise.study import StudyConfig, run_study
+
+    config = StudyConfig(
+        steps=3, checkpoints=2, per_sample_examples=8, noise_batches=2, batch_size=8,
+        track_coords=50, analyses=("training", "gradients"),
+    )  # fmt: skip
+    run = run_study(config, tmp_path / "r", dataset=_Numpy64([i % 4 for i in range(60)]))
+    assert (run / "report.html").exists()
+    x, y = as_tensors(gradnoise.load_dataset(_Numpy64([0, 1] * 5)).train)
+    assert x.dtype == torch.float32 and y.dtype == torch.int64
+
+
+@pytest.mark.parametrize(("labels", "message"), [([0, -1] * 5, ">= 0"), ([0, 1.5] * 5, "integer")])
+def test_user_dataset_labels_are_checked(labels, message):
+    with pytest.raises(ValueError, match=message):
+        gradnoise.load_dataset(_Numpy64(labels))
+
+
 @pytest.mark.parametrize("name", ["mlp", "lenet", "resnet", "transformer"])
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 40)])
 def test_models_are_seeded_and_leave_global_rng_alone(name, shape):

@@ -230,3 +230,12 @@ def test_during_training_hooks_measure_without_perturbing_training(tiny_run, tmp
     base = json.loads((tiny_run / "summary.json").read_text())
     assert summary["analyses"]["training"] == base["analyses"]["training"]
     np.testing.assert_array_equal(gradnoise.open_run(run).grads, gradnoise.open_run(tiny_run).grads)
+
+
+def test_options_for_an_unknown_analysis_are_refused_before_training(tmp_path):
+    config = StudyConfig(**{**TINY, "options": {"tials": {"n_boot": 99}}})
+    with pytest.raises(
+        ValueError, match=r"options given for \[.tials.\], which is not an analysis.*misspelt"
+    ):
+        run_study(config, tmp_path / "r")
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())

@@ -41,15 +41,27 @@ class DataSplits:
         )
 
 
+def _class_labels(name: str, y: np.ndarray) -> np.ndarray:
+    """``y`` as int64 class labels 0..K-1, or a ValueError saying what is wrong with it."""
+    if y.ndim != 1:
+        raise ValueError(f"{name}: y must be a 1-D array of class labels, got shape {y.shape}")
+    if not (np.issubdtype(y.dtype, np.number) or y.dtype == bool):
+        raise ValueError(f"{name}: y must hold integer class labels, got dtype {y.dtype}")
+    if not np.issubdtype(y.dtype, np.integer) and y.dtype != bool:
+        if not np.all(np.isfinite(y)) or not np.all(np.equal(np.mod(y, 1), 0)):
+            raise ValueError(f"{name}: y must hold integer class labels, got dtype {y.dtype}")
+    y = y.astype(np.int64)
+    if y.min() < 0:
+        raise ValueError(f"{name}: class labels must be >= 0, got {int(y.min())}")
+    return y
+
+
 def _split(name: str, x: np.ndarray, y: np.ndarray, seed: int, test_fraction: float) -> DataSplits:
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"{name}: X has {x.shape[0]} rows but y has {y.shape[0]}")
-    if not np.issubdtype(y.dtype, np.integer):
-        if not np.all(np.equal(np.mod(y, 1), 0)):
-            raise ValueError(f"{name}: y must hold integer class labels, got dtype {y.dtype}")
-        y = y.astype(np.int64)
-    if y.min() < 0:
-        raise ValueError(f"{name}: class labels must be >= 0")
+    if x.shape[0] < 2:
+        raise ValueError(f"{name}: needs at least 2 examples, got {x.shape[0]}")
+    y = _class_labels(name, y)
     if not np.all(np.isfinite(x)):
         raise ValueError(f"{name}: X contains NaN or Inf")
     if not 0 < test_fraction < 1:
@@ -150,17 +162,37 @@ def _wrap(dataset: Dataset, seed: int, test_fraction: float) -> DataSplits:
     first = dataset[0]
     if not isinstance(first, (tuple, list)) or len(first) != 2:
         raise TypeError("the dataset's items must be (input, target) pairs")
-    labels = torch.as_tensor([int(dataset[i][1]) for i in range(n)])
+    name = type(dataset).__name__
+    labels = _class_labels(name, np.array([np.asarray(dataset[i][1]).item() for i in range(n)]))
     order = np.random.default_rng(seed).permutation(n)
     n_test = max(1, round(test_fraction * n))
+    items = _StudyItems(dataset)
     subset = torch.utils.data.Subset
     return DataSplits(
-        name=type(dataset).__name__,
-        train=subset(dataset, order[n_test:].tolist()),
-        test=subset(dataset, order[:n_test].tolist()),
-        input_shape=tuple(torch.as_tensor(first[0]).shape),
+        name=name,
+        train=subset(items, order[n_test:].tolist()),
+        test=subset(items, order[:n_test].tolist()),
+        input_shape=tuple(items[0][0].shape),
         num_classes=int(labels.max()) + 1,
     )
+
+
+class _StudyItems(Dataset):
+    """A user's ``(input, label)`` dataset as the built-in models take it: floating inputs as
+    float32 tensors (integer inputs, e.g. token ids, kept), labels as int64 tensors."""
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.base[i]
+        x = torch.as_tensor(x)
+        if x.is_floating_point():
+            x = x.to(torch.float32)
+        return x, torch.as_tensor(int(np.asarray(y).item()), dtype=torch.long)
 
 
 def as_tensors(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,7 +17,7 @@ from ..errors import GradnoiseError
 from ..report import Section, render_report
 from .config import StudyConfig
 from .context import STORE, SUMMARY, Progress, RunView, StudyContext, derive_seed
-from .registry import get_analysis
+from .registry import available_analyses, get_analysis
 
 
 def default_run_dir(config: StudyConfig, root: str | Path = "runs") -> Path:
@@ -78,6 +78,12 @@ def run_study(
             f"run directory {run_dir} exists and is not empty; choose another --out"
         )
     analyses = [get_analysis(name) for name in config.analyses]  # fail early on unknown names
+    stray = sorted(set(config.options) - set(available_analyses()))
+    if stray:
+        raise ValueError(
+            f"options given for {stray}, which is not an analysis (available: "
+            f"{', '.join(available_analyses())}); a misspelt [options.<analysis>] table?"
+        )
     prog = Progress(progress)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
