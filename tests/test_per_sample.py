@@ -298,3 +298,16 @@ def test_cross_entropy_on_sequence_outputs_is_one_loss_per_example(reduction):
         got = gradnoise.per_sample_grads(model, loss_fn, x, y, backend=backend)
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(gradnoise.full_grad(model, loss_fn, (x, y)), expected.mean(0))
+
+
+@pytest.mark.parametrize("dtype", [torch.long, torch.float64])
+def test_transformer_with_a_vocabulary_takes_token_ids(dtype):
+    """Token ids as integers or as integral floats (how an .npz X arrives) select embeddings."""
+    net = gradnoise.build_model("transformer", (6,), 3, seed=0, dtype=torch.float64, dim=8,
+                                depth=1, vocab=5)  # fmt: skip
+    x = torch.randint(0, 5, (4, 6), generator=torch.Generator().manual_seed(0)).to(dtype)
+    y = torch.tensor([0, 1, 2, 1])
+    loss_fn = nn.CrossEntropyLoss()
+    expected = naive_per_sample_grads(net, loss_fn, x, y)
+    got = gradnoise.per_sample_grads(net, loss_fn, x, y)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)

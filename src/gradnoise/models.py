@@ -164,7 +164,7 @@ class Transformer(nn.Module):
         b = x.shape[0]
         tokens = x.reshape(b, self.length)
         h = (
-            self.value(tokens)
+            self.value(tokens.long())  # ids may arrive as floats (an .npz X is read as float32)
             if isinstance(self.value, nn.Embedding)
             else self.value(tokens[..., None])
         )
