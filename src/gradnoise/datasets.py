@@ -45,11 +45,11 @@ def _class_labels(name: str, y: np.ndarray) -> np.ndarray:
     """``y`` as int64 class labels 0..K-1, or a ValueError saying what is wrong with it."""
     if y.ndim != 1:
         raise ValueError(f"{name}: y must be a 1-D array of class labels, got shape {y.shape}")
-    if not (np.issubdtype(y.dtype, np.number) or y.dtype == bool):
+    integral = y.dtype == bool or np.issubdtype(y.dtype, np.integer)
+    if not integral and np.issubdtype(y.dtype, np.floating):
+        integral = bool(np.all(np.isfinite(y)) and np.all(np.mod(y, 1) == 0))
+    if not integral:
         raise ValueError(f"{name}: y must hold integer class labels, got dtype {y.dtype}")
-    if not np.issubdtype(y.dtype, np.integer) and y.dtype != bool:
-        if not np.all(np.isfinite(y)) or not np.all(np.equal(np.mod(y, 1), 0)):
-            raise ValueError(f"{name}: y must hold integer class labels, got dtype {y.dtype}")
     y = y.astype(np.int64)
     if y.min() < 0:
         raise ValueError(f"{name}: class labels must be >= 0, got {int(y.min())}")

@@ -104,11 +104,7 @@ class RunWriter:
         except BaseException:
             shutil.rmtree(building, ignore_errors=True)
             raise
-        self.group = zarr.open_group(str(self.path), mode="r+")
-        self._commit_group = self.group["commit"]
-        self.length = 0
-        self.last_step: int | None = None
-        self.snapshots: list[dict[str, Any]] = []
+        self._resume()  # an empty committed store: one way to set up the writer's state
 
     def _create(
         self,
@@ -163,8 +159,8 @@ class RunWriter:
         self.scalar_names = stored
         self._commit_group = self.group["commit"]
         self.length = run.length
-        self.last_step = int(run.steps[-1]) if run.length else None
-        self.snapshots = run.snapshot_index()
+        self.last_step: int | None = int(run.steps[-1]) if run.length else None
+        self.snapshots: list[dict[str, Any]] = run.snapshot_index()
 
     def _commit(self) -> None:
         self._commit_group.attrs["commit"] = {"length": self.length, "snapshots": self.snapshots}

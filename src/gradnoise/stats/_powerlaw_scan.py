@@ -77,12 +77,10 @@ def unique_batch(xs: np.ndarray, off: np.ndarray) -> Unique:
     # the rest of the batch.
     steps = np.zeros(u.size)
     if u.size > 1:
-        # Only consecutive values of the same sample form a step; across a sample boundary the
-        # ratio can be <= -1 (log1p undefined), and that entry is zeroed anyway.
-        same = seg[1:] == seg[:-1]
-        idx = np.flatnonzero(same) + 1
+        # Only consecutive values of the same sample form a step (a sample's first value has
+        # none; across a boundary the ratio can be <= -1, where log1p is undefined).
+        idx = np.flatnonzero(seg[1:] == seg[:-1]) + 1
         steps[idx] = np.log1p((u[idx] - u[idx - 1]) / u[idx - 1]) * ge[idx]
-    steps[uoff[:-1][np.diff(uoff) > 0]] = 0.0
     width = int(np.diff(uoff).max()) if nseg else 0
     local = np.arange(u.size) - uoff[seg]
     pad = np.zeros((nseg, width + 1), dtype=np.longdouble)
