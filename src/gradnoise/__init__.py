@@ -20,6 +20,7 @@ _LAZY = {
     "minibatch_grads": "gradnoise.capture",
     "gradient_noise": "gradnoise.capture",
     "select_params": "gradnoise.capture",
+    "audit_model": "gradnoise.capture",
     "Recorder": "gradnoise.recorder",
     "open_run": "gradnoise.store",
     "ParamSelection": "gradnoise.selection",

@@ -59,15 +59,15 @@ from .capture._common import (
     ParamsArg,
     check_batchnorm,
     dataset_size,
-    dropout_policy,
     fetch,
     model_device,
     per_example_losses,
     require_examples,
     resolve_selection,
 )
+from .capture.audit import ModelAudit, audit_data, owner_modules
 from .capture.layers import _conv_geometry
-from .capture.per_sample import LayerIO, _owner_modules
+from .capture.per_sample import LayerIO
 from .errors import NonFiniteGradientError
 from .selection import ParamSelection
 from .stats._common import RNGLike, StatResult, as_generator
@@ -383,30 +383,49 @@ class GradientClustering:
         self.rng = as_generator(rng)
         check_batchnorm(model)
         self.device = model_device(model, device)
-        self.selection, _ = resolve_selection(model, params)
-        self._plan(centers)
+        self.selection, self.tensors = resolve_selection(model, params)
+        self.centers_mode: Centers = centers
+        self.audit: ModelAudit | None = None
+        self.blocks: list[_Block] = []
+        self.layout: dict[str, str] = {}
         self.sizes: np.ndarray | None = None
         self.initialized = False
 
     # -- layout ------------------------------------------------------------------------------
 
-    def _plan(self, centers: Centers) -> None:
+    def _prepare(self, data: DataArg) -> ModelAudit:
+        """Audit the model on the first examples of ``data``; plan the blocks on first use.
+
+        A Linear/Conv weight gets rank-1 centres only when the audit proved its layer rule exact
+        (used by its layer alone, examples along dim 0); anything else gets full centres.
+        """
+        self.audit = audit_data(
+            self.model,
+            self.loss_fn,
+            data,
+            self.selection,
+            self.tensors,
+            self.dropout,
+            self.device,
+            "per_sample",
+        )
+        if not self.blocks:
+            self._plan(self.centers_mode, self.audit)
+        return self.audit
+
+    def _plan(self, centers: Centers, result: ModelAudit) -> None:
         sel, k = self.selection, self.num_clusters
-        owners = _owner_modules(self.model)
-        uses: dict[int, int] = {}
-        for module in self.model.modules():
-            for p in module.parameters(recurse=False):
-                uses[id(p)] = uses.get(id(p), 0) + 1
+        owners = owner_modules(self.model)
         offsets = sel.offsets
-        self.blocks: list[_Block] = []
-        self.layout: dict[str, str] = {}
+        self.blocks = []
+        self.layout = {}
         fallback: list[int] = []
         hooked: dict[int, nn.Module] = {}
         for j, name in enumerate(sel.names):
             module, pname = owners[name]
             cols = np.arange(offsets[j], offsets[j + 1])
-            shared = any(uses[id(p)] > 1 for p in module.parameters(recurse=False))
-            simple = centers == "rank1" and sel.indices[j] is None and not shared
+            exact = result.path(name) == "structured"
+            simple = centers == "rank1" and sel.indices[j] is None and exact
             linear = type(module) is nn.Linear
             conv = (
                 type(module) in (nn.Conv1d, nn.Conv2d)
@@ -464,9 +483,7 @@ class GradientClustering:
                 records.setdefault(io.module, []).append(io)
         full = None
         if self.fallback_selection is not None:
-            full = per_sample_grads(
-                self.model, self.loss_fn, x, y, params=self.fallback_selection, dropout="error"
-            )
+            full = per_sample_grads(self.model, self.loss_fn, x, y, params=self.fallback_selection)
         return [b.features(records, full, c) for b in self.blocks]
 
     def _distances(self, feats: list[Any]) -> Tensor:
@@ -486,8 +503,8 @@ class GradientClustering:
         ``g_i`` is never formed for rank-1 layers; compare with :meth:`centers` and
         :func:`gradnoise.per_sample_grads` to check the algebra.
         """
-        with dropout_policy(self.model, self.dropout):
-            x, y = inputs.to(self.device), targets.to(self.device)
+        x, y = inputs.to(self.device), targets.to(self.device)
+        with self._prepare((x, y)).randomness(self.dropout):
             return self._distances(self._features(x, y))
 
     def centers(self) -> Tensor:
@@ -521,7 +538,7 @@ class GradientClustering:
             raise ValueError(f"iters must be >= 1, got {iters}")
         k = self.num_clusters
         reseeded = 0
-        with dropout_policy(self.model, self.dropout):
+        with self._prepare(data).randomness(self.dropout):
             if not self.initialized:
                 rows = np.sort(self.rng.choice(n, size=k, replace=False))
                 self._seed(data, rows, np.arange(k))

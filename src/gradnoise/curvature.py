@@ -32,17 +32,16 @@ from torch.func import functional_call
 
 from .capture._common import (
     DataArg,
-    DropoutChoice,
     ParamsArg,
     check_batchnorm,
     dataset_size,
-    dropout_policy,
     iter_batches,
     model_device,
     per_example_losses,
     require_examples,
     resolve_selection,
 )
+from .capture.audit import audit_data
 from .capture.gram import Factor, per_sample_gram
 from .errors import NonFiniteGradientError
 from .selection import ParamSelection
@@ -327,6 +326,9 @@ class HessianOperator:
         check_batchnorm(model)
         self.num_examples = dataset_size(data)
         require_examples(self.num_examples, 1, "a Hessian")
+        self.audit = audit_data(
+            model, loss_fn, data, self.selection, self.tensors, dropout, self.device
+        )
         self.batch_size, self.cache_graphs, self.hvp, self.dropout = (
             int(batch_size),
             bool(cache_graphs),
@@ -345,8 +347,7 @@ class HessianOperator:
 
     @contextmanager
     def _policy(self) -> Iterator[None]:
-        drop: DropoutChoice = self.dropout
-        with dropout_policy(self.model, drop):
+        with self.audit.randomness(self.dropout):
             yield
 
     def _batches(self) -> Iterator[tuple[Tensor, Tensor]]:

@@ -29,3 +29,17 @@ class StoreError(GradnoiseError, OSError):
 
 class SmallSampleWarning(UserWarning):
     """A statistic was computed on fewer samples than it is reliable for."""
+
+
+class PerSampleFallbackWarning(UserWarning):
+    """A per-example gradient path stepped aside for a slower exact one (the message says why)."""
+
+
+class LossDecompositionWarning(UserWarning):
+    """``loss_fn`` on a batch is not the mean or sum of its per-example losses (class weights,
+    ``ignore_index`` with a mean over tokens...): gradnoise's minibatch gradient, the mean of the
+    per-example gradients, differs from the gradient of that batch loss."""
+
+
+class NonFiniteInputError(GradnoiseError, ValueError, FloatingPointError):
+    """Inputs hold NaN or Inf (a bad input value, and the cause of non-finite gradients)."""

@@ -4,6 +4,7 @@ This package knows torch and nothing of statistics.
 """
 
 from ._common import select_params
+from .audit import ModelAudit, ParamRoute, audit_model
 from .batches import full_grad, gradient_noise, minibatch_grads
 from .layers import LAYER_RULES, LayerRule, register_layer_rule
 from .per_sample import LayerIO, choose_backend, layer_io, per_sample_grads
@@ -12,6 +13,9 @@ __all__ = [
     "LAYER_RULES",
     "LayerIO",
     "LayerRule",
+    "ModelAudit",
+    "ParamRoute",
+    "audit_model",
     "choose_backend",
     "full_grad",
     "gradient_noise",

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+import dataclasses
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -20,14 +21,6 @@ DataArg = Dataset | tuple[Tensor, Tensor]
 DropoutChoice = Literal["error", "eval", "sample"]
 
 _BATCHNORM = (nn.modules.batchnorm._BatchNorm, nn.SyncBatchNorm)
-_DROPOUT = (
-    nn.Dropout,
-    nn.Dropout1d,
-    nn.Dropout2d,
-    nn.Dropout3d,
-    nn.AlphaDropout,
-    nn.FeatureAlphaDropout,
-)
 
 
 def select_params(
@@ -99,47 +92,35 @@ def model_device(model: nn.Module, device: torch.device | str | None) -> torch.d
 
 
 def check_batchnorm(model: nn.Module) -> None:
-    """Refuse train-mode BatchNorm: it couples examples, so per-example gradients are undefined."""
+    """Refuse BatchNorm that normalises with batch statistics: in training mode, or built with
+    ``track_running_stats=False`` (batch statistics in eval mode too). Either couples the
+    examples of a batch, so per-example gradients are undefined."""
     for name, module in model.named_modules():
-        if isinstance(module, _BATCHNORM) and module.training:
+        if not isinstance(module, _BATCHNORM):
+            continue
+        if module.training:
             raise UnsupportedLayerError(
                 f"layer {name!r} ({type(module).__name__}) is in training mode: its batch statistics "
                 "couple the examples of a batch, so per-example gradients are not defined and "
                 "capturing would also update its running statistics. Fixes: call model.eval() "
                 "(uses running statistics), or replace BatchNorm by GroupNorm/LayerNorm."
             )
+        if module.running_mean is None:
+            raise UnsupportedLayerError(
+                f"layer {name!r} ({type(module).__name__}) mixes the examples of a batch: built "
+                "with track_running_stats=False, it normalises with batch statistics even in eval "
+                "mode, so per-example gradients are not defined. Fixes: track running statistics "
+                "(and call model.eval()), or use GroupNorm/LayerNorm."
+            )
 
 
-@contextlib.contextmanager
-def dropout_policy(model: nn.Module, dropout: DropoutChoice) -> Iterator[bool]:
-    """Apply the explicit dropout choice; yields True when train-mode dropout stays random.
-
-    ``"error"`` refuses active dropout, ``"eval"`` switches dropout layers off for the call (and
-    restores them), ``"sample"`` keeps it on with an independent mask per example.
-    """
-    active = [(n, m) for n, m in model.named_modules() if isinstance(m, _DROPOUT) and m.training]
-    if dropout not in ("error", "eval", "sample"):
-        raise ValueError(f"dropout must be 'error', 'eval' or 'sample', got {dropout!r}")
-    if active and dropout == "error":
-        names = ", ".join(repr(n) for n, _ in active)
-        raise UnsupportedLayerError(
-            f"dropout layer(s) {names} are in training mode, which makes gradients random. Choose "
-            "explicitly: dropout='eval' (switch dropout off while capturing), dropout='sample' "
-            "(one random mask per example), or call model.eval()."
+def scalar_loss(value: Any) -> Tensor:
+    """Check that a loss value is a tensor holding one number and return it as a 0-d tensor."""
+    if not isinstance(value, Tensor):
+        raise TypeError(
+            f"loss_fn must return a tensor, got {type(value).__name__}; a number (e.g. from "
+            "loss.item()) has no gradient: return the loss tensor itself"
         )
-    if dropout == "eval":
-        for _, m in active:
-            m.eval()
-    try:
-        yield bool(active) and dropout == "sample"
-    finally:
-        if dropout == "eval":
-            for _, m in active:
-                m.train()
-
-
-def scalar_loss(value: Tensor) -> Tensor:
-    """Check that a loss value holds one number and return it as a 0-d tensor."""
     if value.numel() != 1:
         raise ValueError(
             "loss_fn applied to a batch of one example must return a single value, got shape "
@@ -148,55 +129,128 @@ def scalar_loss(value: Tensor) -> Tensor:
     return value.reshape(())
 
 
-def example_loss(loss_fn: Any, output: Tensor, target: Tensor) -> Tensor:
-    """The loss of one example: ``loss_fn`` applied to a batch of one (inputs without batch dim)."""
-    return scalar_loss(loss_fn(output.unsqueeze(0), target.unsqueeze(0)))
+def select_example(outputs: Any, i: int) -> Any:
+    """Example ``i`` of a model's outputs as a batch of one: a tensor, or a tuple/list/dict/
+    dataclass/namedtuple of them (what the model returns is what ``loss_fn`` receives)."""
+    if isinstance(outputs, Tensor):
+        if outputs.dim() == 0:
+            raise ValueError(
+                "the model returned a 0-d tensor: outputs need a leading example dimension"
+            )
+        return outputs[i : i + 1]
+    if dataclasses.is_dataclass(outputs) and not isinstance(outputs, type):
+        fields = {f.name: getattr(outputs, f.name) for f in dataclasses.fields(outputs)}
+        picked = {k: select_example(v, i) if _has_tensor(v) else v for k, v in fields.items()}
+        return dataclasses.replace(outputs, **picked)
+    if isinstance(outputs, Mapping):
+        return type(outputs)(  # type: ignore[call-arg]
+            {k: select_example(v, i) if _has_tensor(v) else v for k, v in outputs.items()}
+        )
+    if isinstance(outputs, (tuple, list)):
+        items = [select_example(v, i) if _has_tensor(v) else v for v in outputs]
+        if hasattr(outputs, "_fields"):  # namedtuple
+            return type(outputs)(*items)
+        return type(outputs)(items)
+    raise TypeError(
+        f"cannot split the model's output of type {type(outputs).__name__} into examples; return "
+        "a tensor, or a tuple/list/dict/dataclass of tensors with the examples along dim 0"
+    )
 
 
-def per_example_losses(loss_fn: Any, outputs: Tensor, targets: Tensor) -> Tensor:
+def _has_tensor(value: Any) -> bool:
+    if isinstance(value, Tensor):
+        return True
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return any(_has_tensor(getattr(value, f.name)) for f in dataclasses.fields(value))
+    if isinstance(value, Mapping):
+        return any(_has_tensor(v) for v in value.values())
+    if isinstance(value, (tuple, list)):
+        return any(_has_tensor(v) for v in value)
+    return False
+
+
+def example_loss(loss_fn: Any, output: Any, target: Tensor) -> Tensor:
+    """The loss of one example: ``loss_fn`` on a batch of one (``output`` already sliced)."""
+    return scalar_loss(loss_fn(output, target))
+
+
+def per_example_losses(loss_fn: Any, outputs: Any, targets: Tensor) -> Tensor:
     """Vector ``[B]`` of per-example losses, each ``loss_fn`` on a batch of one example.
 
     This is the definition of "an example's own loss" everywhere in gradnoise: it does not depend
-    on ``loss_fn``'s reduction over the batch (``mean`` and ``sum`` agree on a batch of one).
+    on ``loss_fn``'s reduction over the batch (``mean`` and ``sum`` agree on a batch of one). An
+    example whose targets are all ``ignore_index`` has loss 0 (and gradient 0), where
+    ``CrossEntropyLoss`` itself returns 0/0.
     """
-    fast = _known_per_example_losses(loss_fn, outputs, targets)
+    fast = (
+        _known_per_example_losses(loss_fn, outputs, targets)
+        if isinstance(outputs, Tensor)
+        else None
+    )
     if fast is not None:
         return fast
+    n = int(targets.shape[0])
     try:
-        losses = torch.func.vmap(lambda o, t: example_loss(loss_fn, o, t))(outputs, targets)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*performance drop.*")
+            losses = torch.func.vmap(
+                lambda o, t: example_loss(loss_fn, _unsqueezed(o), t.unsqueeze(0))
+            )(outputs, targets)
     except (RuntimeError, ValueError, NotImplementedError) as err:
         if isinstance(err, ValueError) and "single value" in str(err):
             raise
         losses = torch.stack(
-            [example_loss(loss_fn, o, t) for o, t in zip(outputs, targets, strict=False)]
+            [
+                example_loss(loss_fn, select_example(outputs, i), targets[i : i + 1])
+                for i in range(n)
+            ]
         )
     return losses
+
+
+def _unsqueezed(output: Any) -> Any:
+    return torch.utils._pytree.tree_map(
+        lambda t: t.unsqueeze(0) if isinstance(t, Tensor) else t, output
+    )
 
 
 def _known_per_example_losses(loss_fn: Any, outputs: Tensor, targets: Tensor) -> Tensor | None:
     """Closed forms of the batch-of-one losses of common loss modules (None: use the generic path).
 
-    Equal by construction to ``loss_fn`` on each example alone; tested against the generic path.
+    Equal by construction to ``loss_fn`` on each example alone (tested against the generic path),
+    except that an example whose targets are all ignored gets loss 0 instead of 0/0.
     """
     kind = type(loss_fn)
     if (
-        kind is nn.CrossEntropyLoss
-        and loss_fn.weight is None
+        kind in (nn.CrossEntropyLoss, nn.NLLLoss)
         and loss_fn.reduction in ("mean", "sum")
         and targets.dtype == torch.long
-        and outputs.dim() == 2  # [B, C]; [B, C, T...] means over tokens: the generic path
-        and targets.dim() == 1
+        and outputs.dim() >= 2
+        and targets.dim() == outputs.dim() - 1
+        and targets.shape[0] == outputs.shape[0]
+        and tuple(targets.shape[1:]) == tuple(outputs.shape[2:])
     ):
-        ignored = targets == loss_fn.ignore_index
-        if loss_fn.reduction == "mean" and bool(ignored.any()):
-            return None  # a batch of one ignored example has an undefined (0/0) mean
-        return F.cross_entropy(
+        extra = {"label_smoothing": loss_fn.label_smoothing} if kind is nn.CrossEntropyLoss else {}
+        loss = F.cross_entropy if kind is nn.CrossEntropyLoss else F.nll_loss
+        tokens = loss(
             outputs,
             targets,
+            weight=loss_fn.weight,
             reduction="none",
             ignore_index=loss_fn.ignore_index,
-            label_smoothing=loss_fn.label_smoothing,
-        ).reshape(-1)
+            **extra,
+        ).reshape(outputs.shape[0], -1)
+        total = tokens.sum(1)
+        if loss_fn.reduction == "sum":
+            return total
+        valid = (targets != loss_fn.ignore_index).reshape(outputs.shape[0], -1)
+        if loss_fn.weight is None:
+            denom = valid.sum(1).to(tokens.dtype)
+        else:
+            picked = loss_fn.weight[torch.where(valid, targets.reshape(valid.shape), 0)]
+            denom = torch.where(valid, picked, 0.0).sum(1).to(tokens.dtype)
+        # all-ignored examples: 0 / 1 = 0 with a zero gradient (0 / 0 would poison the backward)
+        return total / torch.where(denom > 0, denom, torch.ones_like(denom))
     if kind is nn.MSELoss and outputs.shape == targets.shape and outputs.dim() >= 1:
         sq = (outputs - targets).square().reshape(outputs.shape[0], -1)
         return (

@@ -21,7 +21,6 @@ from ._common import (
     check_batchnorm,
     check_finite,
     dataset_size,
-    dropout_policy,
     fetch,
     iter_batches,
     model_device,
@@ -29,6 +28,7 @@ from ._common import (
     require_examples,
     resolve_selection,
 )
+from .audit import ModelAudit, audit_data
 
 
 def _summed_grad(
@@ -45,19 +45,35 @@ def _summed_grad(
         grads = torch.autograd.grad(losses.sum(), tensors, allow_unused=True)
     parts = []
     for g, p, index in zip(grads, tensors, indices, strict=True):
+        if g is not None and g.is_sparse:  # Embedding(sparse=True)
+            g = g.to_dense()
         flat = (torch.zeros_like(p) if g is None else g).reshape(-1)
         parts.append(flat if index is None else flat.index_select(0, index))
     return torch.cat(parts)
 
 
 class _Setup:
-    """Validated common arguments of the functions below."""
+    """Validated common arguments of the functions below, and the model's audit on ``data``
+    (randomness follows ``dropout``; layers that couple examples are refused)."""
 
-    def __init__(self, model: nn.Module, params: ParamsArg, device: Any) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Any,
+        data: DataArg,
+        params: ParamsArg,
+        dropout: DropoutChoice,
+        device: Any,
+    ) -> None:
         self.selection: ParamSelection
         self.selection, self.tensors = resolve_selection(model, params)
         self.device = model_device(model, device)
         check_batchnorm(model)
+        self.n = dataset_size(data)
+        require_examples(self.n, 1, "a gradient")
+        self.audit: ModelAudit = audit_data(
+            model, loss_fn, data, self.selection, self.tensors, dropout, self.device
+        )
         self.indices = [
             None if i is None else torch.as_tensor(i, dtype=torch.long, device=self.device)
             for i in self.selection.indices
@@ -84,11 +100,10 @@ def full_grad(
     Returns:
         ``[C]`` tensor over the selected coordinates.
     """
-    setup = _Setup(model, params, device)
-    n = dataset_size(data)
-    require_examples(n, 1, "full_grad")
+    setup = _Setup(model, loss_fn, data, params, dropout, device)
+    n = setup.n
     total = None
-    with dropout_policy(model, dropout):
+    with setup.audit.randomness(dropout):
         for x, y in iter_batches(data, batch_size, setup.device):
             part = _summed_grad(model, loss_fn, x, y, setup.tensors, setup.indices)
             total = part if total is None else total.add_(part)
@@ -118,18 +133,18 @@ def minibatch_grads(
     Returns:
         ``[num_batches, C]`` tensor.
     """
-    setup = _Setup(model, params, device)
-    n = dataset_size(data)
     if batch_size < 1 or num_batches < 1:
         raise ValueError(
             f"batch_size and num_batches must be >= 1, got {batch_size}, {num_batches}"
         )
+    n = dataset_size(data)
     require_examples(n, batch_size, f"minibatches of size {batch_size} without replacement")
+    setup = _Setup(model, loss_fn, data, params, dropout, device)
     rng = np.random.default_rng(seed)
     out = torch.empty(
         num_batches, setup.selection.num_columns, dtype=setup.tensors[0].dtype, device=setup.device
     )
-    with dropout_policy(model, dropout):
+    with setup.audit.randomness(dropout):
         for k in range(num_batches):
             x, y = fetch(data, rng.choice(n, size=batch_size, replace=False), setup.device)
             out[k] = _summed_grad(model, loss_fn, x, y, setup.tensors, setup.indices) / batch_size

@@ -21,6 +21,7 @@ recomputed for each pair (i, j), so memory stays bounded whatever N.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -29,23 +30,31 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import NonFiniteGradientError
+from ..errors import NonFiniteGradientError, PerSampleFallbackWarning
 from ..selection import ParamSelection
 from ._common import (
-    DropoutChoice,
     ParamsArg,
     check_batchnorm,
-    dropout_policy,
     model_device,
     resolve_selection,
 )
+from ._passes import Column, FuncRows, columns_of, loop_rows, structured_pass
+from .audit import PROBE_SIZE, ModelAudit, audit, demote, owner_modules
 from .layers import LAYER_RULES, _conv_geometry
-from .per_sample import _check_batch, _owner_modules, layer_io, per_sample_grads
+from .per_sample import _check_batch, call_scale, check_rows
 
 Factor = Literal["auto", "always", "never"]
 
 #: Row-chunk of the [a*S, b*S] products of sequence layers (bytes of one float64 temporary).
 _PAIR_BYTES = 1 << 26
+
+
+class _StepAside(Exception):
+    """A layer rule failed a per-block check; the Gram matrix is restarted without it."""
+
+    def __init__(self, names: list[str], reason: str) -> None:
+        super().__init__(reason)
+        self.names, self.reason = names, reason
 
 
 @dataclass
@@ -54,9 +63,9 @@ class _Module:
 
     module: nn.Module
     factor_weight: bool = False
-    # (pname, column slice in the materialised buffer, index tensor or None)
-    materialised: list[tuple[str, slice, Tensor | None]] = field(default_factory=list)
-    decided: bool = False
+    weight: Column | None = None  # the factored weight's column (batch-gradient check)
+    # (pname, column in the materialised buffer)
+    materialised: list[tuple[str, Column]] = field(default_factory=list)
 
 
 @dataclass
@@ -74,68 +83,79 @@ class _GramPlan:
         model: nn.Module,
         loss_fn: Any,
         selection: ParamSelection,
+        tensors: list[Tensor],
+        result: ModelAudit,
         device: torch.device,
         factor: Factor,
     ) -> None:
         self.model, self.loss_fn, self.device, self.factor = model, loss_fn, device, factor
-        owners = _owner_modules(model)
-        uses: dict[int, int] = {}
-        for module in model.modules():
-            for p in module.parameters(recurse=False):
-                uses[id(p)] = uses.get(id(p), 0) + 1
+        self.result = result
+        owners = owner_modules(model)
         self.modules: dict[nn.Module, _Module] = {}
-        fallback_names, fallback_shapes, fallback_idx = [], [], []
-        entries: list[tuple[_Module, str, int, np.ndarray | None]] = []
-        for k, name in enumerate(selection.names):
-            module, pname = owners[name]
-            rule = LAYER_RULES.get(type(module))
-            shared = any(uses[id(p)] > 1 for p in module.parameters(recurse=False))
-            if rule is None or not rule.supports(module) or shared:
-                fallback_names.append(name)
-                fallback_shapes.append(selection.shapes[k])
-                fallback_idx.append(selection.indices[k])
+        self.entries: list[tuple[_Module, str, Column]] = []
+        self.general: list[Column] = []
+        for col in columns_of(selection, tensors):
+            path = result.path(col.name)
+            if path != "structured":
+                self.general.append(col)
                 continue
+            module, pname = owners[col.name]
             plan = self.modules.setdefault(module, _Module(module))
-            idx = selection.indices[k]
             can_factor = (
                 pname == "weight"
-                and idx is None
+                and col.index is None
                 and isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d))
+                and (isinstance(module, nn.Linear) or _conv_geometry(module) is not None)
                 and factor != "never"
             )
             if can_factor:
                 plan.factor_weight = True  # provisional; "auto" may revert on the first block
-            entries.append((plan, pname, selection.numel(k) if idx is None else idx.size, idx))
-        self.entries = entries
-        self.fallback = (
-            ParamSelection(tuple(fallback_names), tuple(fallback_shapes), tuple(fallback_idx))
-            if fallback_names
-            else None
-        )
+                plan.weight = col
+            self.entries.append((plan, pname, col))
         self.width = 0  # columns of the materialised buffer, fixed by _layout()
         self.laid_out = False
+        self.blocks = 0
 
     def _layout(self) -> None:
         """Assign buffer columns to every parameter that is not factored."""
         col = 0
-        for plan, pname, width, idx in self.entries:
+        for plan, pname, entry in self.entries:
             if pname == "weight" and plan.factor_weight:
                 continue
-            index = None if idx is None else torch.as_tensor(idx, device=self.device)
-            plan.materialised.append((pname, slice(col, col + int(width)), index))
-            col += int(width)
-        self.fallback_cols = slice(col, col + (self.fallback.num_columns if self.fallback else 0))
-        self.width = self.fallback_cols.stop
+            width = entry.cols.stop - entry.cols.start
+            plan.materialised.append(
+                (pname, Column(entry.name, entry.tensor, slice(col, col + width), entry.index))
+            )
+            col += width
+        moved = []
+        for entry in self.general:
+            width = entry.cols.stop - entry.cols.start
+            moved.append(Column(entry.name, entry.tensor, slice(col, col + width), entry.index))
+            col += width
+        self.general = moved
+        self.width = col
         self.laid_out = True
 
     # ---- per-block features --------------------------------------------------------------
 
     def features(self, x: Tensor, y: Tensor) -> _Features:
         c = x.shape[0]
+        self.blocks += 1
         records: dict[nn.Module, list[tuple[Tensor, Tensor]]] = {m: [] for m in self.modules}
+        checked = [col for _, _, col in self.entries]
+        grads: dict[str, Tensor | None] = {}
         if self.modules:  # non-finite values surface on the Gram diagonal (checked at the end)
-            for io in layer_io(self.model, self.loss_fn, x, y, list(self.modules)):
-                records[io.module].append((io.inputs, io.grad_output))
+            found = structured_pass(
+                self.model, self.loss_fn, x, y, list(self.modules), [c.tensor for c in checked]
+            )
+            for module, inp, g in found.calls:
+                if not isinstance(inp, Tensor) or inp.shape[0] != c or g.shape[0] != c:
+                    raise _StepAside(
+                        [col.name for p, _, col in self.entries if p.module is module],
+                        "the layer's input or output does not hold the block's examples along dim 0",
+                    )
+                records[module].append((inp, g))
+            grads = dict(zip((col.name for col in checked), found.grads, strict=True))
         if not self.laid_out:
             self._decide(records, c)
             self._layout()
@@ -145,23 +165,32 @@ class _GramPlan:
         for module, plan in self.modules.items():
             recs = records[module]
             if plan.factor_weight:
-                factored.append(self._factor_pairs(module, recs, c))
+                pairs = self._factor_pairs(module, recs, c)
+                assert plan.weight is not None
+                if not _aggregate_matches(pairs, grads[plan.weight.name], plan.weight):
+                    raise _StepAside(
+                        [plan.weight.name],
+                        "the factored per-example gradients do not add up to the batch gradient",
+                    )
+                factored.append(pairs)
             rule = LAYER_RULES[type(module)]
-            for pname, cols, index in plan.materialised:
+            for pname, col in plan.materialised:
                 assert rows is not None
                 for r, (inp, g) in enumerate(recs):
-                    rule.compute(module, pname, inp, g, index, rows[:, cols], r > 0)
-        if self.fallback is not None:
+                    rule.compute(module, pname, inp, g, col.index, rows[:, col.cols], r > 0)
+                scale = call_scale(module, recs)
+                if not check_rows(
+                    rows[:, col.cols], grads[col.name], col.index, self.blocks, scale
+                ):
+                    raise _StepAside(
+                        [col.name], "the per-example rows do not add up to the batch gradient"
+                    )
+        if self.general:
             assert rows is not None
-            per_sample_grads(
-                self.model,
-                self.loss_fn,
-                x,
-                y,
-                params=self.fallback,
-                backend="func",
-                out=rows[:, self.fallback_cols],
-            )
+            if self.result.func_ok:
+                FuncRows(self.model, self.loss_fn, self.general, False).fill(x, y, rows)
+            else:
+                loop_rows(self.model, self.loss_fn, x, y, self.general, rows)
         return _Features(c, factored, rows)
 
     def _sequences(self, module: nn.Module, recs: list[tuple[Tensor, Tensor]], c: int) -> list:
@@ -283,7 +312,7 @@ def per_sample_gram(
     Returns:
         ``[N, N]`` float64 numpy array.
     """
-    selection, _ = resolve_selection(model, params)
+    selection, tensors = resolve_selection(model, params)
     dev = model_device(model, device)
     check_batchnorm(model)
     n = _check_batch(inputs, targets)
@@ -296,8 +325,34 @@ def per_sample_gram(
             f"dropout must be 'error' or 'eval' for a Gram matrix, got {dropout!r} (random masks "
             "would change between the blocks that are recomputed)"
         )
-    drop: DropoutChoice = dropout
-    plan = _GramPlan(model, loss_fn, selection, dev, factor)
+    probe = min(n, PROBE_SIZE)
+    x0, y0 = inputs[:probe].to(dev), targets[:probe].to(dev)
+    result = audit(model, loss_fn, x0, y0, selection, tensors, dropout, "per_sample")
+    with result.randomness(dropout):
+        while True:
+            plan = _GramPlan(model, loss_fn, selection, tensors, result, dev, factor)
+            try:
+                return _assemble(plan, inputs, targets, n, block_size, max_memory, dev)
+            except _StepAside as err:
+                path = "func" if result.func_ok else "loop"
+                result = demote(model, result, err.names, path, err.reason)
+                warnings.warn(
+                    f"gradnoise: the layer rule of {', '.join(map(repr, err.names))} stepped "
+                    f"aside in the Gram matrix: {err.reason}; restarted with the exact {path} path",
+                    PerSampleFallbackWarning,
+                    stacklevel=2,
+                )
+
+
+def _assemble(
+    plan: _GramPlan,
+    inputs: Tensor,
+    targets: Tensor,
+    n: int,
+    block_size: int,
+    max_memory: int,
+    dev: torch.device,
+) -> np.ndarray:
     gram = np.zeros((n, n), dtype=np.float64)
 
     def block(start: int, stop: int) -> _Features:
@@ -305,25 +360,52 @@ def per_sample_gram(
         y = targets[start:stop].to(dev, non_blocking=True)
         return plan.features(x, y)
 
-    with dropout_policy(model, drop):
-        first = block(0, min(block_size, n))
-        per_example = max(1, plan.nbytes_per_example(first))
-        starts = list(range(0, n, block_size))
-        if per_example * n <= max_memory:
-            feats = [first] + [block(s, min(s + block_size, n)) for s in starts[1:]]
-            for i, si in enumerate(starts):
-                for j in range(i + 1):
-                    _fill(gram, si, starts[j], _gram_block(feats[i], feats[j]))
-            return _checked(gram)
-        # bounded memory: two blocks of features at a time, recomputing the inner block
-        size = max(1, min(block_size, max_memory // (2 * per_example)))
-        starts = list(range(0, n, size))
+    first = block(0, min(block_size, n))
+    per_example = max(1, plan.nbytes_per_example(first))
+    starts = list(range(0, n, block_size))
+    if per_example * n <= max_memory:
+        feats = [first] + [block(s, min(s + block_size, n)) for s in starts[1:]]
         for i, si in enumerate(starts):
-            fi = block(si, min(si + size, n))
             for j in range(i + 1):
-                fj = fi if j == i else block(starts[j], min(starts[j] + size, n))
-                _fill(gram, si, starts[j], _gram_block(fi, fj))
+                _fill(gram, si, starts[j], _gram_block(feats[i], feats[j]))
+        return _checked(gram)
+    # bounded memory: two blocks of features at a time, recomputing the inner block
+    size = max(1, min(block_size, max_memory // (2 * per_example)))
+    starts = list(range(0, n, size))
+    for i, si in enumerate(starts):
+        fi = block(si, min(si + size, n))
+        for j in range(i + 1):
+            fj = fi if j == i else block(starts[j], min(starts[j] + size, n))
+            _fill(gram, si, starts[j], _gram_block(fi, fj))
     return _checked(gram)
+
+
+def _aggregate_matches(
+    pairs: list[tuple[Tensor, Tensor]], batch_grad: Tensor | None, weight: Column
+) -> bool:
+    """Do the factored per-example weight gradients ``sum_s g_bs x_bs^T`` add up to the batch
+    gradient? ``sum_b`` of them is ``G^T X`` per group (rows of the weight in group order);
+    checked to ``4 max(count, 16) eps (|G|^T |X| + |b|)``, a bound on the rounding."""
+    out_rows = weight.tensor.shape[0]
+    expected = (
+        torch.zeros(out_rows, weight.tensor[0].numel(), dtype=torch.float64)
+        if batch_grad is None
+        else batch_grad.detach().to("cpu", torch.float64).reshape(out_rows, -1)
+    )
+    if not pairs:
+        return bool((expected == 0).all())
+    total = torch.cat(
+        [(g.reshape(-1, g.shape[-1]).T @ x.reshape(-1, x.shape[-1])).cpu() for x, g in pairs]
+    )
+    size = torch.cat(
+        [
+            (g.reshape(-1, g.shape[-1]).abs().T @ x.reshape(-1, x.shape[-1]).abs()).cpu()
+            for x, g in pairs
+        ]
+    )
+    count = pairs[0][0].shape[0] * pairs[0][0].shape[1]
+    tol = 4 * max(count, 16) * torch.finfo(weight.tensor.dtype).eps
+    return bool(((total - expected).abs() <= tol * (size + expected.abs())).all())
 
 
 def _checked(gram: np.ndarray) -> np.ndarray:

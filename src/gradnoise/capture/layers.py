@@ -8,8 +8,9 @@ straight into the caller's output buffer is what makes the structured backend fa
 temporary is materialised for Linear layers.
 
 A rule is registered per exact module type in :data:`LAYER_RULES`; add one with
-:func:`register_layer_rule`. A module whose type has no rule (or whose configuration the rule does
-not support) makes :func:`gradnoise.per_sample_grads` fall back to the generic torch.func backend.
+:func:`register_layer_rule`. A parameter whose module has no rule (or a configuration the rule
+does not support, or that the audit of :mod:`gradnoise.capture.audit` finds used outside its
+module) takes the general path: ``torch.func``, or a loop of one backward per example.
 """
 
 from __future__ import annotations
@@ -27,15 +28,23 @@ class LayerRule:
     """How to compute per-example gradients of one module type.
 
     Attributes:
-        supports: ``supports(module) -> bool``; False routes the model to the generic backend.
+        supports: ``supports(module) -> bool``; False routes the module's parameters to the
+            general path.
         compute: ``compute(module, pname, x, g, index, dest, accumulate)``: write (or add, when
             ``accumulate``) the per-example gradient of parameter ``pname`` for the ``c`` examples
             of input ``x`` and output gradient ``g`` into ``dest`` (``[c, width]``). ``index`` is
             a LongTensor of selected flat coordinates, or None for all of them.
+        params: the parameter names the rule computes (others, e.g. ``weight_orig`` registered by
+            ``spectral_norm``, take the general path).
+
+    A rule is only used for a parameter after :func:`gradnoise.capture.audit_model` has checked,
+    on a probe batch, that the parameter is read only inside its module's own calls and that the
+    rule reproduces the one-example-at-a-time gradients.
     """
 
     supports: Callable[[nn.Module], bool]
     compute: Callable[[nn.Module, str, Tensor, Tensor, Tensor | None, Tensor, bool], None]
+    params: frozenset[str] = frozenset({"weight", "bias"})
 
 
 def _emit(dest: Tensor, value: Tensor, index: Tensor | None, accumulate: bool) -> None:
@@ -92,26 +101,48 @@ def _linear(
             view.copy_(value)
 
 
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
 def _conv_geometry(m: nn.Module) -> tuple[tuple[int, ...], ...] | None:
     """(kernel, dilation, padding, stride) as 2-D tuples (Conv1d: a leading 1 or 0 is added), or
-    None when unsupported (non-zero padding modes, asymmetric 'same' padding)."""
+    None when the convolution pads its input itself (see :func:`conv_input`)."""
     assert isinstance(m, (nn.Conv1d, nn.Conv2d))
-    if m.padding_mode != "zeros":
+    padding = _symmetric_zero_padding(m)
+    if padding is None:
         return None
     kernel, dilation, stride = m.kernel_size, m.dilation, m.stride
-    if isinstance(m.padding, str):
-        if m.padding == "valid":
-            padding = tuple(0 for _ in kernel)
-        else:  # "same": only symmetric padding is supported
-            total = [d * (k - 1) for d, k in zip(dilation, kernel, strict=True)]
-            if any(t % 2 for t in total):
-                return None
-            padding = tuple(t // 2 for t in total)
-    else:
-        padding = tuple(m.padding)
     if isinstance(m, nn.Conv1d):
         return (1, *kernel), (1, *dilation), (0, *padding), (1, *stride)
     return tuple(kernel), tuple(dilation), padding, tuple(stride)
+
+
+def _symmetric_zero_padding(m: nn.Module) -> tuple[int, ...] | None:
+    """The padding a zero-padded convolution passes to the kernel, or None when the input has to
+    be padded first (other padding modes, asymmetric 'same' padding)."""
+    if m.padding_mode != "zeros":
+        return None
+    if isinstance(m.padding, str):
+        if m.padding == "valid":
+            return tuple(0 for _ in m.kernel_size)
+        total = [d * (k - 1) for d, k in zip(m.dilation, m.kernel_size, strict=True)]
+        if any(t % 2 for t in total):
+            return None
+        return tuple(t // 2 for t in total)
+    return tuple(m.padding)
+
+
+def conv_input(m: nn.Module, x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
+    """The input a convolution's kernel sees and the padding still to apply: ``(x, padding)``, or
+    ``(padded x, zeros)`` for reflect/replicate/circular padding and asymmetric 'same' padding
+    (exactly what ``Conv._conv_forward`` does)."""
+    padding = _symmetric_zero_padding(m)
+    if padding is not None:
+        return x, padding
+    mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
+    padded = F.pad(x, m._reversed_padding_repeated_twice, mode=mode)
+    return padded, tuple(0 for _ in m.kernel_size)
 
 
 def _conv(
@@ -123,28 +154,42 @@ def _conv(
     dest: Tensor,
     accumulate: bool,
 ) -> None:
-    assert isinstance(m, (nn.Conv1d, nn.Conv2d))
+    assert isinstance(m, _CONV + _CONV_T)
     c, c_out = x.shape[0], g.shape[1]
     if pname == "bias":
         _emit(dest, g.reshape(c, c_out, -1).sum(2), index, accumulate)
         return
-    geometry = _conv_geometry(m)
-    assert geometry is not None
     # Per-example weight gradients are the weight gradient of one convolution in which the batch
     # becomes groups: inputs [1, c*C_in, ...], output gradients [1, c*C_out, ...], groups c*G.
     dims = x.dim() - 2
-    kernel, dilation, padding, stride = (t[-dims:] for t in geometry)
-    weight_shape = (c * c_out, m.in_channels // m.groups, *kernel)
+    transposed = isinstance(m, _CONV_T)
+    if transposed:
+        padding = tuple(m.padding)
+        out_pad = [
+            g.shape[2 + d]
+            - (
+                (x.shape[2 + d] - 1) * m.stride[d]
+                - 2 * padding[d]
+                + m.dilation[d] * (m.kernel_size[d] - 1)
+                + 1
+            )
+            for d in range(dims)
+        ]
+        weight_shape = (c * m.in_channels, m.out_channels // m.groups, *m.kernel_size)
+    else:
+        x, padding = conv_input(m, x)
+        out_pad = [0] * dims
+        weight_shape = (c * c_out, m.in_channels // m.groups, *m.kernel_size)
     _, value, _ = torch.ops.aten.convolution_backward(
         g.reshape(1, c * c_out, *g.shape[2:]),
         x.reshape(1, c * m.in_channels, *x.shape[2:]),
         x.new_empty(weight_shape),
         None,
-        list(stride),
+        list(m.stride),
         list(padding),
-        list(dilation),
-        False,
-        [0] * dims,
+        list(m.dilation),
+        transposed,
+        out_pad,
         m.groups * c,
         [False, True, False],
     )
@@ -186,6 +231,46 @@ def _layer_norm(
     _emit(dest, g.reshape(x.shape[0], -1, width).sum(1), index, accumulate)
 
 
+def _rms_norm(
+    m: nn.Module,
+    pname: str,
+    x: Tensor,
+    g: Tensor,
+    index: Tensor | None,
+    dest: Tensor,
+    accumulate: bool,
+) -> None:
+    assert isinstance(m, nn.RMSNorm)
+    shape = tuple(m.normalized_shape)
+    width = 1
+    for s in shape:
+        width *= s
+    g = g * F.rms_norm(x, shape, eps=m.eps)
+    _emit(dest, g.reshape(x.shape[0], -1, width).sum(1), index, accumulate)
+
+
+def _instance_norm(
+    m: nn.Module,
+    pname: str,
+    x: Tensor,
+    g: Tensor,
+    index: Tensor | None,
+    dest: Tensor,
+    accumulate: bool,
+) -> None:
+    assert isinstance(m, nn.modules.instancenorm._InstanceNorm)
+    c, channels = x.shape[0], x.shape[1]
+    if pname == "weight":
+        if m.training or not m.track_running_stats:
+            normed = F.instance_norm(x, eps=m.eps)
+        else:
+            assert m.running_mean is not None and m.running_var is not None
+            view = (1, channels) + (1,) * (x.dim() - 2)
+            normed = (x - m.running_mean.view(view)) * torch.rsqrt(m.running_var.view(view) + m.eps)
+        g = g * normed
+    _emit(dest, g.reshape(c, channels, -1).sum(2), index, accumulate)
+
+
 def _embedding(
     m: nn.Module,
     pname: str,
@@ -217,15 +302,28 @@ def _always(m: nn.Module) -> bool:
     return True
 
 
+def _batched_instance_norm(m: nn.Module) -> bool:
+    return bool(m.affine)
+
+
 LAYER_RULES: dict[type[nn.Module], LayerRule] = {
     nn.Linear: LayerRule(_always, _linear),
-    nn.Conv1d: LayerRule(lambda m: _conv_geometry(m) is not None, _conv),
-    nn.Conv2d: LayerRule(lambda m: _conv_geometry(m) is not None, _conv),
+    nn.Conv1d: LayerRule(_always, _conv),
+    nn.Conv2d: LayerRule(_always, _conv),
+    nn.Conv3d: LayerRule(_always, _conv),
+    nn.ConvTranspose1d: LayerRule(_always, _conv),
+    nn.ConvTranspose2d: LayerRule(_always, _conv),
+    nn.ConvTranspose3d: LayerRule(_always, _conv),
     nn.GroupNorm: LayerRule(_always, _group_norm),
     nn.LayerNorm: LayerRule(_always, _layer_norm),
+    nn.RMSNorm: LayerRule(_always, _rms_norm, frozenset({"weight"})),
+    nn.InstanceNorm1d: LayerRule(_batched_instance_norm, _instance_norm),
+    nn.InstanceNorm2d: LayerRule(_batched_instance_norm, _instance_norm),
+    nn.InstanceNorm3d: LayerRule(_batched_instance_norm, _instance_norm),
     nn.Embedding: LayerRule(
-        lambda m: isinstance(m, nn.Embedding) and m.max_norm is None and not m.scale_grad_by_freq,
+        lambda m: isinstance(m, nn.Embedding) and not m.scale_grad_by_freq,
         _embedding,
+        frozenset({"weight"}),
     ),
 }
 

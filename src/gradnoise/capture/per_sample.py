@@ -1,45 +1,57 @@
 """Per-example gradients ``g_i = grad of loss_i`` as an ``[N, C]`` matrix.
 
-Two backends compute the same numbers:
+Three paths compute the same numbers, chosen per parameter by the audit of
+:mod:`gradnoise.capture.audit` (which also refuses randomness and coupled examples):
 
 * ``"structured"``: one forward and one backward per chunk; forward hooks record each layer's
   input and a zero probe added to its output gives the per-example output gradients; the
   closed-form rules of :mod:`gradnoise.capture.layers` write per-example gradients straight into
-  the output buffer. Used when every selected parameter belongs to a layer with a rule.
-* ``"func"``: ``torch.func.vmap(torch.func.grad(...))`` over examples; works for any model that
-  ``torch.func`` can trace.
+  the output buffer. Every chunk is checked: the layer's input and output hold the chunk's
+  examples along dim 0, and on a span of each parameter's columns the per-example rows add up to
+  the ordinary batch gradient of the same backward. A parameter that fails steps aside to the
+  general path for the rest of the call (with a :class:`~gradnoise.errors.PerSampleFallbackWarning`).
+* ``"func"``: ``torch.func.vmap(torch.func.grad(...))`` over examples.
+* ``"loop"``: one forward and one backward per example, for models ``vmap`` cannot trace
+  (recurrent layers, data-dependent control flow).
 
-``backend="auto"`` picks ``"structured"`` when possible. Both are checked against a naive loop of
-one backward per example (:func:`gradnoise.testing.naive_per_sample_grads`).
+All three are checked against a naive loop of one backward per example
+(:func:`gradnoise.testing.naive_per_sample_grads`) on a zoo of models (``tests/zoo.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
 
-from ..errors import NonFiniteGradientError
+from ..errors import NonFiniteGradientError, PerSampleFallbackWarning, UnsupportedLayerError
 from ..selection import ParamSelection
 from ._common import (
     DropoutChoice,
     ParamsArg,
     check_batchnorm,
-    check_finite,
-    dropout_policy,
     model_device,
-    per_example_losses,
     resolve_selection,
-    scalar_loss,
 )
+from ._passes import (
+    Column,
+    FuncRows,
+    all_finite,
+    columns_of,
+    flat_selected,
+    loop_rows,
+    structured_pass,
+)
+from .audit import PROBE_SIZE, ModelAudit, audit, demote, owner_modules, rule_for
 from .layers import LAYER_RULES
 
-Backend = Literal["auto", "structured", "func"]
+Backend = Literal["auto", "structured", "func", "loop"]
+
+#: Columns of each structured parameter checked against the batch gradient per chunk.
+_CHECK_SPAN = 256
 
 
 def per_sample_grads(
@@ -61,18 +73,23 @@ def per_sample_grads(
     is *unscaled* whatever ``loss_fn``'s reduction (``mean`` and ``sum`` agree on one example);
     the minibatch gradient of a mean loss is ``G.mean(0)``. Columns follow ``named_parameters()``
     order over the selected parameters/coordinates (``params``; see :func:`select_params`).
+    ``loss_fn`` receives whatever the model returns (a tensor, tuple, dict or dataclass).
 
     Args:
-        model: the network; train-mode BatchNorm is refused (it couples examples).
+        model: the network. Anything that couples the examples of a batch (train-mode BatchNorm,
+            batch statistics, ``scale_grad_by_freq``, reductions over dim 0) is refused.
         loss_fn: ``loss_fn(outputs, targets) -> scalar``, e.g. ``nn.CrossEntropyLoss()``.
         inputs: ``[N, ...]`` examples; targets: ``[N, ...]`` targets.
         params: None (all trainable parameters), glob(s) of names, or a :class:`ParamSelection`.
         chunk_size: examples per forward/backward; bounds the working memory beyond ``out``.
         out: optional preallocated ``[N, C]`` tensor to fill (reusing it avoids page faults on big
             outputs). Its dtype must match the parameters'.
-        backend: ``"auto"``, ``"structured"`` or ``"func"`` (see the module docstring).
-        dropout: active dropout needs an explicit choice: ``"error"`` (default), ``"eval"`` or
-            ``"sample"`` (an independent mask per example).
+        backend: ``"auto"`` (per parameter, as the audit decides), or force ``"structured"``
+            (an error if any selected parameter cannot take it), ``"func"`` or ``"loop"``.
+        dropout: random operations in the forward (dropout modules, functional or attention
+            dropout, ...) need an explicit choice: ``"error"`` (default), ``"eval"`` (the modules
+            that draw random numbers run in eval mode) or ``"sample"`` (an independent mask per
+            example).
         device: where to compute; must be where the model lives (inputs are moved there).
 
     Returns:
@@ -92,29 +109,54 @@ def per_sample_grads(
     chunk = n if chunk_size is None else int(chunk_size)
     if chunk < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if backend not in ("auto", "structured", "func", "loop"):
+        raise ValueError(f"backend must be 'auto', 'structured', 'func' or 'loop', got {backend!r}")
     dtype = tensors[0].dtype
     out = _prepare_out(out, (n, selection.num_columns), dtype, dev)
-    chosen = choose_backend(model, selection) if backend == "auto" else backend
-    if backend == "structured" and choose_backend(model, selection) != "structured":
-        raise ValueError(
-            "backend='structured' needs every selected parameter to belong to a layer type with a "
-            "per-example rule (Linear, Conv1d/2d, GroupNorm, LayerNorm, Embedding), used by that "
-            "layer alone; use backend='func'"
-        )
-    if chosen not in ("structured", "func"):
-        raise ValueError(f"backend must be 'auto', 'structured' or 'func', got {backend!r}")
-    with dropout_policy(model, dropout) as random_dropout:
-        filler = (
-            _StructuredBackend(model, loss_fn, selection, dev)
-            if chosen == "structured"
-            else _FuncBackend(model, loss_fn, selection, tensors, random_dropout)
-        )
+    probe = min(n, PROBE_SIZE)
+    result = audit(
+        model,
+        loss_fn,
+        inputs[:probe].to(dev),
+        targets[:probe].to(dev),
+        selection,
+        tensors,
+        dropout,
+        "per_sample",
+    )
+    routes = _forced_routes(result, backend)
+    engine = _Engine(model, loss_fn, columns_of(selection, tensors), routes, result)
+    with result.randomness(dropout) as random:
         for start in range(0, n, chunk):
             stop = min(start + chunk, n)
             x = inputs[start:stop].to(dev, non_blocking=True)
             y = targets[start:stop].to(dev, non_blocking=True)
-            filler.fill(x, y, out[start:stop])
+            engine.fill(x, y, out[start:stop], random)
     return out
+
+
+def _forced_routes(result: ModelAudit, backend: Backend) -> dict[str, str]:
+    routes = {r.name: r.path for r in result.routes}
+    if backend == "auto":
+        return routes
+    if backend == "loop":
+        return dict.fromkeys(routes, "loop")
+    if backend == "func":
+        if not result.func_ok:
+            why = next(r.reason for r in result.routes if r.path == "loop")
+            raise UnsupportedLayerError(
+                f"backend='func' cannot compute this model's per-example gradients: {why}. Use "
+                "backend='auto' or backend='loop'."
+            )
+        return dict.fromkeys(routes, "func")
+    refused = [r for r in result.routes if r.path != "structured"]
+    if refused:
+        lines = "; ".join(f"{r.name!r}: {r.reason}" for r in refused[:5])
+        raise ValueError(
+            f"backend='structured' needs a layer rule that is exact for every selected parameter, "
+            f"but {len(refused)} parameter(s) cannot take it ({lines}); use backend='auto' (or backend='func')"
+        )
+    return routes
 
 
 def _check_batch(inputs: Tensor, targets: Tensor) -> int:
@@ -149,25 +191,21 @@ def _prepare_out(
 
 def _owner_modules(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
     """Parameter name -> (module owning it directly, attribute name)."""
-    owners = {}
-    for mod_name, module in model.named_modules():
-        for pname, p in module.named_parameters(recurse=False):
-            if p is not None:
-                owners[f"{mod_name}.{pname}" if mod_name else pname] = (module, pname)
-    return owners
+    return owner_modules(model)
 
 
 def choose_backend(model: nn.Module, selection: ParamSelection) -> Literal["structured", "func"]:
-    """``"structured"`` when each selected parameter has a layer rule and is not shared."""
-    owners = _owner_modules(model)
+    """``"structured"`` when each selected parameter has a layer rule for its module's type and
+    no module shares parameters -- a static, type-level estimate. The route actually taken is
+    decided per parameter from the forward itself: see :func:`gradnoise.capture.audit_model`."""
+    owners = owner_modules(model)
     seen: dict[int, int] = {}
     for module in model.modules():
         for p in module.parameters(recurse=False):
             seen[id(p)] = seen.get(id(p), 0) + 1
     for name in selection.names:
-        module, _ = owners[name]
-        rule = LAYER_RULES.get(type(module))
-        if rule is None or not rule.supports(module):
+        module, pname = owners[name]
+        if rule_for(module, pname) is None:
             return "func"
         if any(seen[id(p)] > 1 for p in module.parameters(recurse=False)):
             return "func"
@@ -190,140 +228,177 @@ class LayerIO:
     grad_output: Tensor
 
 
-class _Capture:
-    """Forward hooks recording each call's input and a zero probe added to its output."""
-
-    def __init__(self) -> None:
-        self.records: list[tuple[nn.Module, Tensor, Tensor]] = []
-
-    def hook(self, module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> Tensor:
-        probe = torch.zeros_like(output, requires_grad=True)
-        self.records.append((module, args[0].detach(), probe))
-        return output + probe
-
-
-@contextmanager
-def _hooked(modules: list[nn.Module], capture: _Capture) -> Iterator[None]:
-    handles = [m.register_forward_hook(capture.hook) for m in modules]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
 def layer_io(
     model: nn.Module, loss_fn: Any, inputs: Tensor, targets: Tensor, modules: list[nn.Module]
 ) -> list[LayerIO]:
     """Inputs and per-example output gradients of ``modules`` for one batch (one forward+backward).
 
     The per-example losses are those of :func:`per_sample_grads` (``loss_fn`` on a batch of one),
-    so for a Linear layer ``grad_output[b] x[b]^T`` is example b's weight gradient. Used by the
-    structured per-example backend and by layer-factored Gram matrices and clustering distances.
-    Parameter ``.grad`` fields are not touched.
+    so for a Linear layer ``grad_output[b] x[b]^T`` is example b's weight gradient -- *if* the
+    layer's weight is used nowhere else and its input holds the examples along dim 0, which
+    :func:`gradnoise.capture.audit_model` establishes. Parameter ``.grad`` fields are not touched.
     """
-    capture = _Capture()
-    with torch.enable_grad(), _hooked(modules, capture):
-        outputs = model(inputs)
-    losses = per_example_losses(loss_fn, outputs, targets)
-    _check_losses(losses, model)
-    probes = [probe for _, _, probe in capture.records]
-    grads = torch.autograd.grad(losses.sum(), probes, allow_unused=True)
-    return [
-        LayerIO(module, inp, torch.zeros_like(probe) if g is None else g)
-        for (module, inp, probe), g in zip(capture.records, grads, strict=True)
-    ]
+    found = structured_pass(model, loss_fn, inputs, targets, modules)
+    return [LayerIO(m, inp, g) for m, inp, g in found.calls]
 
 
-class _StructuredBackend:
-    def __init__(
-        self, model: nn.Module, loss_fn: Any, selection: ParamSelection, device: torch.device
-    ) -> None:
-        self.model, self.loss_fn = model, loss_fn
-        owners = _owner_modules(model)
-        offsets = selection.offsets
-        # module -> list of (param attribute, column slice, index tensor or None, param name)
-        self.plan: dict[nn.Module, list[tuple[str, slice, Tensor | None, str]]] = {}
-        for k, name in enumerate(selection.names):
-            module, pname = owners[name]
-            idx = selection.indices[k]
-            index = None if idx is None else torch.as_tensor(idx, dtype=torch.long, device=device)
-            cols = slice(int(offsets[k]), int(offsets[k + 1]))
-            self.plan.setdefault(module, []).append((pname, cols, index, name))
+def call_scale(module: nn.Module, calls: list[tuple[Tensor, Tensor]]) -> float:
+    """``F = sum_i ||d_i|| A_i`` over a layer's calls: a bound on ``sum_i ||g_i||`` for every
+    layer rule, with ``d_i`` the output gradient and ``A_i = max(||x_i|| sqrt(K), sqrt(n_i))``
+    (``K`` the kernel size, ``n_i`` the input's size; integer inputs count ``sqrt(n_i)``).
 
-    def fill(self, x: Tensor, y: Tensor, dest: Tensor) -> None:
-        written: set[tuple[int, str]] = set()
-        for io in layer_io(self.model, self.loss_fn, x, y, list(self.plan)):
-            module, inp, g = io.module, io.inputs, io.grad_output
-            rule = LAYER_RULES[type(module)]
-            if not _all_finite(g) or not _all_finite(inp):
-                names = ", ".join(repr(e[3]) for e in self.plan[module])
-                raise NonFiniteGradientError(
-                    f"non-finite (NaN/Inf) per-example gradient in parameter(s) {names}"
-                )
-            for pname, cols, index, _ in self.plan[module]:
-                key = (id(module), pname)
-                rule.compute(module, pname, inp, g, index, dest[:, cols], key in written)
-                written.add(key)
-        for module, entries in self.plan.items():
-            for pname, cols, _, _ in entries:
-                if (id(module), pname) not in written:  # layer not used in this forward
-                    dest[:, cols].zero_()
+    Rounding errors of a per-example gradient scale with the terms it sums, not with its value
+    (a key projection's bias has gradient 0 by symmetry, computed as a sum of O(1) terms), so the
+    checks below allow ``tol * F`` besides the usual relative slack."""
+    kernel = 1
+    for k in getattr(module, "kernel_size", ()):
+        kernel *= int(k)
+    total = 0.0
+    for inp, g in calls:
+        c = max(1, g.shape[0])
+        d = torch.linalg.vector_norm(g.reshape(c, -1).to(torch.float64), dim=1)
+        n = inp.numel() / c
+        if inp.is_floating_point():
+            a = torch.linalg.vector_norm(inp.reshape(c, -1).to(torch.float64), dim=1)
+            a = torch.clamp(a * kernel**0.5, min=n**0.5)
+        else:
+            a = torch.full_like(d, n**0.5)
+        total += float((d * a).sum())
+    return total
 
 
-def _all_finite(t: Tensor) -> bool:
-    """One reduction pass: a NaN/Inf anywhere makes the sum non-finite (integers are finite)."""
-    return not t.is_floating_point() or bool(torch.isfinite(t.sum()))
+def check_rows(
+    rows: Tensor, batch_grad: Tensor | None, index: Tensor | None, seed: int, scale: float
+) -> bool:
+    """Do per-example rows add up to the batch gradient? Checked on a span of columns.
+
+    ``||sum_i g_i - b|| <= tol (||sum_i |g_i| || + ||b|| + F sqrt(span / width))`` on the span,
+    with ``tol = 4 max(c, 16) eps`` (a bound on the rounding of two orders of summation) and
+    ``F = scale`` from :func:`call_scale`; ``seed`` moves the span from call to call. A layer
+    rule that misses a use of its parameter (a tied weight) fails by a margin of orders.
+    """
+    c, width = rows.shape
+    if width == 0:
+        return True
+    span = min(width, _CHECK_SPAN)
+    start = (seed * 7919) % (width - span + 1)
+    block = rows[:, start : start + span]
+    total, size = block.sum(0), block.abs().sum(0)
+    if batch_grad is None:
+        expected = torch.zeros_like(total)
+    else:
+        dense = batch_grad.to_dense() if batch_grad.is_sparse else batch_grad
+        expected = flat_selected(dense, index)[start : start + span].to(total.dtype)
+    norm = torch.linalg.vector_norm
+    tol = 4 * max(c, 16) * torch.finfo(rows.dtype).eps
+    slack = float(norm(size)) + float(norm(expected)) + scale * (span / width) ** 0.5
+    return float(norm(total - expected)) <= tol * slack
 
 
-def _check_losses(losses: Tensor, model: nn.Module) -> None:
-    bad = ~torch.isfinite(losses)
-    if bool(bad.any()):
-        first = int(bad.nonzero()[0, 0])
-        params = [n for n, p in model.named_parameters() if not _all_finite(p.detach())]
-        cause = (
-            f"; parameter(s) {', '.join(map(repr, params))} hold NaN/Inf"
-            if params
-            else " (the parameters are finite: check the inputs and targets)"
-        )
-        raise NonFiniteGradientError(
-            f"the loss of {int(bad.sum())} example(s) is NaN/Inf (first: example {first} of the "
-            f"chunk); per-example gradients would be non-finite{cause}"
-        )
+class _Engine:
+    """Fills chunks of the output along the routes of an audit, checking the structured ones."""
 
-
-class _FuncBackend:
     def __init__(
         self,
         model: nn.Module,
         loss_fn: Any,
-        selection: ParamSelection,
-        tensors: list[Tensor],
-        random_dropout: bool,
+        columns: list[Column],
+        routes: dict[str, str],
+        result: ModelAudit,
     ) -> None:
-        self.selection = selection
-        chosen = dict(zip(selection.names, tensors, strict=True))
-        self.primals = {n: p.detach() for n, p in chosen.items()}
-        frozen = {n: p.detach() for n, p in model.named_parameters() if n not in chosen}
-        frozen.update(dict(model.named_buffers()))
-        self.indices = [
-            None if i is None else torch.as_tensor(i, dtype=torch.long, device=tensors[0].device)
-            for i in selection.indices
-        ]
+        self.model, self.loss_fn, self.result = model, loss_fn, result
+        self.owners = owner_modules(model)
+        self.structured = [c for c in columns if routes[c.name] == "structured"]
+        self.func = [c for c in columns if routes[c.name] == "func"]
+        self.loop = [c for c in columns if routes[c.name] == "loop"]
+        self._func_rows: FuncRows | None = None
+        self._func_random: bool | None = None
+        self.chunks = 0
 
-        def loss_one(primals: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-            output = functional_call(model, (primals, frozen), (x.unsqueeze(0),))
-            return scalar_loss(loss_fn(output, y.unsqueeze(0)))
+    def fill(self, x: Tensor, y: Tensor, dest: Tensor, random: bool) -> None:
+        self.chunks += 1
+        if self.structured:
+            self._structured(x, y, dest)
+        if self.func:
+            if self._func_rows is None or self._func_random != random:
+                self._func_rows = FuncRows(self.model, self.loss_fn, self.func, random)
+                self._func_random = random
+            self._func_rows.fill(x, y, dest)
+        if self.loop:
+            loop_rows(self.model, self.loss_fn, x, y, self.loop, dest)
 
-        randomness = "different" if random_dropout else "error"
-        self.grad_fn = vmap(grad(loss_one), in_dims=(None, 0, 0), randomness=randomness)
+    def _structured(self, x: Tensor, y: Tensor, dest: Tensor) -> None:
+        c = int(x.shape[0])
+        plan: dict[nn.Module, list[Column]] = {}
+        for col in self.structured:
+            plan.setdefault(self.owners[col.name][0], []).append(col)
+        found = structured_pass(
+            self.model, self.loss_fn, x, y, list(plan), [col.tensor for col in self.structured]
+        )
+        calls: dict[nn.Module, list[tuple[Tensor, Tensor]]] = {m: [] for m in plan}
+        for module, inp, g in found.calls:
+            calls[module].append((inp, g))
+        failed: list[Column] = []
+        reason = ""
+        for module, cols in plan.items():
+            seen = calls[module]
+            if any(
+                not isinstance(inp, Tensor)
+                or inp.dim() == 0
+                or inp.shape[0] != c
+                or g.shape[0] != c
+                for inp, g in seen
+            ):
+                failed.extend(cols)
+                reason = (
+                    "the layer's input or output does not hold the chunk's examples along dim 0"
+                )
+                continue
+            if any(not all_finite(g) or not all_finite(inp) for inp, g in seen):
+                raise NonFiniteGradientError(
+                    "non-finite (NaN/Inf) per-example gradient in parameter(s) "
+                    + ", ".join(repr(col.name) for col in cols)
+                )
+            for col in cols:
+                pname = self.owners[col.name][1]
+                rule = LAYER_RULES[type(module)]
+                block = dest[:, col.cols]
+                if not seen:  # layer unused in this forward: zero gradient
+                    block.zero_()
+                for r, (inp, g) in enumerate(seen):
+                    rule.compute(module, pname, inp, g, col.index, block, r > 0)
+        grads = dict(zip((col.name for col in self.structured), found.grads, strict=True))
+        scales = {m: call_scale(m, calls[m]) for m in plan}
+        for col in self.structured:
+            if col in failed:
+                continue
+            scale = scales[self.owners[col.name][0]]
+            if not check_rows(dest[:, col.cols], grads[col.name], col.index, self.chunks, scale):
+                failed.append(col)
+                reason = (
+                    "the per-example rows do not add up to the batch gradient (e.g. a parameter "
+                    "also used outside its layer for some inputs)"
+                )
+        if failed:
+            self._step_aside(failed, reason)
+            general = (
+                FuncRows(self.model, self.loss_fn, failed, False) if self.result.func_ok else None
+            )
+            if general is not None:
+                general.fill(x, y, dest)
+            else:
+                loop_rows(self.model, self.loss_fn, x, y, failed, dest)
 
-    def fill(self, x: Tensor, y: Tensor, dest: Tensor) -> None:
-        grads = self.grad_fn(self.primals, x, y)
-        offsets = self.selection.offsets
-        for k, name in enumerate(self.selection.names):
-            value = grads[name].reshape(x.shape[0], -1)
-            if self.indices[k] is not None:
-                value = value.index_select(1, self.indices[k])
-            dest[:, int(offsets[k]) : int(offsets[k + 1])].copy_(value)
-        check_finite(dest, self.selection, where="per-example")
+    def _step_aside(self, failed: list[Column], reason: str) -> None:
+        path = "func" if self.result.func_ok else "loop"
+        names = [col.name for col in failed]
+        self.result = demote(self.model, self.result, names, path, reason)
+        self.structured = [c for c in self.structured if c not in failed]
+        (self.func if path == "func" else self.loop).extend(failed)
+        self._func_rows = None
+        warnings.warn(
+            f"gradnoise: the layer rule of {', '.join(map(repr, names[:4]))} stepped aside in "
+            f"chunk {self.chunks}: {reason}; recomputed with the exact {path} path",
+            PerSampleFallbackWarning,
+            stacklevel=4,
+        )

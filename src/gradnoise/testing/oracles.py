@@ -25,6 +25,8 @@ def naive_per_sample_grads(
             grads = torch.autograd.grad(loss, tensors, allow_unused=True)
         parts = []
         for g, p, idx in zip(grads, tensors, selection.indices, strict=True):
+            if g is not None and g.is_sparse:  # Embedding(sparse=True)
+                g = g.to_dense()
             flat = (torch.zeros_like(p) if g is None else g).reshape(-1)
             parts.append(flat if idx is None else flat[torch.as_tensor(idx)])
         rows.append(torch.cat(parts))
