@@ -10,7 +10,7 @@ Layout of a store directory::
                               and user scalars (NaN where not given)
     snapshots/<kind>/step_<step>  [n, C]  per-sample gradients or SGN captured at one step
 
-Crash safety: Zarr writes every chunk and metadata document atomically (temporary file, then
+Crash safety: Zarr (>= 3.1.3, checked before writing) writes every chunk and metadata document atomically (temporary file, then
 rename), rows are written before the commit record that counts them, and readers only trust the
 commit record. A process killed at any point leaves a store that opens and holds every row
 committed before the kill; rows written but not committed are ignored and overwritten on resume.
@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
+import re
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,11 +40,29 @@ from .selection import ParamSelection
 FORMAT = "gradnoise-run"
 FORMAT_VERSION = 1
 BASE_SCALARS = ("loss", "lr")
+# Zarr 3.1.3 made LocalStore writes atomic (temporary file + rename); before it a kill during a
+# chunk write could leave a truncated chunk. Keep in step with the zarr floor in pyproject.toml.
+ZARR_FLOOR = (3, 1, 3)
 
 
 def _zarr() -> Any:
     import zarr
 
+    return zarr
+
+
+def _zarr_for_writing() -> Any:
+    """zarr, after checking that it writes atomically (see :data:`ZARR_FLOOR`)."""
+    zarr = _zarr()
+    found = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", zarr.__version__)
+    version = tuple(int(x or 0) for x in found.groups()) if found else (0, 0, 0)
+    if version < ZARR_FLOOR:
+        floor = ".".join(map(str, ZARR_FLOOR))
+        raise StoreError(
+            f"writing a gradient store needs zarr>={floor} (its atomic writes are what keep a "
+            f"killed run's store readable), but zarr {zarr.__version__} is installed; upgrade "
+            f"with: pip install 'zarr>={floor},<4'"
+        )
     return zarr
 
 
@@ -76,7 +95,7 @@ class RunWriter:
         dtype: str = "float32",
         chunk_rows: int | None = None,
     ) -> None:
-        zarr = _zarr()
+        zarr = _zarr_for_writing()
         self.path = Path(path)
         self.scalar_names = tuple(BASE_SCALARS) + tuple(s for s in scalars if s not in BASE_SCALARS)
         self.selection = selection
