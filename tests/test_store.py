@@ -28,6 +28,13 @@ def _set_grads(model, value):
         p.grad = torch.full_like(p, float(value) + k / 10)
 
 
+def _record(rec, model, steps):
+    """Record ``steps`` with the gradients that _set_grads gives each step, and loss = step."""
+    for step in steps:
+        _set_grads(model, step)
+        rec.record(step, model, loss=float(step))
+
+
 def test_round_trip_with_selection_metadata_and_snapshots(tmp_path):
     model = _model()
     sel = gradnoise.select_params(model, coords=100, seed=1)

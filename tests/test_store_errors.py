@@ -19,7 +19,7 @@ import zarr
 import gradnoise
 from gradnoise.errors import StoreError
 from gradnoise.store import _PARTIAL, LOCK_NAME, ZARR_FLOOR, RunWriter, open_run
-from test_store import _set_grads
+from test_store import _record
 
 PYPROJECT = pathlib.Path(__file__).resolve().parents[1] / "pyproject.toml"
 
@@ -40,12 +40,6 @@ class _FailingDisk:
             return real_open(path, mode, *args, **kwargs)
 
         monkeypatch.setattr(pathlib.Path, "open", open_)
-
-
-def _record(rec, model, steps):
-    for step in steps:
-        _set_grads(model, step)
-        rec.record(step, model, loss=float(step))
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import gradnoise
 from gradnoise.errors import StoreError
 from gradnoise.selection import build_selection
 from gradnoise.store import MAX_STEP, RunWriter, open_run
-from test_store import _set_grads
+from test_store import _record, _set_grads
 
 
 @pytest.mark.parametrize("coords", [2.5, 2.0, True, "3", np.float64(3)])
@@ -78,16 +78,12 @@ def test_resume_follows_the_stored_every_and_refuses_a_different_one(tmp_path):
     path = tmp_path / "r.zarr"
     model = torch.nn.Linear(3, 2)
     with gradnoise.Recorder(path, model, every=2) as rec:
-        for step in range(4):
-            _set_grads(model, step)
-            rec.record(step, model)
+        _record(rec, model, range(4))
     with pytest.raises(StoreError, match=r"recorded with every=2; resuming with every=3"):
         gradnoise.Recorder(path, model, every=3)
     with gradnoise.Recorder(path, model) as rec:  # no every: the store's
         assert rec.every == 2
-        for step in range(4, 8):
-            _set_grads(model, step)
-            rec.record(step, model)
+        _record(rec, model, range(4, 8))
     with gradnoise.Recorder(path, model, every=2):  # the same explicit value is fine
         pass
     run = open_run(path)

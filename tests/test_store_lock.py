@@ -22,7 +22,7 @@ import torch
 import gradnoise
 from gradnoise.errors import StaleLockWarning, StoreError, StoreLockedError
 from gradnoise.store import LOCK_NAME, RunWriter, open_run
-from test_store import _run_and_kill, _set_grads
+from test_store import _record, _run_and_kill, _set_grads
 
 ROWS = 30
 
@@ -92,9 +92,7 @@ def test_two_processes_one_store_exactly_one_writes_the_other_is_refused(tmp_pat
     if existing:
         model = torch.nn.Linear(3, 2)
         with gradnoise.Recorder(path, model) as rec:
-            for step in range(5):
-                _set_grads(model, step)
-                rec.record(step, model)
+            _record(rec, model, range(5))
         first = 5
     reports = _contend(tmp_path, path, first)
     winners = [r for r in reports if "recorded" in r]
@@ -182,8 +180,7 @@ def test_a_sigkilled_writer_leaves_a_stale_lock_that_the_next_writer_takes_over(
     assert json.loads((path / LOCK_NAME).read_text())["pid"] == os.getpid()
     assert rec.writer.length >= last + 1
     resumed = rec.writer.last_step + 1
-    _set_grads(model, resumed)
-    rec.record(resumed, model)
+    _record(rec, model, [resumed])
     rec.close()
     run = open_run(path)
     assert run.steps.tolist() == list(range(resumed + 1))
@@ -245,9 +242,7 @@ def test_leftover_partial_files_are_removed_by_the_next_writer_not_by_readers(tm
     path = tmp_path / "r.zarr"
     model = torch.nn.Linear(3, 2)
     with gradnoise.Recorder(path, model, chunk_rows=2) as rec:
-        for step in range(4):
-            _set_grads(model, step)
-            rec.record(step, model)
+        _record(rec, model, range(4))
     # what a writer killed inside zarr's atomic write leaves (zarr's <name>.<uuid hex>.partial)
     planted = [path / f"zarr.{PARTIAL}", path / "grads" / "c" / "1" / f"0.{PARTIAL}"]
     for f in planted:
@@ -259,8 +254,7 @@ def test_leftover_partial_files_are_removed_by_the_next_writer_not_by_readers(tm
     with gradnoise.Recorder(path, model) as rec:
         assert not any(f.exists() for f in planted)
         assert unrelated.exists()
-        _set_grads(model, 4)
-        rec.record(4, model)
+        _record(rec, model, [4])
     assert open_run(path).steps.tolist() == [0, 1, 2, 3, 4]
 
 
@@ -307,8 +301,7 @@ def test_creation_directories_of_killed_creators_are_removed_live_ones_kept(tmp_
         d.mkdir()
         (d / "zarr.json").write_text("{}")
     with gradnoise.Recorder(path, model) as rec:
-        _set_grads(model, 0)
-        rec.record(0, model)
+        _record(rec, model, [0])
     assert not building.exists() and not old_format.exists()
     assert other_host.exists()  # another host's pid cannot be checked from here: kept
     assert open_run(path).length == 1
