@@ -187,6 +187,30 @@ def test_a_sigkilled_writer_leaves_a_stale_lock_that_the_next_writer_takes_over(
     assert not (path / LOCK_NAME).exists()
 
 
+GARBLED = ["", "{not json", "[1, 2]", '{"pid": "x", "host": "%s", "started": 0}']
+
+
+@pytest.mark.parametrize("content", GARBLED)
+def test_an_empty_or_garbled_lock_file_is_taken_over_if_free_refused_if_held(tmp_path, content):
+    """E.g. a writer killed between creating the lock file and writing its name into it."""
+    path = tmp_path / "r.zarr"
+    model = torch.nn.Linear(3, 2)
+    gradnoise.Recorder(path, model).close()
+    lock = path / LOCK_NAME
+    lock.write_text(content.replace("%s", socket.gethostname()))
+    holder = os.open(lock, os.O_RDONLY)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)  # someone holds it, name unreadable
+        with pytest.raises(StoreLockedError, match=r"another writer \(whose pid and host are not"):
+            gradnoise.Recorder(path, model)
+    finally:
+        os.close(holder)
+    with gradnoise.Recorder(path, model) as rec:  # nobody holds it: taken over
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+        _record(rec, model, [0])
+    assert open_run(path).length == 1 and not lock.exists()
+
+
 def test_a_lock_from_another_host_is_never_guessed_stale(tmp_path):
     path = tmp_path / "r.zarr"
     model = torch.nn.Linear(3, 2)

@@ -198,7 +198,7 @@ class _WriterLock:
                 "cannot tell whether that process still runs. If no gradnoise process writes this "
                 f"store any more, delete {file} and retry"
             )
-        if here and not flocked and _pid_alive(int(owner["pid"])):  # type: ignore[index]
+        if owner is not None and here and not flocked and _pid_alive(owner["pid"]):
             raise StoreLockedError(cls._busy_message(store, owner))
         if owner is not None:
             warnings.warn(
@@ -241,24 +241,24 @@ class _WriterLock:
         """The owner recorded in the lock file, or None (empty: not written yet, or garbled)."""
         try:
             owner = json.loads(os.pread(fd, 4096, 0).decode())
-            return owner if {"pid", "host", "started"} <= set(owner) else None
-        except (ValueError, TypeError, AttributeError):
+        except ValueError:  # also UnicodeDecodeError
             return None
+        valid = (
+            isinstance(owner, dict)
+            and type(owner.get("pid")) is int
+            and isinstance(owner.get("host"), str)
+            and "started" in owner
+        )
+        return owner if valid else None
 
     @classmethod
     def _held_message(cls, store: Path, file: Path, fd: int) -> str:
         owner = cls._read(fd)
         for _ in range(20):  # the owner may be between taking the lock and writing its name
-            if owner is not None and (owner["host"] != _host() or _pid_alive(int(owner["pid"]))):
+            if owner is not None and (owner["host"] != _host() or _pid_alive(owner["pid"])):
                 break
             time.sleep(0.05)
             owner = cls._read(fd)
-        if owner is not None and owner["host"] != _host():
-            return (
-                f"{store} is being written by {_describe(owner)}; a second writer would corrupt "
-                "it, so this one is refused. Stop that writer first (gradnoise.open_run reads "
-                "the store meanwhile)"
-            )
         return cls._busy_message(store, owner)
 
     @classmethod
