@@ -28,6 +28,13 @@ def _set_grads(model, value):
         p.grad = torch.full_like(p, float(value) + k / 10)
 
 
+def _record(rec, model, steps):
+    """Record ``steps`` with the gradients that _set_grads gives each step, and loss = step."""
+    for step in steps:
+        _set_grads(model, step)
+        rec.record(step, model, loss=float(step))
+
+
 def test_round_trip_with_selection_metadata_and_snapshots(tmp_path):
     model = _model()
     sel = gradnoise.select_params(model, coords=100, seed=1)
@@ -77,11 +84,13 @@ def test_resume_appends_and_checks_compatibility(tmp_path):
     for step in range(3):
         _set_grads(model, step)
         rec.record(step, model, loss=1.0)
+    rec.close()
     rec2 = gradnoise.Recorder(path, model)  # re-open: resume
     with pytest.raises(ValueError, match="steps must increase"):
         rec2.record(2, model)
     _set_grads(model, 3)
     rec2.record(3, model)
+    rec2.close()
     assert open_run(path).steps.tolist() == [0, 1, 2, 3]
     with pytest.raises(StoreError, match="different parameter selection"):
         gradnoise.Recorder(path, model, select="1.*")
@@ -152,6 +161,7 @@ WRITER = textwrap.dedent(
 
 
 def _run_and_kill(path, min_steps):
+    """Run WRITER on ``path`` until it reports ``min_steps``, SIGKILL it; (last step, its pid)."""
     proc = subprocess.Popen(
         [sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True
     )
@@ -168,12 +178,12 @@ def _run_and_kill(path, min_steps):
     proc.wait()
     proc.stdout.close()
     assert last >= min_steps, "the writer did not get far enough before the deadline"
-    return last
+    return last, proc.pid
 
 
 def test_sigkill_mid_run_keeps_every_recorded_step_and_resumes(tmp_path):
     path = tmp_path / "crash.zarr"
-    last = _run_and_kill(path, 40)
+    last, _ = _run_and_kill(path, 40)
     run = open_run(path)
     # every step reported as recorded before the kill is in the store, with its values intact
     assert run.length >= last + 1
@@ -183,7 +193,7 @@ def test_sigkill_mid_run_keeps_every_recorded_step_and_resumes(tmp_path):
     expected = run.steps[:, None].astype(np.float32) + owner[None, :]
     np.testing.assert_array_equal(run.grads, expected)
     # re-opening appends after the last committed step
-    last2 = _run_and_kill(path, run.length + 20)
+    last2, _ = _run_and_kill(path, run.length + 20)
     run2 = open_run(path)
     assert run2.length >= last2 + 1
     assert run2.steps.tolist() == list(range(run2.length))

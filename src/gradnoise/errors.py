@@ -27,6 +27,14 @@ class StoreError(GradnoiseError, OSError):
     """A gradient store is missing, corrupt, or incompatible with the request."""
 
 
+class StoreLockedError(StoreError):
+    """Another process is writing the store (the message names its pid and host, and the way out)."""
+
+
+class StaleLockWarning(UserWarning):
+    """A writer took over the lock of a store whose previous writer died without releasing it."""
+
+
 class SmallSampleWarning(UserWarning):
     """A statistic was computed on fewer samples than it is reliable for."""
 

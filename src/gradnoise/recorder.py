@@ -13,8 +13,9 @@ from torch import Tensor, nn
 
 from .capture import gradient_noise, per_sample_grads
 from .capture._common import DataArg, ParamsArg, resolve_selection
-from .errors import NonFiniteGradientError
-from .store import RunWriter
+from .errors import NonFiniteGradientError, StoreError
+from .selection import as_int
+from .store import RunWriter, check_step
 
 
 class Recorder:
@@ -28,17 +29,24 @@ class Recorder:
             rec.record(step, model, loss=loss.item(), lr=opt.param_groups[0]["lr"])
             opt.step()
 
+    A Recorder is the store's only writer until :meth:`close` (or the end of a ``with`` block):
+    another writer on the same path, in this process or another, is refused with
+    :class:`gradnoise.errors.StoreLockedError` naming the owner's pid and host.
+
     Args:
         path: store directory; an existing store is resumed (appended to).
         model: the network (its parameter names and shapes define the columns).
         select: None (all trainable parameters), glob(s), or a :class:`ParamSelection`.
-        every: record steps with ``step % every == 0``.
+        every: record steps with ``step % every == 0`` (an integer >= 1). ``None``: 1 for a new
+            store, the stored value on resume (a different explicit value on resume is refused).
         config: JSON-safe run configuration stored with the run.
         seed: the run's seed, stored with the run.
         on_nonfinite: ``"raise"`` (default) raises :class:`NonFiniteGradientError` naming the
             parameter and step and writes nothing for that step; ``"flag"`` records the row and sets
             its ``nonfinite`` flag.
         scalars: names of extra per-step scalars (``loss`` and ``lr`` are always there).
+        dtype: dtype of stored gradients. ``None``: float32 for a new store, the stored dtype on
+            resume (a different explicit dtype on resume is refused).
     """
 
     def __init__(
@@ -47,20 +55,20 @@ class Recorder:
         model: nn.Module,
         *,
         select: ParamsArg = None,
-        every: int = 1,
+        every: int | None = None,
         config: Mapping[str, Any] | None = None,
         seed: int | None = None,
         on_nonfinite: Literal["raise", "flag"] = "raise",
         scalars: tuple[str, ...] = (),
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = None,
         chunk_rows: int | None = None,
     ) -> None:
-        if every < 1:
-            raise ValueError(f"every must be >= 1, got {every}")
+        if every is not None:
+            every = as_int("every", every, minimum=1)
         if on_nonfinite not in ("raise", "flag"):
             raise ValueError(f"on_nonfinite must be 'raise' or 'flag', got {on_nonfinite!r}")
         self.selection, tensors = resolve_selection(model, select)
-        self.every, self.on_nonfinite, self.dtype = every, on_nonfinite, dtype
+        self.on_nonfinite = on_nonfinite
         self._index = [
             None if i is None else torch.as_tensor(i, device=t.device)
             for i, t in zip(self.selection.indices, tensors, strict=True)
@@ -68,7 +76,7 @@ class Recorder:
         metadata = {
             "config": dict(config or {}),
             "seed": seed,
-            "every": every,
+            "every": 1 if every is None else every,
             "model": type(model).__name__,
             "torch_version": torch.__version__,
             "platform": platform.platform(),
@@ -78,14 +86,24 @@ class Recorder:
             self.selection,
             metadata=metadata,
             scalars=scalars,
-            dtype=str(dtype).removeprefix("torch."),
+            dtype=None if dtype is None else str(dtype).removeprefix("torch."),
             chunk_rows=chunk_rows,
         )
         self.path = self.writer.path
+        stored = self.writer.metadata.get("every")
+        if every is not None and stored is not None and every != stored:
+            self.writer.close()
+            raise StoreError(
+                f"{self.path} was recorded with every={stored}; resuming with every={every} "
+                f"would mix two cadences under one stored value. Pass every={stored} (or no "
+                "every, to follow the store), or record into a new path"
+            )
+        self.every: int = every if every is not None else (stored or 1)
+        self.dtype: torch.dtype = getattr(torch, self.writer.dtype.name)
 
     def should_record(self, step: int) -> bool:
-        """Whether ``record`` at this step writes anything."""
-        return step % self.every == 0
+        """Whether ``record`` at this step writes anything (``step``: an integer within ±2**53)."""
+        return check_step(step) % self.every == 0
 
     def record(
         self,
@@ -109,6 +127,11 @@ class Recorder:
 
         Returns:
             True if the step was recorded (``step % every == 0``).
+
+        Raises:
+            TypeError: ``step`` is not an integer (``1.7`` is refused, not skipped).
+            StoreError: the store cannot be written (disk full, read-only...): the message names
+                the store and the problem; every row committed before stays readable.
         """
         if not self.should_record(step):
             return False
@@ -204,7 +227,8 @@ class Recorder:
         self.writer.update_metadata(**entries)
 
     def close(self) -> None:
-        """Nothing is buffered (every record is committed); provided for symmetry."""
+        """Release the store's writer lock (nothing is buffered: every record is committed)."""
+        self.writer.close()
 
     def __enter__(self) -> Recorder:
         return self

@@ -8,11 +8,35 @@ to ``(parameter name, index)``. Build one from a model with :func:`gradnoise.sel
 from __future__ import annotations
 
 import fnmatch
+import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+
+def as_int(name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    """``value`` as an ``int``, refusing what would otherwise be truncated or misread.
+
+    Python and numpy integers (and 0-d integer tensors) pass; floats such as ``2.5`` or ``2.0``,
+    bools and strings raise :class:`TypeError`; values outside ``[minimum, maximum]`` raise
+    :class:`ValueError`. Both messages name the argument.
+    """
+    try:
+        if isinstance(value, bool):  # True is an int to Python, never a count or a step here
+            raise TypeError
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(
+            f"{name} must be an integer, got {value!r} ({type(value).__name__}); it is not "
+            "rounded or truncated for you"
+        ) from None
+    if minimum is not None and number < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {number}")
+    if maximum is not None and number > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {number}")
+    return number
 
 
 @dataclass(frozen=True, eq=False)
@@ -147,9 +171,10 @@ def build_selection(
         named_shapes: ``(name, shape)`` pairs in ``named_parameters()`` order.
         include: glob(s) matched against names (``fnmatch``); ``None`` selects all.
         exclude: glob(s) removed after ``include``.
-        coords: if given, keep this many coordinates drawn uniformly without replacement from the
-            included parameters (``numpy.random.default_rng(seed)``).
-        seed: seed of the coordinate draw.
+        coords: if given, keep this many coordinates (an integer; ``2.5`` is refused, not
+            truncated) drawn uniformly without replacement from the included parameters
+            (``numpy.random.default_rng(seed)``).
+        seed: seed of the coordinate draw (an integer >= 0).
     """
     inc = [include] if isinstance(include, str) else include
     exc = [exclude] if isinstance(exclude, str) else (exclude or [])
@@ -170,7 +195,8 @@ def build_selection(
         return ParamSelection(names, shapes, tuple(None for _ in names))
     sizes = np.array([int(np.prod(s, dtype=np.int64)) for s in shapes], dtype=np.int64)
     total = int(sizes.sum())
-    coords = int(coords)
+    coords = as_int("coords", coords)
+    seed = as_int("seed", seed, minimum=0)
     if not 0 < coords <= total:
         raise ValueError(
             f"coords must be in [1, {total}] (the selected parameters' size), got {coords}"

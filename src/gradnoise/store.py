@@ -10,21 +10,47 @@ Layout of a store directory::
                               and user scalars (NaN where not given)
     snapshots/<kind>/step_<step>  [n, C]  per-sample gradients or SGN captured at one step
 
-Crash safety: Zarr writes every chunk and metadata document atomically (temporary file, then
-rename), rows are written before the commit record that counts them, and readers only trust the
-commit record. A process killed at any point leaves a store that opens and holds every row
-committed before the kill; rows written but not committed are ignored and overwritten on resume.
+    writer.lock               present while a writer holds the store (see "One writer" below)
+
+Crash safety: Zarr (>= 3.1.3, checked before writing) writes every chunk and metadata document
+atomically (a ``<name>.<uuid>.partial`` temporary file, then rename), rows are written before the
+commit record that counts them, and readers only trust the commit record. A process killed at any
+point leaves a store that opens and holds every row committed before the kill; rows written but
+not committed are ignored and overwritten on resume. A write that fails (disk full, read-only file
+system) raises :class:`StoreError` naming the store and the problem, and leaves every committed row
+readable.
+
+One writer: a writer holds an exclusive ``flock`` on ``writer.lock``, which names its pid, host and
+start time; a second writer (another process, or a second writer object in the same process) gets
+:class:`StoreLockedError` naming the owner. Readers (:func:`open_run`) never look at the lock. The
+lock file is removed on ``close()``, when the writer is garbage-collected and at interpreter exit;
+the kernel drops the ``flock`` when a writer dies (even by SIGKILL), so the next writer on the same
+host takes the left-over file over with a :class:`StaleLockWarning`. A lock written on another host
+is never guessed stale: the error says which file to delete once that writer is known to be gone.
+On file systems without ``flock`` (e.g. Lustre mounted without ``-o flock``) the lock falls back to
+the owner's pid and host only. Opening a writer also removes what killed writers left behind:
+``.partial`` files inside the store (the lock guarantees their writer is gone) and the
+``.<name>.creating-<pid>@<host>`` build directories of dead creators next to it.
 
 This module is torch-free: the torch side is :class:`gradnoise.Recorder`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import errno
+import gc
+import json
 import os
 import platform
+import re
 import shutil
-from collections.abc import Mapping, Sequence
+import socket
+import time
+import warnings
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -33,18 +59,270 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
-from .errors import StoreError
-from .selection import ParamSelection
+from .errors import StaleLockWarning, StoreError, StoreLockedError
+from .selection import ParamSelection, as_int
 
 FORMAT = "gradnoise-run"
 FORMAT_VERSION = 1
 BASE_SCALARS = ("loss", "lr")
+LOCK_NAME = "writer.lock"
+# Zarr 3.1.3 made LocalStore writes atomic (temporary file + rename); before it a kill during a
+# chunk write could leave a truncated chunk. Keep in step with the zarr floor in pyproject.toml.
+ZARR_FLOOR = (3, 1, 3)
+# The table stores steps as float64, which holds every integer exactly only up to 2**53.
+MAX_STEP = 2**53
+# zarr's temporary files (<name>.<uuid4 hex>.partial) and the build directories of new stores
+_PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
+_CREATING = re.compile(r"\.creating-(\d+)(?:@(.+))?$")
 
 
 def _zarr() -> Any:
     import zarr
 
     return zarr
+
+
+def _zarr_for_writing() -> Any:
+    """zarr, after checking that it writes atomically (see :data:`ZARR_FLOOR`)."""
+    zarr = _zarr()
+    found = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", zarr.__version__)
+    version = tuple(int(x or 0) for x in found.groups()) if found else (0, 0, 0)
+    if version < ZARR_FLOOR:
+        floor = ".".join(map(str, ZARR_FLOOR))
+        raise StoreError(
+            f"writing a gradient store needs zarr>={floor} (its atomic writes are what keep a "
+            f"killed run's store readable), but zarr {zarr.__version__} is installed; upgrade "
+            f"with: pip install 'zarr>={floor},<4'"
+        )
+    return zarr
+
+
+_PROBLEMS = {
+    errno.ENOSPC: "the disk is full (no space left on device)",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied (the store is read-only for this user)",
+    errno.EPERM: "permission denied (the store is read-only for this user)",
+}
+
+
+def _problem(err: OSError) -> str:
+    """A short description of why a file operation failed, without internal file names."""
+    return _PROBLEMS.get(err.errno or 0, err.strerror or type(err).__name__)
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (a zombie, killed but not reaped, does not)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rpartition(")")[2].split()[:1] not in (["Z"], ["X"])
+    except OSError:  # no /proc (macOS...): os.kill's answer stands
+        return True
+
+
+def _host() -> str:
+    return socket.gethostname()
+
+
+def _describe(owner: Mapping[str, Any] | None) -> str:
+    if owner is None:
+        return "another writer (whose pid and host are not written yet)"
+    return f"pid {owner['pid']} on host {owner['host']} (since {owner['started']})"
+
+
+class _WriterLock:
+    """An exclusive writer lock on a store directory: ``flock`` on ``writer.lock`` + owner JSON."""
+
+    def __init__(self, file: Path, fd: int, flocked: bool) -> None:
+        self.file, self.fd, self.flocked = file, fd, flocked
+        self.pid = os.getpid()  # a forked child (a DataLoader worker...) shares it, never owns it
+
+    @classmethod
+    def acquire(cls, directory: Path, store: Path) -> _WriterLock:
+        """Lock ``directory`` (``store`` is the path named in messages) or raise/warn as documented
+        in the module docstring."""
+        file = directory / LOCK_NAME
+        for _ in range(50):  # a retry only when a releasing writer unlinked the file under us
+            try:
+                fd = os.open(file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as err:
+                raise StoreError(
+                    f"cannot open the gradient store {store} for writing: {_problem(err)}; "
+                    "gradnoise.open_run can still read it"
+                ) from err
+            try:
+                lock = cls._take(file, fd, store)
+            except BaseException:
+                os.close(fd)
+                raise
+            if lock is not None:
+                return lock
+            os.close(fd)
+        raise StoreLockedError(f"{store}: {file} keeps being replaced by other writers; retry")
+
+    @classmethod
+    def _take(cls, file: Path, fd: int, store: Path) -> _WriterLock | None:
+        import fcntl
+
+        def flock() -> bool | None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                return False
+            except OSError:  # ENOSYS, ENOLCK, EOPNOTSUPP...: this file system has no flock
+                return None
+
+        state = flock()
+        if state is False and cls._mine(cls._read(fd)):
+            gc.collect()  # a writer of this process that is garbage, not yet collected, lets go
+            state = flock()
+        if state is False:
+            raise StoreLockedError(cls._held_message(store, file, fd))
+        flocked = bool(state)
+        if flocked and not cls._still_at(fd, file):
+            return None  # the previous owner unlinked it on release: lock the new file
+        owner = cls._read(fd)
+        here = owner is not None and owner["host"] == _host()
+        if owner is not None and not here:
+            raise StoreLockedError(
+                f"{store} holds a writer lock of {_describe(owner)}; from host {_host()} gradnoise "
+                "cannot tell whether that process still runs. If no gradnoise process writes this "
+                f"store any more, delete {file} and retry"
+            )
+        if owner is not None and here and not flocked and _pid_alive(owner["pid"]):
+            raise StoreLockedError(cls._busy_message(store, owner))
+        if owner is not None:
+            warnings.warn(
+                f"{store}: took over the writer lock left by {_describe(owner)}, which is no "
+                "longer running (killed or crashed); the rows it committed are kept",
+                StaleLockWarning,
+                stacklevel=5,
+            )
+        mine = {
+            "pid": os.getpid(),
+            "host": _host(),
+            "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        data = json.dumps(mine).encode()
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, data, 0)
+            os.fsync(fd)
+        except OSError as err:
+            raise StoreError(
+                f"cannot open the gradient store {store} for writing: {_problem(err)}"
+            ) from err
+        return cls(file, fd, flocked)
+
+    @staticmethod
+    def _mine(owner: Mapping[str, Any] | None) -> bool:
+        return owner is not None and (owner["pid"], owner["host"]) == (os.getpid(), _host())
+
+    @staticmethod
+    def _still_at(fd: int, file: Path) -> bool:
+        try:
+            now = os.stat(file)
+        except FileNotFoundError:
+            return False
+        held = os.fstat(fd)
+        return (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
+
+    @staticmethod
+    def _read(fd: int) -> dict[str, Any] | None:
+        """The owner recorded in the lock file, or None (empty: not written yet, or garbled)."""
+        try:
+            owner = json.loads(os.pread(fd, 4096, 0).decode())
+        except ValueError:  # also UnicodeDecodeError
+            return None
+        valid = (
+            isinstance(owner, dict)
+            and type(owner.get("pid")) is int
+            and isinstance(owner.get("host"), str)
+            and "started" in owner
+        )
+        return owner if valid else None
+
+    @classmethod
+    def _held_message(cls, store: Path, file: Path, fd: int) -> str:
+        owner = cls._read(fd)
+        for _ in range(20):  # the owner may be between taking the lock and writing its name
+            if owner is not None and (owner["host"] != _host() or _pid_alive(owner["pid"])):
+                break
+            time.sleep(0.05)
+            owner = cls._read(fd)
+        return cls._busy_message(store, owner)
+
+    @classmethod
+    def _busy_message(cls, store: Path, owner: Mapping[str, Any] | None) -> str:
+        if cls._mine(owner):
+            return (
+                f"{store} is already open for writing in this process (pid {os.getpid()}); "
+                "close() that Recorder/RunWriter (or use it in a `with` block) before opening "
+                "another writer on the same store"
+            )
+        return (
+            f"{store} is being written by {_describe(owner)}; a second writer would corrupt it, "
+            "so this one is refused. Wait for that process to finish or stop it, or record into "
+            "another path (gradnoise.open_run reads the store meanwhile; a writer that was "
+            "killed releases the lock by itself)"
+        )
+
+    def moved_to(self, directory: Path) -> None:
+        self.file = directory / LOCK_NAME
+
+    def release(self) -> None:
+        """Remove the lock file (if it is still ours) and drop the lock; idempotent. In a forked
+        child only its copy of the descriptor is closed: the parent keeps the lock."""
+        if self.fd < 0:
+            return
+        try:
+            if os.getpid() == self.pid and self._still_ours():
+                self.file.unlink()
+        except OSError:  # e.g. now read-only: the next writer takes the stale file over
+            pass
+        finally:
+            os.close(self.fd)
+            self.fd = -1
+
+    def _still_ours(self) -> bool:
+        """Whether ``file`` is still the file this lock holds (not one a later writer made)."""
+        if self.flocked:
+            return self._still_at(self.fd, self.file)
+        return self._read(self.fd) == self._read_path(self.file)
+
+    @staticmethod
+    def _read_path(file: Path) -> Any:
+        try:
+            return json.loads(file.read_text())
+        except (OSError, ValueError):
+            return None
+
+
+def _remove_leftovers(path: Path) -> None:
+    """Remove what killed writers left: ``.partial`` files inside the store ``path`` (call only
+    with its writer lock held: no other writer is running) and build directories of dead creators
+    next to it (on this host; their pid is in the name)."""
+    for root, _, files in os.walk(path):
+        for name in files:
+            if _PARTIAL.search(name):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(root, name))
+    for sibling in path.parent.glob(f".{path.name}.creating-*"):
+        found = _CREATING.search(sibling.name)
+        if found is None or found.group(2) not in (None, _host()):
+            continue
+        pid = int(found.group(1))
+        if pid != os.getpid() and not _pid_alive(pid):
+            shutil.rmtree(sibling, ignore_errors=True)
 
 
 def _chunk_shape(num_columns: int, chunk_rows: int | None) -> tuple[int, int]:
@@ -57,12 +335,17 @@ def _chunk_shape(num_columns: int, chunk_rows: int | None) -> tuple[int, int]:
 class RunWriter:
     """Append-only writer of a gradient store (creates it, or resumes an existing one).
 
+    It holds the store's writer lock until :meth:`close` (or the end of a ``with`` block, garbage
+    collection, or process exit): a second writer on the same store is refused with
+    :class:`StoreLockedError`.
+
     Args:
         path: store directory.
         selection: which coordinates the columns hold.
         metadata: JSON-safe run metadata (config, seed, versions...), stored once at creation.
         scalars: names of extra per-step scalars, beyond ``loss`` and ``lr``.
-        dtype: numpy dtype of stored gradients.
+        dtype: numpy dtype of stored gradients; ``None``: float32 for a new store, the stored
+            dtype on resume (a different explicit dtype on resume is refused). Rows are cast to it.
         chunk_rows: rows per chunk (default: about 256 KiB chunks).
     """
 
@@ -73,18 +356,37 @@ class RunWriter:
         *,
         metadata: Mapping[str, Any] | None = None,
         scalars: Sequence[str] = (),
-        dtype: str = "float32",
+        dtype: str | None = None,
         chunk_rows: int | None = None,
     ) -> None:
-        zarr = _zarr()
+        zarr = _zarr_for_writing()
         self.path = Path(path)
         self.scalar_names = tuple(BASE_SCALARS) + tuple(s for s in scalars if s not in BASE_SCALARS)
         self.selection = selection
-        if (self.path / "zarr.json").exists():
-            self._resume()
-            return
-        if self.path.exists() and any(self.path.iterdir()):
-            raise StoreError(f"{self.path} exists and is not a gradnoise store; choose a new path")
+        np_dtype = None if dtype is None else self._float_dtype(dtype)
+        if chunk_rows is not None:
+            chunk_rows = as_int("chunk_rows", chunk_rows, minimum=1)
+        lock = None
+        if not (self.path / "zarr.json").exists():
+            if self.path.exists() and any(self.path.iterdir()):
+                raise StoreError(
+                    f"{self.path} exists and is not a gradnoise store; choose a new path"
+                )
+            _remove_leftovers(self.path)
+            lock = self._create(zarr, np_dtype or np.dtype("float32"), chunk_rows, metadata)
+        if lock is None:  # an existing store (or another process created it meanwhile)
+            lock = _WriterLock.acquire(self.path, self.path)
+            _remove_leftovers(self.path)
+        self._lock = lock
+        self._release = weakref.finalize(self, lock.release)
+        try:
+            self._resume(np_dtype)
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _float_dtype(dtype: str) -> np.dtype:
         try:
             np_dtype = np.dtype(dtype)
         except TypeError as err:
@@ -94,19 +396,49 @@ class RunWriter:
             ) from err
         if np_dtype.kind != "f":
             raise ValueError(f"gradients are stored as floats, got dtype {np_dtype}")
-        # Built in a sibling directory and renamed into place: a failure or a kill during
-        # creation never leaves a half-made store at ``path`` (which could not be resumed).
-        building = self.path.with_name(f".{self.path.name}.creating-{os.getpid()}")
-        shutil.rmtree(building, ignore_errors=True)
-        try:
-            self._create(zarr, building, np_dtype, chunk_rows, metadata)
-            os.replace(building, self.path)
-        except BaseException:
-            shutil.rmtree(building, ignore_errors=True)
-            raise
-        self._resume()  # an empty committed store: one way to set up the writer's state
+        return np_dtype
 
     def _create(
+        self,
+        zarr: Any,
+        dtype: np.dtype,
+        chunk_rows: int | None,
+        metadata: Mapping[str, Any] | None,
+    ) -> _WriterLock | None:
+        """Build the store in a sibling directory, lock it and rename it into place: a failure or
+        a kill during creation never leaves a half-made store at ``path`` (which could not be
+        resumed). Returns None when another process created the store first."""
+        building = self.path.with_name(f".{self.path.name}.creating-{os.getpid()}@{_host()}")
+        shutil.rmtree(building, ignore_errors=True)
+        lock = None
+        try:
+            self._build(zarr, building, dtype, chunk_rows, metadata)
+            lock = _WriterLock.acquire(building, self.path)
+            try:
+                os.replace(building, self.path)
+            except OSError as err:
+                if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                lock.release()
+                shutil.rmtree(building, ignore_errors=True)
+                if not (self.path / "zarr.json").exists():
+                    raise StoreError(
+                        f"{self.path} exists and is not a gradnoise store; choose a new path"
+                    ) from None
+                return None
+        except BaseException as err:
+            if lock is not None:
+                lock.release()
+            shutil.rmtree(building, ignore_errors=True)
+            if isinstance(err, OSError) and not isinstance(err, StoreError):
+                raise StoreError(
+                    f"cannot create the gradient store {self.path}: {_problem(err)}"
+                ) from err
+            raise
+        lock.moved_to(self.path)
+        return lock
+
+    def _build(
         self,
         zarr: Any,
         where: Path,
@@ -144,7 +476,7 @@ class RunWriter:
         }
         group.create_group("commit").attrs["commit"] = {"length": 0, "snapshots": []}
 
-    def _resume(self) -> None:
+    def _resume(self, dtype: np.dtype | None) -> None:
         run = open_run(self.path)
         self.group = _zarr().open_group(str(self.path), mode="r+")
         if run.selection.to_dict() != self.selection.to_dict():
@@ -156,21 +488,51 @@ class RunWriter:
         extra = set(self.scalar_names) - set(stored)
         if extra:
             raise StoreError(f"{self.path} records scalars {stored}; cannot add {sorted(extra)}")
+        self.dtype = np.dtype(self.group["grads"].dtype)
+        if dtype is not None and dtype != self.dtype:
+            raise StoreError(
+                f"{self.path} stores {self.dtype} gradients; resuming with dtype {dtype} would "
+                f"silently cast them. Pass dtype {self.dtype} (or no dtype, to follow the store), "
+                "or record into a new path"
+            )
         self.scalar_names = stored
+        self.metadata = run.metadata
         self._commit_group = self.group["commit"]
         self.length = run.length
         self.last_step: int | None = int(run.steps[-1]) if run.length else None
         self.snapshots: list[dict[str, Any]] = run.snapshot_index()
 
-    def _commit(self) -> None:
-        self._commit_group.attrs["commit"] = {"length": self.length, "snapshots": self.snapshots}
+    @contextlib.contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """Turn a failed write into one StoreError naming the store and the problem."""
+        if self.closed:
+            raise StoreError(f"the writer of {self.path} is closed; open a new one to write")
+        try:
+            yield
+        except StoreError:
+            raise
+        except OSError as err:
+            kept = (
+                f"the {self.length} rows committed before (up to step {self.last_step}) are "
+                "intact and readable, and a new writer on this path resumes after them"
+                if self.length
+                else "nothing had been committed to it yet"
+            )
+            raise StoreError(
+                f"cannot {what} in the gradient store {self.path}: {_problem(err)}; {kept}"
+            ) from err
+
+    def _commit(self, length: int, snapshots: list[dict[str, Any]]) -> None:
+        self._commit_group.attrs["commit"] = {"length": length, "snapshots": snapshots}
 
     def update_metadata(self, **entries: Any) -> None:
         """Add or replace top-level metadata entries (e.g. a final summary)."""
         reserved = {"format", "format_version", "selection", "scalars"}
         if reserved & set(entries):
             raise ValueError(f"metadata keys {sorted(reserved & set(entries))} are reserved")
-        self.group.attrs["gradnoise"] = {**dict(self.group.attrs["gradnoise"]), **entries}
+        with self._writing("update the metadata"):
+            self.group.attrs["gradnoise"] = {**dict(self.group.attrs["gradnoise"]), **entries}
+        self.metadata = dict(self.group.attrs["gradnoise"])
 
     @cached_property
     def _grads(self) -> Any:
@@ -187,8 +549,12 @@ class RunWriter:
         scalars: Mapping[str, float | None] | None = None,
         nonfinite: bool = False,
     ) -> None:
-        """Append one row (the gradient at ``step``) and commit it."""
-        step = int(step)
+        """Append one row (the gradient at ``step``) and commit it.
+
+        ``step`` is an integer within ``±2**53`` (the table stores it exactly as float64), larger
+        than the previous step.
+        """
+        step = check_step(step)
         if self.last_step is not None and step <= self.last_step:
             raise ValueError(
                 f"steps must increase: step {step} after step {self.last_step} in {self.path}"
@@ -210,20 +576,21 @@ class RunWriter:
             for s in self.scalar_names
         ]
         t = self.length
-        if self._table.shape[0] <= t:
-            capacity = max(2 * t, t + self._grads.chunks[0], 8)
-            self._grads.resize((capacity, self._grads.shape[1]))
-            self._table.resize((capacity, self._table.shape[1]))
-        self._grads[t] = grad
-        self._table[t] = np.array([step, float(nonfinite), *values])
-        self.length = t + 1
-        self.last_step = step
-        self._commit()
+        with self._writing(f"record step {step}"):
+            if self._table.shape[0] <= t:
+                capacity = max(2 * t, t + self._grads.chunks[0], 8)
+                self._grads.resize((capacity, self._grads.shape[1]))
+                self._table.resize((capacity, self._table.shape[1]))
+            self._grads[t] = grad
+            self._table[t] = np.array([step, float(nonfinite), *values])
+            self._commit(t + 1, self.snapshots)
+        self.length, self.last_step = t + 1, step
 
     def add_snapshot(
         self, kind: str, step: int, values: np.ndarray, attrs: Mapping[str, Any] | None = None
     ) -> str:
         """Store an ``[n, C]`` array captured at ``step`` (e.g. ``kind="per_sample"``) and commit it."""
+        step = check_step(step)
         values = np.asarray(values)
         if values.ndim != 2 or values.shape[1] != self.selection.num_columns:
             raise ValueError(
@@ -231,29 +598,50 @@ class RunWriter:
             )
         if not kind.isidentifier():
             raise ValueError(f"snapshot kind must be an identifier, got {kind!r}")
-        name = f"snapshots/{kind}/step_{int(step):09d}"
+        name = f"snapshots/{kind}/step_{step:09d}"
         if any(s["name"] == name for s in self.snapshots):
             raise ValueError(f"{self.path} already holds a {kind} snapshot at step {step}")
         rows, cols = _chunk_shape(values.shape[1], None)
-        arr = self.group.create_array(
-            name,
-            shape=values.shape,
-            dtype=values.dtype,
-            chunks=(max(1, min(values.shape[0], rows * 4)), cols),
-            overwrite=True,
-        )
-        arr[...] = values
-        self.snapshots.append(
-            {
-                "kind": kind,
-                "step": int(step),
-                "name": name,
-                "shape": list(values.shape),
-                **dict(attrs or {}),
-            }
-        )
-        self._commit()
+        entry = {"kind": kind, "step": step, "name": name, "shape": list(values.shape)}
+        snapshots = [*self.snapshots, {**entry, **dict(attrs or {})}]
+        with self._writing(f"store the {kind} snapshot of step {step}"):
+            arr = self.group.create_array(
+                name,
+                shape=values.shape,
+                dtype=values.dtype,
+                chunks=(max(1, min(values.shape[0], rows * 4)), cols),
+                overwrite=True,
+            )
+            arr[...] = values
+            self._commit(self.length, snapshots)
+        self.snapshots = snapshots
         return name
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has released the writer lock."""
+        return not self._release.alive
+
+    def close(self) -> None:
+        """Release the writer lock (every row is already committed; nothing is buffered)."""
+        self._release()
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def check_step(step: Any) -> int:
+    """``step`` as an int, refused when it is not an integer or cannot be stored exactly."""
+    step = as_int("step", step)
+    if abs(step) > MAX_STEP:
+        raise ValueError(
+            f"step {step} cannot be stored exactly: steps are kept as float64, exact only "
+            f"within ±2**53 = ±{MAX_STEP}"
+        )
+    return step
 
 
 @dataclass(frozen=True, eq=False)

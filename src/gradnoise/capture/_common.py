@@ -34,8 +34,9 @@ def select_params(
     """Select trainable parameters of ``model`` by name globs and/or a random coordinate subset.
 
     ``coords`` keeps that many coordinates drawn uniformly without replacement (seeded by ``seed``)
-    from the included parameters, e.g. to follow 5,000 of 10M coordinates along training. Map a
-    column back with ``selection.locate(col)``.
+    from the included parameters, e.g. to follow 5,000 of 10M coordinates along training. It must
+    be an integer: ``coords=2.5`` raises :class:`TypeError` rather than keeping 2. Map a column back
+    with ``selection.locate(col)``.
 
     Example:
         >>> import torch
