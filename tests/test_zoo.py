@@ -9,6 +9,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 import gradnoise
 from gradnoise.clustering import GradientClusteringSampler
@@ -212,3 +214,63 @@ def test_audit_restores_buffers_and_rng():
     for n, b in model.named_buffers():
         assert torch.equal(b, before[n]), n
     assert torch.equal(torch.get_rng_state(), state)
+
+
+class _Toggle(nn.Module):
+    """Changes what its forward does after the audit has been cached (a flag the audit's cache
+    key cannot see): only the per-chunk checks can notice."""
+
+    def __init__(self, width: int = 4) -> None:
+        super().__init__()
+        self.fc = nn.Linear(width, width)
+        self.out = nn.Linear(width, 3)
+        self.mode = "plain"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "time-first":  # [B, T, F] seen as [T, B, F] by fc
+            h = torch.tanh(self.fc(x.transpose(0, 1))).transpose(0, 1).mean(1)
+            return self.out(h)
+        h = torch.tanh(self.fc(x.mean(1)))
+        if self.mode == "tied":
+            h = h + torch.tanh(F.linear(h, self.fc.weight))
+        return self.out(h)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("mode", ["tied", "time-first"])
+def test_structured_rule_steps_aside_when_the_forward_changes(mode, dtype):
+    torch.manual_seed(0)
+    width = 4 if dtype == torch.float64 else 96
+    model = _Toggle(width).to(dtype)
+    n, t = 12, 3
+    x = torch.randn(n, t, width, dtype=dtype)
+    y = torch.randint(0, 3, (n,))
+    loss_fn = nn.CrossEntropyLoss()
+    gradnoise.per_sample_grads(model, loss_fn, x, y, chunk_size=t)  # audit cached: all structured
+    assert gradnoise.audit_model(model, loss_fn, x, y).path("fc.weight") == "structured"
+    model.mode = mode
+    expected = naive_per_sample_grads(model, loss_fn, x, y)
+    with pytest.warns(PerSampleFallbackWarning, match="stepped aside"):
+        got = gradnoise.per_sample_grads(model, loss_fn, x, y, chunk_size=t)
+    rtol = 1e-10 if dtype == torch.float64 else 1e-4
+    assert_close(got, expected, rtol=rtol)
+    # the demotion is remembered: the next call takes the general path without a notice
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = gradnoise.per_sample_grads(model, loss_fn, x, y, chunk_size=t)
+    assert_close(again, expected, rtol=rtol)
+
+
+@pytest.mark.parametrize("factor", ["always", "never"])
+@pytest.mark.parametrize("mode", ["tied", "time-first"])
+def test_gram_steps_aside_when_the_forward_changes(mode, factor):
+    torch.manual_seed(0)
+    model = _Toggle(6).double()
+    x, y = torch.randn(9, 3, 6, dtype=torch.float64), torch.randint(0, 3, (9,))
+    loss_fn = nn.CrossEntropyLoss()
+    gradnoise.covariance_spectrum(model, loss_fn, x, y, factor=factor, block_size=3)
+    model.mode = mode
+    expected = spectrum_of(naive_per_sample_grads(model, loss_fn, x, y).numpy())
+    with pytest.warns(PerSampleFallbackWarning, match="stepped aside in the Gram"):
+        got = gradnoise.covariance_spectrum(model, loss_fn, x, y, factor=factor, block_size=3)
+    assert_close(got, expected, rtol=1e-8)

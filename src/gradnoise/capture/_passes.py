@@ -112,11 +112,19 @@ def _hooked(modules: Sequence[nn.Module], probes: _Probes) -> Iterator[None]:
 @dataclass
 class Pass:
     """What one structured pass saw: per layer call ``(module, input, output gradient)``, the
-    batch gradient ``d(sum_i l_i)/d theta`` of the requested tensors, and the losses ``l_i``."""
+    batch gradient ``d(sum_i l_i)/d theta`` of the requested tensors, and the losses ``l_i``.
+
+    With ``single=k`` it also holds, from a second backward of ``l_k`` alone, the output gradient
+    of every call (``single_outputs``; for a layer that sees the examples along dim 0 it is zero
+    outside row k) and the gradient of ``l_k`` (``single_grads``), against which row k of a
+    layer rule is checked."""
 
     calls: list[tuple[nn.Module, Any, Tensor]]
     grads: list[Tensor | None]
     losses: Tensor
+    single: int | None = None
+    single_outputs: list[Tensor | None] | None = None
+    single_grads: list[Tensor | None] | None = None
 
 
 def structured_pass(
@@ -126,21 +134,33 @@ def structured_pass(
     y: Tensor,
     modules: Sequence[nn.Module],
     tensors: Sequence[Tensor] = (),
+    single: int | None = None,
 ) -> Pass:
-    """One forward and one backward recording ``modules``' inputs and output gradients."""
+    """One forward and one backward recording ``modules``' inputs and output gradients (and a
+    second backward of example ``single``'s loss alone, when given)."""
     probes = _Probes()
     with torch.enable_grad(), _hooked(modules, probes):
         outputs = model(x)
         losses = per_example_losses(loss_fn, outputs, y)
     check_losses(losses, model)
     inputs = [p for _, _, p in probes.records] + list(tensors)
-    grads = list(torch.autograd.grad(losses.sum(), inputs, allow_unused=True)) if inputs else []
+    again = single is not None and bool(inputs) and losses.requires_grad
+    grads = (
+        list(torch.autograd.grad(losses.sum(), inputs, allow_unused=True, retain_graph=again))
+        if inputs and losses.requires_grad
+        else [None] * len(inputs)
+    )
     k = len(probes.records)
     calls = [
         (module, inp, torch.zeros_like(probe) if g is None else g)
         for (module, inp, probe), g in zip(probes.records, grads[:k], strict=True)
     ]
-    return Pass(calls, grads[k:], losses.detach())
+    found = Pass(calls, grads[k:], losses.detach())
+    if again:
+        assert single is not None
+        one = list(torch.autograd.grad(losses[single], inputs, allow_unused=True))
+        found.single, found.single_outputs, found.single_grads = single, one[:k], one[k:]
+    return found
 
 
 def all_finite(t: Tensor) -> bool:

@@ -41,7 +41,7 @@ from ._common import (
 from ._passes import Column, FuncRows, columns_of, loop_rows, structured_pass
 from .audit import PROBE_SIZE, ModelAudit, audit, demote, owner_modules
 from .layers import LAYER_RULES, _conv_geometry
-from .per_sample import _check_batch, call_scale, check_rows
+from .per_sample import _check_batch, call_scale, check_rows, leaking_modules
 
 Factor = Literal["auto", "always", "never"]
 
@@ -144,18 +144,35 @@ class _GramPlan:
         records: dict[nn.Module, list[tuple[Tensor, Tensor]]] = {m: [] for m in self.modules}
         checked = [col for _, _, col in self.entries]
         grads: dict[str, Tensor | None] = {}
+        single: dict[str, Tensor | None] = {}
+        k = self.blocks % c
         if self.modules:  # non-finite values surface on the Gram diagonal (checked at the end)
             found = structured_pass(
-                self.model, self.loss_fn, x, y, list(self.modules), [c.tensor for c in checked]
+                self.model,
+                self.loss_fn,
+                x,
+                y,
+                list(self.modules),
+                [col.tensor for col in checked],
+                single=k if c > 1 else None,
             )
+            leaking = leaking_modules(found)
             for module, inp, g in found.calls:
-                if not isinstance(inp, Tensor) or inp.shape[0] != c or g.shape[0] != c:
+                if (
+                    module in leaking
+                    or not isinstance(inp, Tensor)
+                    or inp.shape[0] != c
+                    or g.shape[0] != c
+                ):
                     raise _StepAside(
                         [col.name for p, _, col in self.entries if p.module is module],
-                        "the layer's input or output does not hold the block's examples along dim 0",
+                        "the layer's input or output does not hold the block's examples along "
+                        "dim 0",
                     )
                 records[module].append((inp, g))
-            grads = dict(zip((col.name for col in checked), found.grads, strict=True))
+            names = [col.name for col in checked]
+            grads = dict(zip(names, found.grads, strict=True))
+            single = dict(zip(names, found.single_grads or [None] * len(names), strict=True))
         if not self.laid_out:
             self._decide(records, c)
             self._layout()
@@ -167,7 +184,15 @@ class _GramPlan:
             if plan.factor_weight:
                 pairs = self._factor_pairs(module, recs, c)
                 assert plan.weight is not None
-                if not _aggregate_matches(pairs, grads[plan.weight.name], plan.weight):
+                name = plan.weight.name
+                if not _aggregate_matches(pairs, grads[name], plan.weight) or (
+                    c > 1
+                    and not _aggregate_matches(
+                        [(xx[k : k + 1], gg[k : k + 1]) for xx, gg in pairs],
+                        single[name],
+                        plan.weight,
+                    )
+                ):
                     raise _StepAside(
                         [plan.weight.name],
                         "the factored per-example gradients do not add up to the batch gradient",

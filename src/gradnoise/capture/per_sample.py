@@ -267,6 +267,23 @@ def call_scale(module: nn.Module, calls: list[tuple[Tensor, Tensor]]) -> float:
     return total
 
 
+def leaking_modules(found: Any) -> set[nn.Module]:
+    """Layers whose output gradient of example k's loss alone reaches rows other than k: their
+    dim 0 is not the example axis (exactly zero elsewhere when it is)."""
+    bad: set[nn.Module] = set()
+    if found.single is None or found.single_outputs is None:
+        return bad
+    k = found.single
+    for (module, _, _), g in zip(found.calls, found.single_outputs, strict=True):
+        if g is None or g.dim() == 0 or g.shape[0] <= k:
+            continue
+        size = float(g.abs().max())
+        rest = torch.cat([g[:k], g[k + 1 :]])
+        if rest.numel() and float(rest.abs().max()) > torch.finfo(g.dtype).eps * size:
+            bad.add(module)
+    return bad
+
+
 def check_rows(
     rows: Tensor, batch_grad: Tensor | None, index: Tensor | None, seed: int, scale: float
 ) -> bool:
@@ -332,17 +349,25 @@ class _Engine:
         plan: dict[nn.Module, list[Column]] = {}
         for col in self.structured:
             plan.setdefault(self.owners[col.name][0], []).append(col)
+        k = self.chunks % c  # the example whose loss is also back-propagated alone
         found = structured_pass(
-            self.model, self.loss_fn, x, y, list(plan), [col.tensor for col in self.structured]
+            self.model,
+            self.loss_fn,
+            x,
+            y,
+            list(plan),
+            [col.tensor for col in self.structured],
+            single=k if c > 1 else None,
         )
         calls: dict[nn.Module, list[tuple[Tensor, Tensor]]] = {m: [] for m in plan}
         for module, inp, g in found.calls:
             calls[module].append((inp, g))
         failed: list[Column] = []
         reason = ""
+        leaking = leaking_modules(found)
         for module, cols in plan.items():
             seen = calls[module]
-            if any(
+            if module in leaking or any(
                 not isinstance(inp, Tensor)
                 or inp.dim() == 0
                 or inp.shape[0] != c
@@ -351,7 +376,8 @@ class _Engine:
             ):
                 failed.extend(cols)
                 reason = (
-                    "the layer's input or output does not hold the chunk's examples along dim 0"
+                    "the layer's input or output does not hold the chunk's examples along dim 0 "
+                    "(one example's loss reaches several of its rows)"
                 )
                 continue
             if any(not all_finite(g) or not all_finite(inp) for inp, g in seen):
@@ -367,17 +393,26 @@ class _Engine:
                     block.zero_()
                 for r, (inp, g) in enumerate(seen):
                     rule.compute(module, pname, inp, g, col.index, block, r > 0)
-        grads = dict(zip((col.name for col in self.structured), found.grads, strict=True))
+        names = [col.name for col in self.structured]
+        grads = dict(zip(names, found.grads, strict=True))
+        single = dict(zip(names, found.single_grads or [None] * len(names), strict=True))
         scales = {m: call_scale(m, calls[m]) for m in plan}
+        one = {m: call_scale(m, [(i[k : k + 1], g[k : k + 1]) for i, g in calls[m]]) for m in plan}
         for col in self.structured:
             if col in failed:
                 continue
-            scale = scales[self.owners[col.name][0]]
-            if not check_rows(dest[:, col.cols], grads[col.name], col.index, self.chunks, scale):
+            module = self.owners[col.name][0]
+            rows = dest[:, col.cols]
+            ok = check_rows(rows, grads[col.name], col.index, self.chunks, scales[module])
+            if ok and found.single is not None:
+                ok = check_rows(
+                    rows[k : k + 1], single[col.name], col.index, self.chunks, one[module]
+                )
+            if not ok:
                 failed.append(col)
                 reason = (
-                    "the per-example rows do not add up to the batch gradient (e.g. a parameter "
-                    "also used outside its layer for some inputs)"
+                    "the per-example rows do not reproduce the batch gradient and one example's "
+                    "own gradient (e.g. a parameter also used outside its layer for some inputs)"
                 )
         if failed:
             self._step_aside(failed, reason)
