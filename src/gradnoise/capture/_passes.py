@@ -112,19 +112,11 @@ def _hooked(modules: Sequence[nn.Module], probes: _Probes) -> Iterator[None]:
 @dataclass
 class Pass:
     """What one structured pass saw: per layer call ``(module, input, output gradient)``, the
-    batch gradient ``d(sum_i l_i)/d theta`` of the requested tensors, and the losses ``l_i``.
-
-    With ``single=k`` it also holds, from a second backward of ``l_k`` alone, the output gradient
-    of every call (``single_outputs``; for a layer that sees the examples along dim 0 it is zero
-    outside row k) and the gradient of ``l_k`` (``single_grads``), against which row k of a
-    layer rule is checked."""
+    batch gradient ``d(sum_i l_i)/d theta`` of the requested tensors, and the losses ``l_i``."""
 
     calls: list[tuple[nn.Module, Any, Tensor]]
     grads: list[Tensor | None]
     losses: Tensor
-    single: int | None = None
-    single_outputs: list[Tensor | None] | None = None
-    single_grads: list[Tensor | None] | None = None
 
 
 def structured_pass(
@@ -134,19 +126,16 @@ def structured_pass(
     y: Tensor,
     modules: Sequence[nn.Module],
     tensors: Sequence[Tensor] = (),
-    single: int | None = None,
 ) -> Pass:
-    """One forward and one backward recording ``modules``' inputs and output gradients (and a
-    second backward of example ``single``'s loss alone, when given)."""
+    """One forward and one backward recording ``modules``' inputs and output gradients."""
     probes = _Probes()
     with torch.enable_grad(), _hooked(modules, probes):
         outputs = model(x)
         losses = per_example_losses(loss_fn, outputs, y)
     check_losses(losses, model)
     inputs = [p for _, _, p in probes.records] + list(tensors)
-    again = single is not None and bool(inputs) and losses.requires_grad
     grads = (
-        list(torch.autograd.grad(losses.sum(), inputs, allow_unused=True, retain_graph=again))
+        list(torch.autograd.grad(losses.sum(), inputs, allow_unused=True))
         if inputs and losses.requires_grad
         else [None] * len(inputs)
     )
@@ -155,12 +144,17 @@ def structured_pass(
         (module, inp, torch.zeros_like(probe) if g is None else g)
         for (module, inp, probe), g in zip(probes.records, grads[:k], strict=True)
     ]
-    found = Pass(calls, grads[k:], losses.detach())
-    if again:
-        assert single is not None
-        one = list(torch.autograd.grad(losses[single], inputs, allow_unused=True))
-        found.single, found.single_outputs, found.single_grads = single, one[:k], one[k:]
-    return found
+    return Pass(calls, grads[k:], losses.detach())
+
+
+def call_shapes(calls: Sequence[tuple[nn.Module, Any, Tensor]], module: nn.Module) -> list:
+    """``module``'s calls as ``(input shape[1:], output shape[1:])`` (what the audit saw must be
+    what a later chunk sees, or the forward has changed since)."""
+    return [
+        (tuple(inp.shape[1:]) if isinstance(inp, Tensor) else None, tuple(g.shape[1:]))
+        for m, inp, g in calls
+        if m is module
+    ]
 
 
 def all_finite(t: Tensor) -> bool:
@@ -258,6 +252,7 @@ __all__ = [
     "FuncRows",
     "Pass",
     "all_finite",
+    "call_shapes",
     "check_losses",
     "columns_of",
     "flat_selected",

@@ -49,7 +49,15 @@ from ..errors import (
 )
 from ..selection import ParamSelection
 from ._common import DropoutChoice, dataset_size, fetch, per_example_losses
-from ._passes import Column, FuncRows, columns_of, flat_selected, loop_rows, structured_pass
+from ._passes import (
+    Column,
+    FuncRows,
+    call_shapes,
+    columns_of,
+    flat_selected,
+    loop_rows,
+    structured_pass,
+)
 from .layers import LAYER_RULES
 
 Path = Literal["structured", "func", "loop"]
@@ -88,6 +96,12 @@ class ModelAudit:
     notes: tuple[str, ...] = ()
     func_ok: bool = True
     _switch: tuple[nn.Module, ...] = field(default=(), repr=False, compare=False)
+    # per structured layer (by id): its calls' (input shape[1:], output shape[1:]) on the probe
+    _calls: dict[int, list[Any]] = field(default_factory=dict, repr=False, compare=False)
+
+    def same_calls(self, module: nn.Module, shapes: list[Any]) -> bool:
+        """Does a chunk call ``module`` as the audited forward did (count and shapes)?"""
+        return self._calls.get(id(module)) == shapes
 
     def path(self, name: str) -> Path:
         """The route of parameter ``name``."""
@@ -321,13 +335,7 @@ def _signature(
     dropout: DropoutChoice,
     level: Level,
 ) -> tuple[Any, ...]:
-    loss_state = tuple(
-        sorted(
-            (k, v)
-            for k, v in getattr(loss_fn, "__dict__", {}).items()
-            if isinstance(v, (str, int, float, bool, type(None)))
-        )
-    )
+    loss_key = _loss_key(loss_fn)
     return (
         level,
         dropout,
@@ -336,9 +344,7 @@ def _signature(
             for m in model.modules()
         ),
         tuple((id(p), tuple(p.shape), p.dtype, p.requires_grad) for p in model.parameters()),
-        id(loss_fn),
-        type(loss_fn),
-        loss_state,
+        loss_key,
         tuple(x.shape[1:]),
         x.dtype,
         str(x.device),
@@ -348,6 +354,25 @@ def _signature(
         selection.shapes,
         tuple(None if i is None else hash(i.tobytes()) for i in selection.indices),
     )
+
+
+def _loss_key(loss_fn: Any) -> tuple[Any, ...]:
+    """What identifies a loss for the cache: a loss *module* by its type, settings and tensors
+    (``nn.CrossEntropyLoss()`` built anew at every call hits the cache), anything else by id."""
+    if not isinstance(loss_fn, nn.Module):
+        return (type(loss_fn), id(loss_fn))
+    simple = tuple(
+        sorted(
+            (k, v)
+            for k, v in vars(loss_fn).items()
+            if isinstance(v, (str, int, float, bool, type(None)))
+        )
+    )
+    tensors = tuple(
+        (n, id(t), t._version)
+        for n, t in list(loss_fn.named_buffers()) + list(loss_fn.named_parameters())
+    )
+    return (type(loss_fn), simple, tensors, len(loss_fn._modules))
 
 
 def audit(
@@ -502,7 +527,10 @@ def _run(
             PerSampleFallbackWarning,
             stacklevel=4,
         )
-    return ModelAudit(tuple(routes), random, switched, k, tuple(notes), not func_reason, switch)
+    calls = {id(m): call_shapes(batched.calls, m) for m in modules}
+    return ModelAudit(
+        tuple(routes), random, switched, k, tuple(notes), not func_reason, switch, calls
+    )
 
 
 def _dedupe(items: list[tuple[nn.Module | None, str]]) -> list[tuple[nn.Module | None, str]]:

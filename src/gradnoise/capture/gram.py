@@ -38,10 +38,10 @@ from ._common import (
     model_device,
     resolve_selection,
 )
-from ._passes import Column, FuncRows, columns_of, loop_rows, structured_pass
+from ._passes import Column, FuncRows, call_shapes, columns_of, loop_rows, structured_pass
 from .audit import PROBE_SIZE, ModelAudit, audit, demote, owner_modules
 from .layers import LAYER_RULES, _conv_geometry
-from .per_sample import _check_batch, call_scale, check_rows, leaking_modules
+from .per_sample import _check_batch, check_rows, examples_along_dim0
 
 Factor = Literal["auto", "always", "never"]
 
@@ -144,35 +144,22 @@ class _GramPlan:
         records: dict[nn.Module, list[tuple[Tensor, Tensor]]] = {m: [] for m in self.modules}
         checked = [col for _, _, col in self.entries]
         grads: dict[str, Tensor | None] = {}
-        single: dict[str, Tensor | None] = {}
-        k = self.blocks % c
         if self.modules:  # non-finite values surface on the Gram diagonal (checked at the end)
             found = structured_pass(
-                self.model,
-                self.loss_fn,
-                x,
-                y,
-                list(self.modules),
-                [col.tensor for col in checked],
-                single=k if c > 1 else None,
+                self.model, self.loss_fn, x, y, list(self.modules), [col.tensor for col in checked]
             )
-            leaking = leaking_modules(found)
-            for module, inp, g in found.calls:
-                if (
-                    module in leaking
-                    or not isinstance(inp, Tensor)
-                    or inp.shape[0] != c
-                    or g.shape[0] != c
+            for module in self.modules:
+                recs = [(inp, g) for m, inp, g in found.calls if m is module]
+                if not examples_along_dim0(recs, c) or not self.result.same_calls(
+                    module, call_shapes(found.calls, module)
                 ):
                     raise _StepAside(
                         [col.name for p, _, col in self.entries if p.module is module],
-                        "the layer's input or output does not hold the block's examples along "
-                        "dim 0",
+                        "the layer is not called as in the audited forward, or its input does "
+                        "not hold the block's examples along dim 0",
                     )
-                records[module].append((inp, g))
-            names = [col.name for col in checked]
-            grads = dict(zip(names, found.grads, strict=True))
-            single = dict(zip(names, found.single_grads or [None] * len(names), strict=True))
+                records[module] = recs
+            grads = dict(zip((col.name for col in checked), found.grads, strict=True))
         if not self.laid_out:
             self._decide(records, c)
             self._layout()
@@ -184,15 +171,7 @@ class _GramPlan:
             if plan.factor_weight:
                 pairs = self._factor_pairs(module, recs, c)
                 assert plan.weight is not None
-                name = plan.weight.name
-                if not _aggregate_matches(pairs, grads[name], plan.weight) or (
-                    c > 1
-                    and not _aggregate_matches(
-                        [(xx[k : k + 1], gg[k : k + 1]) for xx, gg in pairs],
-                        single[name],
-                        plan.weight,
-                    )
-                ):
+                if not _aggregate_matches(pairs, grads[plan.weight.name], plan.weight):
                     raise _StepAside(
                         [plan.weight.name],
                         "the factored per-example gradients do not add up to the batch gradient",
@@ -203,9 +182,8 @@ class _GramPlan:
                 assert rows is not None
                 for r, (inp, g) in enumerate(recs):
                     rule.compute(module, pname, inp, g, col.index, rows[:, col.cols], r > 0)
-                scale = call_scale(module, recs)
                 if not check_rows(
-                    rows[:, col.cols], grads[col.name], col.index, self.blocks, scale
+                    rows[:, col.cols], grads[col.name], col.index, self.blocks, module, recs
                 ):
                     raise _StepAside(
                         [col.name], "the per-example rows do not add up to the batch gradient"

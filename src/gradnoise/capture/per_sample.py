@@ -40,6 +40,7 @@ from ._passes import (
     Column,
     FuncRows,
     all_finite,
+    call_shapes,
     columns_of,
     flat_selected,
     loop_rows,
@@ -267,32 +268,29 @@ def call_scale(module: nn.Module, calls: list[tuple[Tensor, Tensor]]) -> float:
     return total
 
 
-def leaking_modules(found: Any) -> set[nn.Module]:
-    """Layers whose output gradient of example k's loss alone reaches rows other than k: their
-    dim 0 is not the example axis (exactly zero elsewhere when it is)."""
-    bad: set[nn.Module] = set()
-    if found.single is None or found.single_outputs is None:
-        return bad
-    k = found.single
-    for (module, _, _), g in zip(found.calls, found.single_outputs, strict=True):
-        if g is None or g.dim() == 0 or g.shape[0] <= k:
-            continue
-        size = float(g.abs().max())
-        rest = torch.cat([g[:k], g[k + 1 :]])
-        if rest.numel() and float(rest.abs().max()) > torch.finfo(g.dtype).eps * size:
-            bad.add(module)
-    return bad
+def examples_along_dim0(calls: list[tuple[Any, Tensor]], c: int) -> bool:
+    """Every call's input and output gradient have the chunk's ``c`` examples along dim 0."""
+    return all(
+        isinstance(inp, Tensor) and inp.dim() > 0 and inp.shape[0] == c and g.shape[0] == c
+        for inp, g in calls
+    )
 
 
 def check_rows(
-    rows: Tensor, batch_grad: Tensor | None, index: Tensor | None, seed: int, scale: float
+    rows: Tensor,
+    batch_grad: Tensor | None,
+    index: Tensor | None,
+    seed: int,
+    module: nn.Module,
+    calls: list[tuple[Tensor, Tensor]],
 ) -> bool:
     """Do per-example rows add up to the batch gradient? Checked on a span of columns.
 
     ``||sum_i g_i - b|| <= tol (||sum_i |g_i| || + ||b|| + F sqrt(span / width))`` on the span,
     with ``tol = 4 max(c, 16) eps`` (a bound on the rounding of two orders of summation) and
-    ``F = scale`` from :func:`call_scale`; ``seed`` moves the span from call to call. A layer
-    rule that misses a use of its parameter (a tied weight) fails by a margin of orders.
+    ``F`` from :func:`call_scale` (computed only when the first two terms do not suffice); ``seed``
+    moves the span from call to call. A layer rule that misses a use of its parameter (a tied
+    weight) fails by orders of magnitude.
     """
     c, width = rows.shape
     if width == 0:
@@ -308,8 +306,11 @@ def check_rows(
         expected = flat_selected(dense, index)[start : start + span].to(total.dtype)
     norm = torch.linalg.vector_norm
     tol = 4 * max(c, 16) * torch.finfo(rows.dtype).eps
-    slack = float(norm(size)) + float(norm(expected)) + scale * (span / width) ** 0.5
-    return float(norm(total - expected)) <= tol * slack
+    gap = float(norm(total - expected))
+    slack = float(norm(size)) + float(norm(expected))
+    if gap <= tol * slack:
+        return True
+    return gap <= tol * (slack + call_scale(module, calls) * (span / width) ** 0.5)
 
 
 class _Engine:
@@ -349,35 +350,23 @@ class _Engine:
         plan: dict[nn.Module, list[Column]] = {}
         for col in self.structured:
             plan.setdefault(self.owners[col.name][0], []).append(col)
-        k = self.chunks % c  # the example whose loss is also back-propagated alone
         found = structured_pass(
-            self.model,
-            self.loss_fn,
-            x,
-            y,
-            list(plan),
-            [col.tensor for col in self.structured],
-            single=k if c > 1 else None,
+            self.model, self.loss_fn, x, y, list(plan), [col.tensor for col in self.structured]
         )
         calls: dict[nn.Module, list[tuple[Tensor, Tensor]]] = {m: [] for m in plan}
         for module, inp, g in found.calls:
             calls[module].append((inp, g))
         failed: list[Column] = []
         reason = ""
-        leaking = leaking_modules(found)
         for module, cols in plan.items():
             seen = calls[module]
-            if module in leaking or any(
-                not isinstance(inp, Tensor)
-                or inp.dim() == 0
-                or inp.shape[0] != c
-                or g.shape[0] != c
-                for inp, g in seen
+            if not examples_along_dim0(seen, c) or not self.result.same_calls(
+                module, call_shapes(found.calls, module)
             ):
                 failed.extend(cols)
                 reason = (
-                    "the layer's input or output does not hold the chunk's examples along dim 0 "
-                    "(one example's loss reaches several of its rows)"
+                    "the layer is not called as in the audited forward (its calls' shapes "
+                    "changed), or its input does not hold the chunk's examples along dim 0"
                 )
                 continue
             if any(not all_finite(g) or not all_finite(inp) for inp, g in seen):
@@ -393,26 +382,18 @@ class _Engine:
                     block.zero_()
                 for r, (inp, g) in enumerate(seen):
                     rule.compute(module, pname, inp, g, col.index, block, r > 0)
-        names = [col.name for col in self.structured]
-        grads = dict(zip(names, found.grads, strict=True))
-        single = dict(zip(names, found.single_grads or [None] * len(names), strict=True))
-        scales = {m: call_scale(m, calls[m]) for m in plan}
-        one = {m: call_scale(m, [(i[k : k + 1], g[k : k + 1]) for i, g in calls[m]]) for m in plan}
+        grads = dict(zip((col.name for col in self.structured), found.grads, strict=True))
         for col in self.structured:
             if col in failed:
                 continue
             module = self.owners[col.name][0]
-            rows = dest[:, col.cols]
-            ok = check_rows(rows, grads[col.name], col.index, self.chunks, scales[module])
-            if ok and found.single is not None:
-                ok = check_rows(
-                    rows[k : k + 1], single[col.name], col.index, self.chunks, one[module]
-                )
-            if not ok:
+            if not check_rows(
+                dest[:, col.cols], grads[col.name], col.index, self.chunks, module, calls[module]
+            ):
                 failed.append(col)
                 reason = (
-                    "the per-example rows do not reproduce the batch gradient and one example's "
-                    "own gradient (e.g. a parameter also used outside its layer for some inputs)"
+                    "the per-example rows do not add up to the batch gradient (e.g. a parameter "
+                    "also used outside its layer for some inputs)"
                 )
         if failed:
             self._step_aside(failed, reason)
