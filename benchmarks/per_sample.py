@@ -29,6 +29,30 @@ from torch.func import functional_call, grad, vmap
 import gradnoise
 
 
+class _Attention(nn.Module):
+    """Token embedding by a Linear, a learned positional Parameter, nn.MultiheadAttention, PReLU:
+    the attention block, the Parameter and PReLU have no layer rule (general path)."""
+
+    def __init__(self, dim: int = 64, length: int = 16) -> None:
+        super().__init__()
+        self.inp = nn.Linear(16, dim)
+        self.pos = nn.Parameter(torch.randn(length, dim) * 0.1)
+        self.mha = nn.MultiheadAttention(dim, 4, batch_first=True)
+        self.act = nn.PReLU()
+        self.out = nn.Linear(dim, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x) + self.pos
+        h = h + self.mha(h, h, h, need_weights=False)[0]
+        return self.out(self.act(h).mean(1))
+
+
+def _conv_head(features: nn.Module, shape: tuple[int, ...]) -> nn.Module:
+    with torch.no_grad():
+        width = features(torch.zeros(1, *shape)).flatten(1).shape[1]
+    return nn.Sequential(features, nn.Flatten(), nn.Linear(width, 10))
+
+
 def models() -> dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]]:
     return {
         "mlp_digits": (
@@ -54,6 +78,49 @@ def models() -> dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]]:
             ),
             (784,),
         ),
+        # layers that took the general path before the rules of issue 9
+        "cnn_reflect_instnorm": (
+            lambda: _conv_head(
+                nn.Sequential(
+                    nn.Conv2d(1, 16, 3, padding=1, padding_mode="reflect"),
+                    nn.InstanceNorm2d(16, affine=True),
+                    nn.ReLU(),
+                    nn.MaxPool2d(2),
+                    nn.Conv2d(16, 32, 3, padding=1, padding_mode="circular"),
+                    nn.ReLU(),
+                    nn.MaxPool2d(2),
+                ),
+                (1, 28, 28),
+            ),
+            (1, 28, 28),
+        ),
+        "conv3d_transposed": (
+            lambda: _conv_head(
+                nn.Sequential(
+                    nn.Conv3d(1, 8, 3, padding=1),
+                    nn.ReLU(),
+                    nn.Flatten(1, 2),
+                    nn.ConvTranspose2d(8 * 8, 16, 3, stride=2),
+                    nn.ReLU(),
+                ),
+                (1, 8, 12, 12),
+            ),
+            (1, 8, 12, 12),
+        ),
+        "rmsnorm_mlp": (
+            lambda: nn.Sequential(
+                nn.Flatten(),
+                nn.Linear(64, 512),
+                nn.RMSNorm(512),
+                nn.ReLU(),
+                nn.Linear(512, 512),
+                nn.RMSNorm(512),
+                nn.ReLU(),
+                nn.Linear(512, 10),
+            ),
+            (64,),
+        ),
+        "attention_prelu_param": (lambda: _Attention(), (16, 16)),
     }
 
 
@@ -77,6 +144,29 @@ def method_gradnoise(model, x, y, reuse=True):
 
     def run():
         return gradnoise.per_sample_grads(model, loss_fn, x, y, out=out)
+
+    return run
+
+
+def method_gradnoise_func(model, x, y):
+    """gradnoise forced onto its general path (vmap(grad) into a reused [B, P] buffer)."""
+    loss_fn = nn.CrossEntropyLoss()
+    out = torch.empty(x.shape[0], flat_params(model))
+
+    def run():
+        return gradnoise.per_sample_grads(model, loss_fn, x, y, out=out, backend="func")
+
+    return run
+
+
+def method_func_flat(model, x, y):
+    """Plain torch.func, then the [B, P] matrix gradnoise returns (one torch.cat)."""
+    run_func = method_func(model, x, y)
+    names = [n for n, _ in model.named_parameters()]
+
+    def run():
+        grads = run_func()
+        return torch.cat([grads[n].reshape(x.shape[0], -1) for n in names], dim=1)
 
     return run
 
@@ -174,6 +264,7 @@ def main() -> None:
     parser.add_argument(
         "--skip-naive-above", type=int, default=512, help="skip the naive loop for larger batches"
     )
+    parser.add_argument("--models", nargs="*", help="only these models (default: all)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
     sizes = [32] if args.quick else args.batch_sizes
@@ -182,8 +273,10 @@ def main() -> None:
         "backward": method_backward,
         "gradnoise": method_gradnoise,
         "gradnoise (fresh)": lambda m, x, y: method_gradnoise(m, x, y, reuse=False),
+        "gradnoise (func)": method_gradnoise_func,
         "naive": method_naive,
         "func": method_func,
+        "func + flatten": method_func_flat,
     }
     if available("backpack"):
         methods["backpack"] = method_backpack
@@ -191,13 +284,17 @@ def main() -> None:
         methods["opacus"] = method_opacus
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; peers: "
-        f"{', '.join(m for m in methods if m not in ('backward', 'gradnoise', 'gradnoise (fresh)'))}"
+        f"{', '.join(m for m in methods if not m.startswith(('backward', 'gradnoise')))}"
     )
     header = ["model (P)", "B", *methods]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     agreement = []
-    for name, (factory, shape) in models().items():
+    general = []
+    selected = models()
+    if args.models:
+        selected = {k: v for k, v in selected.items() if k in args.models}
+    for name, (factory, shape) in selected.items():
         for b in sizes:
             gen = torch.Generator().manual_seed(0)
             x = torch.randn(b, *shape, generator=gen)
@@ -205,6 +302,7 @@ def main() -> None:
             torch.manual_seed(0)
             cells, base = [], None
             reference = None
+            timings: dict[str, float] = {}
             for method, make in methods.items():
                 if method == "naive" and b > args.skip_naive_above:
                     cells.append("skipped")
@@ -222,6 +320,7 @@ def main() -> None:
                             f"{name} B={b}: {method} vs gradnoise max rel diff {err:.1e}"
                         )
                 ms = time_call(fn, repeats)
+                timings[method] = ms
                 base = ms if method == "backward" else base
                 cells.append(
                     f"{ms:.2f}" if method == "backward" else f"{ms:.2f} ({ms / base:.1f}x)"
@@ -230,6 +329,17 @@ def main() -> None:
                 f"| {name} ({flat_params(factory())}) | {b} | " + " | ".join(cells) + " |",
                 flush=True,
             )
+            general.append(
+                f"| {name} | {b} | {timings['gradnoise (func)'] / timings['func']:.3f} | "
+                f"{timings['gradnoise (func)'] / timings['func + flatten']:.3f} | "
+                f"{timings['gradnoise'] / timings['func']:.3f} |"
+            )
+    print()
+    print("General path: gradnoise (func) / func, / (func + flatten); and gradnoise (auto) / func")
+    print("| model | B | (func) / func | (func) / func+flatten | auto / func |")
+    print("|---|---|---|---|---|")
+    for line in general:
+        print(line)
     print()
     for line in agreement:
         print(line)

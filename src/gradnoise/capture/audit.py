@@ -66,6 +66,10 @@ Level = Literal["batch", "per_sample"]
 #: Examples in the probe batch.
 PROBE_SIZE = 4
 
+#: When some parameters need torch.func, the layer rules are used for the others only if they
+#: cover at least this fraction of the selected coordinates (both routes are exact; speed only).
+SPLIT_FRACTION = 0.5
+
 
 @dataclass(frozen=True)
 class ParamRoute:
@@ -507,6 +511,14 @@ def _run(
             structured = {n: why or shared for n, why in structured.items()}
         general = [c for c in columns if structured.get(c.name, "no layer rule") != ""]
         func_reason = _prove_func(model, loss_fn, x, y, general, loop) if general else ""
+        ruled = [c for c in columns if structured.get(c.name) == ""]
+        width = sum(c.cols.stop - c.cols.start for c in ruled)
+        if general and not func_reason and width < SPLIT_FRACTION * selection.num_columns:
+            # a torch.func pass is needed anyway and the rules would cover few coordinates: one
+            # pass for everything is cheaper than a structured pass plus a torch.func pass
+            if not _prove_func(model, loss_fn, x, y, ruled, loop):
+                few = "few coordinates on layer rules: one torch.func pass is cheaper than two"
+                structured = {n: why or few for n, why in structured.items()}
     routes = []
     fallen = []
     for col in columns:
