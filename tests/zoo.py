@@ -469,6 +469,15 @@ def cases() -> list[Case]:
             ),
         ),
         Case(
+            "embedding-max-norm",
+            lambda: _make(
+                _seq(nn.Embedding(11, 4, max_norm=1.0), nn.Flatten(), nn.Linear(16, 3)),
+                _ce(),
+                _tokens(),
+                _cls(),
+            ),
+        ),
+        Case(
             "embedding-padding-idx",
             lambda: _make(
                 _seq(nn.Embedding(11, 4, padding_idx=0), nn.Flatten(), nn.Linear(16, 3)),

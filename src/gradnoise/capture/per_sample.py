@@ -190,11 +190,6 @@ def _prepare_out(
     return out
 
 
-def _owner_modules(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
-    """Parameter name -> (module owning it directly, attribute name)."""
-    return owner_modules(model)
-
-
 def choose_backend(model: nn.Module, selection: ParamSelection) -> Literal["structured", "func"]:
     """``"structured"`` when each selected parameter has a layer rule for its module's type and
     no module shares parameters -- a static, type-level estimate. The route actually taken is
