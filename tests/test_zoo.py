@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import warnings
 
@@ -20,6 +21,8 @@ from gradnoise.testing import naive_per_sample_grads
 from zoo import BY_NAME, CASES, Case, TiedLM
 
 RTOL = 1e-10
+#: The zoo runs on the CPU in CI; GRADNOISE_TEST_DEVICE=cuda runs it on a GPU (same oracle).
+DEVICE = torch.device(os.environ.get("GRADNOISE_TEST_DEVICE", "cpu"))
 ENTRY_POINTS = [
     "per_sample_grads",
     "full_grad",
@@ -30,9 +33,16 @@ ENTRY_POINTS = [
 ]
 
 
+def on_device(built):
+    model, loss_fn, x, y = built
+    if isinstance(loss_fn, nn.Module):
+        loss_fn = loss_fn.to(DEVICE)
+    return model.to(DEVICE), loss_fn, x.to(DEVICE), y.to(DEVICE)
+
+
 def assert_close(actual, expected, rtol=RTOL):
-    actual = torch.as_tensor(actual, dtype=torch.float64)
-    expected = torch.as_tensor(expected, dtype=torch.float64)
+    actual = torch.as_tensor(actual).to("cpu", torch.float64)
+    expected = torch.as_tensor(expected).to("cpu", torch.float64)
     scale = max(float(expected.abs().max()), 1e-300)
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * scale)
 
@@ -69,13 +79,13 @@ def run_entry(entry: str, case: Case, model, loss_fn, x, y):
         batches = minibatch_rows(x.shape[0], b, 3, 4)
 
         def expected(g):
-            rows = torch.stack([g[torch.as_tensor(i)].mean(0) for i in batches])
+            rows = torch.stack([g[torch.as_tensor(i, device=g.device)].mean(0) for i in batches])
             return rows - g.mean(0) if entry == "gradient_noise" else rows
 
         return got, expected
     if entry == "covariance_spectrum":
         got = gradnoise.covariance_spectrum(model, loss_fn, x, y, block_size=b, **kw)
-        return got, lambda g: spectrum_of(g.numpy())
+        return got, lambda g: spectrum_of(g.cpu().numpy())
     sampler = GradientClusteringSampler(
         model, loss_fn, (x, y), batch_size=2, num_clusters=2, rng=0, chunk_size=b, **kw
     )
@@ -106,7 +116,7 @@ def expected_warnings(case: Case):
 def test_zoo(case: Case, entry: str):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Using padding='same'")
-        model, loss_fn, x, y = case.build()
+        model, loss_fn, x, y = on_device(case.build())
     if case.expect != "exact":
         kind, words = case.expect
         with pytest.raises(kind, match=words) as info, warnings.catch_warnings():

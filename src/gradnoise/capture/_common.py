@@ -222,6 +222,8 @@ def _known_per_example_losses(loss_fn: Any, outputs: Tensor, targets: Tensor) ->
     except that an example whose targets are all ignored gets loss 0 instead of 0/0.
     """
     kind = type(loss_fn)
+    if kind in (nn.CrossEntropyLoss, nn.NLLLoss):
+        _check_class_targets(loss_fn, outputs, targets)
     if (
         kind in (nn.CrossEntropyLoss, nn.NLLLoss)
         and loss_fn.reduction in ("mean", "sum")
@@ -264,6 +266,30 @@ def _known_per_example_losses(loss_fn: Any, outputs: Tensor, targets: Tensor) ->
     return None
 
 
+def _check_class_targets(loss_fn: Any, outputs: Tensor, targets: Tensor) -> None:
+    """Class-index targets of a CrossEntropy/NLL loss: integers in [0, C) or ``ignore_index``."""
+    name = type(loss_fn).__name__
+    if targets.is_floating_point() and targets.dim() == outputs.dim() - 1:
+        raise ValueError(
+            f"{name} got floating-point targets of shape {tuple(targets.shape)}: class indices "
+            "must be integers (targets.long()); class probabilities need the outputs' shape"
+        )
+    if targets.dtype not in (torch.long, torch.int32, torch.int16, torch.int8, torch.uint8):
+        return
+    if outputs.dim() < 2 or targets.numel() == 0:
+        return
+    classes = int(outputs.shape[1])
+    valid = targets != loss_fn.ignore_index
+    bad = valid & ((targets < 0) | (targets >= classes))
+    if bool(bad.any()):
+        value = int(targets[bad][0])
+        raise ValueError(
+            f"{name}: target {value} is not a class index of the model's {classes} outputs "
+            f"(valid: 0..{classes - 1}, or ignore_index={loss_fn.ignore_index}); check the labels "
+            "or the model's number of classes"
+        )
+
+
 def check_finite(values: Tensor, selection: ParamSelection, *, where: str) -> None:
     """Raise :class:`NonFiniteGradientError` naming the first parameter with NaN/Inf columns."""
     finite = torch.isfinite(values)
@@ -283,6 +309,11 @@ def dataset_size(data: DataArg) -> int:
     if isinstance(data, tuple):
         _check_pair(data)
         return int(data[0].shape[0])
+    if isinstance(data, list) and data and all(isinstance(t, Tensor) for t in data):
+        raise TypeError(
+            "data is a list of tensors: pass an (X, y) tuple of tensors, or a Dataset of "
+            "(input, target) pairs"
+        )
     if not hasattr(data, "__len__") or not hasattr(data, "__getitem__"):
         raise TypeError(
             "data must be a map-style Dataset (with __len__/__getitem__) or an (X, y) pair"

@@ -401,7 +401,11 @@ def audit(
     for key in keys:
         if key in cached:
             return cached[key]
-    devices = [x.device] if x.device.type == "cuda" else []
+    devices = (
+        [x.device.index if x.device.index is not None else torch.cuda.current_device()]
+        if x.device.type == "cuda"
+        else []
+    )
     with torch.random.fork_rng(devices=devices):
         result = _run(model, loss_fn, x, y, selection, tensors, dropout, level)
     entry = _CACHE.setdefault(model, {})
