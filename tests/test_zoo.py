@@ -288,3 +288,20 @@ def test_gram_steps_aside_when_the_forward_changes(mode, factor):
     with pytest.warns(PerSampleFallbackWarning, match="stepped aside in the Gram"):
         got = gradnoise.covariance_spectrum(model, loss_fn, x, y, factor=factor, block_size=3)
     assert_close(got, expected, rtol=1e-8)
+
+
+def test_random_op_detection_reads_each_op_s_own_arguments():
+    """An op tagged random draws only with a non-zero dropout (cuDNN's RNN, found on a GPU run:
+    `aten._cudnn_rnn` carries `dropout`/`train`; SDPA kernels default `dropout_p` to 0)."""
+    from gradnoise.capture.audit import _draws_random
+
+    rnn = torch.ops.aten._cudnn_rnn.default
+    assert not _draws_random(rnn, (), {"dropout": 0.0, "train": True})
+    assert _draws_random(rnn, (), {"dropout": 0.25, "train": True})
+    assert not _draws_random(rnn, (), {"dropout": 0.25, "train": False})
+    sdpa = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
+    q = torch.zeros(1, 1, 2, 2)
+    assert not _draws_random(sdpa, (q, q, q), {})
+    assert _draws_random(sdpa, (q, q, q, 0.1), {})
+    assert _draws_random(torch.ops.aten.bernoulli_.float, (q, 0.5), {})
+    assert not _draws_random(torch.ops.aten.native_dropout.default, (q, 0.5, False), {})

@@ -202,9 +202,9 @@ def _draws_random(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> b
             values[arg.name] = kwargs[arg.name]
         elif arg.has_default_value():
             values[arg.name] = arg.default_value
-    if values.get("train") is False:
+    if values.get("train") is False or values.get("training") is False:
         return False
-    for key in ("p", "dropout_p"):
+    for key in ("p", "dropout_p", "dropout"):  # dropout: the cuDNN/MIOpen RNN ops
         if isinstance(values.get(key), (int, float)) and values[key] == 0:
             return False
     return True
