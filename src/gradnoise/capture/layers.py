@@ -15,6 +15,7 @@ module) takes the general path: ``torch.func``, or a loop of one backward per ex
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -212,7 +213,7 @@ def _group_norm(
     _emit(dest, g.reshape(c, channels, -1).sum(2), index, accumulate)
 
 
-def _layer_norm(
+def _trailing_norm(
     m: nn.Module,
     pname: str,
     x: Tensor,
@@ -221,31 +222,13 @@ def _layer_norm(
     dest: Tensor,
     accumulate: bool,
 ) -> None:
-    assert isinstance(m, nn.LayerNorm)
+    """LayerNorm and RMSNorm: affine parameters over the trailing ``normalized_shape``."""
+    assert isinstance(m, (nn.LayerNorm, nn.RMSNorm))
     shape = tuple(m.normalized_shape)
-    width = 1
-    for s in shape:
-        width *= s
+    width = math.prod(shape)
     if pname == "weight":
-        g = g * F.layer_norm(x, shape, eps=m.eps)
-    _emit(dest, g.reshape(x.shape[0], -1, width).sum(1), index, accumulate)
-
-
-def _rms_norm(
-    m: nn.Module,
-    pname: str,
-    x: Tensor,
-    g: Tensor,
-    index: Tensor | None,
-    dest: Tensor,
-    accumulate: bool,
-) -> None:
-    assert isinstance(m, nn.RMSNorm)
-    shape = tuple(m.normalized_shape)
-    width = 1
-    for s in shape:
-        width *= s
-    g = g * F.rms_norm(x, shape, eps=m.eps)
+        norm = F.rms_norm if isinstance(m, nn.RMSNorm) else F.layer_norm
+        g = g * norm(x, shape, eps=m.eps)
     _emit(dest, g.reshape(x.shape[0], -1, width).sum(1), index, accumulate)
 
 
@@ -315,8 +298,8 @@ LAYER_RULES: dict[type[nn.Module], LayerRule] = {
     nn.ConvTranspose2d: LayerRule(_always, _conv),
     nn.ConvTranspose3d: LayerRule(_always, _conv),
     nn.GroupNorm: LayerRule(_always, _group_norm),
-    nn.LayerNorm: LayerRule(_always, _layer_norm),
-    nn.RMSNorm: LayerRule(_always, _rms_norm, frozenset({"weight"})),
+    nn.LayerNorm: LayerRule(_always, _trailing_norm),
+    nn.RMSNorm: LayerRule(_always, _trailing_norm, frozenset({"weight"})),
     nn.InstanceNorm1d: LayerRule(_batched_instance_norm, _instance_norm),
     nn.InstanceNorm2d: LayerRule(_batched_instance_norm, _instance_norm),
     nn.InstanceNorm3d: LayerRule(_batched_instance_norm, _instance_norm),
