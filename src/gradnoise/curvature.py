@@ -35,12 +35,13 @@ from .capture._common import (
     ParamsArg,
     check_batchnorm,
     dataset_size,
-    iter_batches,
+    fetch,
     model_device,
     per_example_losses,
     require_examples,
     resolve_selection,
 )
+from .capture._dist import ProcessGroupArg, shard_of, unwrap
 from .capture.audit import audit_data
 from .capture.gram import Factor, per_sample_gram
 from .errors import NonFiniteGradientError
@@ -113,6 +114,7 @@ def covariance_spectrum(
     factor: Factor = "auto",
     dropout: Literal["error", "eval"] = "error",
     device: torch.device | str | None = None,
+    process_group: ProcessGroupArg = None,
 ) -> np.ndarray:
     """Eigenvalues (descending) of the per-example gradient covariance of a model, never forming ``[N, P]``.
 
@@ -139,6 +141,7 @@ def covariance_spectrum(
         factor=factor,
         dropout=dropout,
         device=device,
+        process_group=process_group,
     )
     return gram_spectrum(gram, centered=centered, num_params=selection.num_columns)
 
@@ -296,6 +299,10 @@ def spectrum_baselines(
 class HessianOperator:
     """``v -> H v`` for the mean per-example loss over a dataset, on float64 numpy vectors.
 
+    With ``process_group`` (a ``torch.distributed`` group, or ``"world"``) every rank passes the
+    same data, computes the products over a contiguous block of it, and the parts are summed, so
+    every rank runs the same Krylov iteration and gets the same eigenvalues.
+
     Attributes:
         dim: number of selected coordinates (the operator is ``H`` restricted to them).
         num_examples: N.
@@ -314,11 +321,13 @@ class HessianOperator:
         hvp: HVPMode = "autograd",
         dropout: Literal["error", "eval"] = "error",
         device: torch.device | str | None = None,
+        process_group: ProcessGroupArg = None,
     ) -> None:
         if hvp not in ("autograd", "func"):
             raise ValueError(f"hvp must be 'autograd' or 'func', got {hvp!r}")
         if dropout not in ("error", "eval"):
             raise ValueError(f"dropout must be 'error' or 'eval' for a Hessian, got {dropout!r}")
+        model = unwrap(model)
         self.model, self.loss_fn, self.data = model, loss_fn, data
         self.selection: ParamSelection
         self.selection, self.tensors = resolve_selection(model, params)
@@ -326,6 +335,10 @@ class HessianOperator:
         check_batchnorm(model)
         self.num_examples = dataset_size(data)
         require_examples(self.num_examples, 1, "a Hessian")
+        self.shard = shard_of(process_group)
+        if self.shard.shared:
+            probe, _ = fetch(data, np.arange(min(self.num_examples, 4)), self.device)
+            self.shard.check_same_data(self.num_examples, probe, "a Hessian")
         self.audit = audit_data(
             model, loss_fn, data, self.selection, self.tensors, dropout, self.device
         )
@@ -351,7 +364,11 @@ class HessianOperator:
             yield
 
     def _batches(self) -> Iterator[tuple[Tensor, Tensor]]:
-        return iter_batches(self.data, self.batch_size, self.device)
+        """This rank's contiguous block of the data (all of it alone), in batches."""
+        block = self.shard.block(self.num_examples)
+        for start in range(block.start, block.stop, self.batch_size):
+            index = np.arange(start, min(start + self.batch_size, block.stop))
+            yield fetch(self.data, index, self.device)
 
     def _batch_grads(self, x: Tensor, y: Tensor) -> tuple[Tensor, ...]:
         with torch.enable_grad():
@@ -433,6 +450,8 @@ class HessianOperator:
                     for a, h in zip(acc, self._hvp_graph(grads, vs, False), strict=True):
                         a.add_(h.detach())
         self.num_matvecs += 1
+        for a in acc:
+            self.shard.sum_(a)
         return self._join([a / self.num_examples for a in acc])
 
     __call__ = matvec
@@ -564,6 +583,7 @@ def hessian_eigs(
     return_vectors: bool = False,
     dropout: Literal["error", "eval"] = "error",
     device: torch.device | str | None = None,
+    process_group: ProcessGroupArg = None,
 ) -> HessianEigs:
     """Top-k Hessian eigenvalues of the mean per-example loss over ``data``.
 
@@ -581,6 +601,8 @@ def hessian_eigs(
         hvp: ``"autograd"`` (double backward) or ``"func"`` (``jvp`` of ``grad``).
         blas_threads: numpy/scipy BLAS threads while Lanczos runs (None: leave as is).
         return_vectors: also return the eigenvectors.
+        process_group: share the Hessian-vector products among ``torch.distributed`` ranks
+            (see :class:`HessianOperator`).
     """
     op = HessianOperator(
         model,
@@ -592,6 +614,7 @@ def hessian_eigs(
         hvp=hvp,
         dropout=dropout,
         device=device,
+        process_group=process_group,
     )
     k = int(k)
     if not 1 <= k <= op.dim:
@@ -655,6 +678,7 @@ def hessian_trace(
     blas_threads: int | None = 1,
     dropout: Literal["error", "eval"] = "error",
     device: torch.device | str | None = None,
+    process_group: ProcessGroupArg = None,
 ) -> TraceEstimate:
     """Stochastic estimate of ``tr(H)`` with a standard error (Hutchinson 1989; Hutch++ 2021).
 
@@ -671,6 +695,7 @@ def hessian_trace(
         hvp=hvp,
         dropout=dropout,
         device=device,
+        process_group=process_group,
     )
     try:
         with _blas_limit(blas_threads):
@@ -698,6 +723,7 @@ def hessian_density(
     blas_threads: int | None = 1,
     dropout: Literal["error", "eval"] = "error",
     device: torch.device | str | None = None,
+    process_group: ProcessGroupArg = None,
 ) -> SpectralDensity:
     """Hessian spectral density by stochastic Lanczos quadrature (Ghorbani, Krishnan & Xiao 2019).
 
@@ -714,6 +740,7 @@ def hessian_density(
         hvp=hvp,
         dropout=dropout,
         device=device,
+        process_group=process_group,
     )
     try:
         with _blas_limit(blas_threads):

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset, default_collate
 
 from ..errors import InsufficientDataError, NonFiniteGradientError, UnsupportedLayerError
 from ..selection import ParamSelection, build_selection
+from ._dist import unwrap
 
 ParamsArg = ParamSelection | str | Sequence[str] | None
 DataArg = Dataset | tuple[Tensor, Tensor]
@@ -44,12 +45,13 @@ def select_params(
         >>> sel.num_columns, sel.locate(4)
         (6, [('weight', (1, 1))])
     """
-    named = [(n, tuple(p.shape)) for n, p in model.named_parameters() if p.requires_grad]
+    named = [(n, tuple(p.shape)) for n, p in unwrap(model).named_parameters() if p.requires_grad]
     return build_selection(named, include=include, exclude=exclude, coords=coords, seed=seed)
 
 
 def resolve_selection(model: nn.Module, params: ParamsArg) -> tuple[ParamSelection, list[Tensor]]:
     """Turn the ``params=`` argument into a validated selection and the matching tensors."""
+    model = unwrap(model)
     if (
         params is None
         or isinstance(params, str)

@@ -22,13 +22,13 @@ from ._common import (
     check_finite,
     dataset_size,
     fetch,
-    iter_batches,
     model_device,
     per_example_losses,
     require_examples,
     resolve_selection,
 )
-from .audit import ModelAudit, audit_data
+from ._dist import ProcessGroupArg, shard_of, unwrap
+from .audit import PROBE_SIZE, ModelAudit, audit_data
 
 
 def _summed_grad(
@@ -64,13 +64,20 @@ class _Setup:
         params: ParamsArg,
         dropout: DropoutChoice,
         device: Any,
+        process_group: ProcessGroupArg,
+        what: str,
     ) -> None:
+        self.model = model = unwrap(model)
         self.selection: ParamSelection
         self.selection, self.tensors = resolve_selection(model, params)
         self.device = model_device(model, device)
         check_batchnorm(model)
         self.n = dataset_size(data)
         require_examples(self.n, 1, "a gradient")
+        self.shard = shard_of(process_group)
+        if self.shard.shared:
+            probe, _ = fetch(data, np.arange(min(self.n, PROBE_SIZE)), self.device)
+            self.shard.check_same_data(self.n, probe, what)
         self.audit: ModelAudit = audit_data(
             model, loss_fn, data, self.selection, self.tensors, dropout, self.device
         )
@@ -89,6 +96,7 @@ def full_grad(
     params: ParamsArg = None,
     dropout: DropoutChoice = "error",
     device: torch.device | str | None = None,
+    process_group: ProcessGroupArg = None,
 ) -> Tensor:
     """Exact mean gradient ``G = (1/N) sum_i grad l_i`` over a dataset, streamed in batches.
 
@@ -96,19 +104,26 @@ def full_grad(
         data: a map-style Dataset of ``(input, target)`` pairs or an ``(X, y)`` pair of tensors.
         batch_size: examples per forward/backward (memory only; the result does not depend on it
             beyond floating-point summation order).
+        process_group: share the work among the ranks of a ``torch.distributed`` group (``"world"``
+            for the default group): every rank passes the same data, computes a contiguous block
+            of it, and gets the whole result. None: this process alone.
 
     Returns:
         ``[C]`` tensor over the selected coordinates.
     """
-    setup = _Setup(model, loss_fn, data, params, dropout, device)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    setup = _Setup(model, loss_fn, data, params, dropout, device, process_group, "full_grad")
     n = setup.n
-    total = None
+    block = setup.shard.block(n)
+    total = torch.zeros(
+        setup.selection.num_columns, dtype=setup.tensors[0].dtype, device=setup.device
+    )
     with setup.audit.randomness(dropout):
-        for x, y in iter_batches(data, batch_size, setup.device):
-            part = _summed_grad(model, loss_fn, x, y, setup.tensors, setup.indices)
-            total = part if total is None else total.add_(part)
-    assert total is not None
-    result = total / n
+        for start in range(block.start, block.stop, batch_size):
+            x, y = fetch(data, np.arange(start, min(start + batch_size, block.stop)), setup.device)
+            total.add_(_summed_grad(setup.model, loss_fn, x, y, setup.tensors, setup.indices))
+    result = setup.shard.sum_(total) / n
     check_finite(result, setup.selection, where="in the full gradient")
     return result
 
@@ -124,11 +139,13 @@ def minibatch_grads(
     params: ParamsArg = None,
     dropout: DropoutChoice = "error",
     device: torch.device | str | None = None,
+    process_group: ProcessGroupArg = None,
 ) -> Tensor:
     """``K`` minibatch gradients ``g_B = (1/B) sum_{i in B} grad l_i`` at fixed parameters.
 
     Each minibatch holds ``batch_size`` distinct examples drawn uniformly without replacement;
-    minibatches are drawn independently of each other (``numpy.random.default_rng(seed)``).
+    minibatches are drawn independently of each other (``numpy.random.default_rng(seed)``). With
+    ``process_group`` every rank draws the same minibatches and computes every W-th one.
 
     Returns:
         ``[num_batches, C]`` tensor.
@@ -139,15 +156,21 @@ def minibatch_grads(
         )
     n = dataset_size(data)
     require_examples(n, batch_size, f"minibatches of size {batch_size} without replacement")
-    setup = _Setup(model, loss_fn, data, params, dropout, device)
+    setup = _Setup(model, loss_fn, data, params, dropout, device, process_group, "minibatch_grads")
     rng = np.random.default_rng(seed)
-    out = torch.empty(
+    out = torch.zeros(
         num_batches, setup.selection.num_columns, dtype=setup.tensors[0].dtype, device=setup.device
     )
     with setup.audit.randomness(dropout):
         for k in range(num_batches):
-            x, y = fetch(data, rng.choice(n, size=batch_size, replace=False), setup.device)
-            out[k] = _summed_grad(model, loss_fn, x, y, setup.tensors, setup.indices) / batch_size
+            index = rng.choice(n, size=batch_size, replace=False)  # every rank draws every batch
+            if not setup.shard.mine(k):
+                continue
+            x, y = fetch(data, index, setup.device)
+            out[k] = (
+                _summed_grad(setup.model, loss_fn, x, y, setup.tensors, setup.indices) / batch_size
+            )
+    setup.shard.sum_(out)
     check_finite(out, setup.selection, where="in a minibatch gradient")
     return out
 
@@ -164,6 +187,7 @@ def gradient_noise(
     dropout: DropoutChoice = "error",
     device: torch.device | str | None = None,
     full_batch_size: int = 256,
+    process_group: ProcessGroupArg = None,
 ) -> Tensor:
     """Stochastic gradient noise ``xi_k = g_{B_k} - G`` at fixed parameters (``[K, C]``).
 
@@ -180,6 +204,7 @@ def gradient_noise(
         params=params,
         dropout=dropout,
         device=device,
+        process_group=process_group,
     )
     full = full_grad(
         model,
@@ -189,5 +214,6 @@ def gradient_noise(
         params=params,
         dropout=dropout,
         device=device,
+        process_group=process_group,
     )
     return grads.sub_(full)

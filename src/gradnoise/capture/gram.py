@@ -38,6 +38,7 @@ from ._common import (
     model_device,
     resolve_selection,
 )
+from ._dist import ProcessGroupArg, Shard, shard_of, unwrap
 from ._passes import Column, FuncRows, call_shapes, columns_of, loop_rows, structured_pass
 from .audit import PROBE_SIZE, ModelAudit, audit, demote, owner_modules
 from .layers import LAYER_RULES, _conv_geometry
@@ -294,6 +295,7 @@ def per_sample_gram(
     factor: Factor = "auto",
     dropout: Literal["error", "eval"] = "error",
     device: torch.device | str | None = None,
+    process_group: ProcessGroupArg = None,
 ) -> np.ndarray:
     """Uncentred Gram matrix ``K = G G^T`` (float64, ``[N, N]``) of per-example gradients.
 
@@ -311,10 +313,14 @@ def per_sample_gram(
             memory).
         factor: ``"auto"`` (factor Linear/Conv weights when cheaper), ``"always"`` or ``"never"``.
         dropout: ``"error"`` or ``"eval"`` (random masks would differ between recomputed blocks).
+        process_group: share the block pairs among the ranks of a ``torch.distributed`` group
+            (``"world"``: the default group); every rank passes the same inputs and gets K.
 
     Returns:
         ``[N, N]`` float64 numpy array.
     """
+    model = unwrap(model)
+    shard = shard_of(process_group)
     selection, tensors = resolve_selection(model, params)
     dev = model_device(model, device)
     check_batchnorm(model)
@@ -331,11 +337,12 @@ def per_sample_gram(
     probe = min(n, PROBE_SIZE)
     x0, y0 = inputs[:probe].to(dev), targets[:probe].to(dev)
     result = audit(model, loss_fn, x0, y0, selection, tensors, dropout, "per_sample")
+    shard.check_same_data(n, x0, "per_sample_gram")
     with result.randomness(dropout):
         while True:
             plan = _GramPlan(model, loss_fn, selection, tensors, result, dev, factor)
             try:
-                return _assemble(plan, inputs, targets, n, block_size, max_memory, dev)
+                return _assemble(plan, inputs, targets, n, block_size, max_memory, dev, shard)
             except _StepAside as err:
                 path = "func" if result.func_ok else "loop"
                 result = demote(model, result, err.names, path, err.reason)
@@ -355,7 +362,10 @@ def _assemble(
     block_size: int,
     max_memory: int,
     dev: torch.device,
+    shard: Shard,
 ) -> np.ndarray:
+    """The Gram matrix from blocks of examples; with a process group, every rank computes the
+    block pairs (and, in memory, the blocks' features) it owns and the parts are summed."""
     gram = np.zeros((n, n), dtype=np.float64)
 
     def block(start: int, stop: int) -> _Features:
@@ -363,24 +373,65 @@ def _assemble(
         y = targets[start:stop].to(dev, non_blocking=True)
         return plan.features(x, y)
 
-    first = block(0, min(block_size, n))
+    first = block(0, min(block_size, n))  # every rank: it fixes the layout and the memory plan
     per_example = max(1, plan.nbytes_per_example(first))
-    starts = list(range(0, n, block_size))
     if per_example * n <= max_memory:
-        feats = [first] + [block(s, min(s + block_size, n)) for s in starts[1:]]
-        for i, si in enumerate(starts):
-            for j in range(i + 1):
-                _fill(gram, si, starts[j], _gram_block(feats[i], feats[j]))
-        return _checked(gram)
-    # bounded memory: two blocks of features at a time, recomputing the inner block
-    size = max(1, min(block_size, max_memory // (2 * per_example)))
-    starts = list(range(0, n, size))
-    for i, si in enumerate(starts):
-        fi = block(si, min(si + size, n))
-        for j in range(i + 1):
-            fj = fi if j == i else block(starts[j], min(starts[j] + size, n))
-            _fill(gram, si, starts[j], _gram_block(fi, fj))
+        starts = list(range(0, n, block_size))
+        mine: dict[int, _Features] = {}
+        failure = None
+        try:
+            for b, start in enumerate(starts):
+                if b == 0 or shard.mine(b):
+                    mine[b] = first if b == 0 else block(start, min(start + block_size, n))
+        except _StepAside as err:
+            failure = err
+        feats: dict[int, _Features] = {}
+        for part, err in shard.gather_objects(
+            ({b: _moved(f, "cpu") if shard.shared else f for b, f in mine.items()}, failure)
+        ):
+            _raise_any(err)
+            feats.update(part)
+        for p, (i, j) in enumerate(_pairs(len(starts))):
+            if shard.mine(p):
+                _fill(gram, starts[i], starts[j], _gram_block(feats[i], feats[j]))
+    else:  # bounded memory: two blocks of features at a time, recomputing the inner block
+        size = max(1, min(block_size, max_memory // (2 * per_example)))
+        starts = list(range(0, n, size))
+        failure = None
+        cached: tuple[int, _Features] | None = None
+        try:
+            for p, (i, j) in enumerate(_pairs(len(starts))):
+                if not shard.mine(p):
+                    continue
+                if cached is None or cached[0] != i:
+                    cached = (i, block(starts[i], min(starts[i] + size, n)))
+                fi = cached[1]
+                fj = fi if j == i else block(starts[j], min(starts[j] + size, n))
+                _fill(gram, starts[i], starts[j], _gram_block(fi, fj))
+        except _StepAside as err:
+            failure = err
+        for err in shard.gather_objects(failure):
+            _raise_any(err)
+    shard.sum_(torch.from_numpy(gram))
     return _checked(gram)
+
+
+def _pairs(blocks: int) -> list[tuple[int, int]]:
+    """Block pairs ``(i, j)`` with ``j <= i``, row by row."""
+    return [(i, j) for i in range(blocks) for j in range(i + 1)]
+
+
+def _raise_any(err: _StepAside | None) -> None:
+    if err is not None:  # every rank raises, so no rank waits in a collective
+        raise _StepAside(err.names, err.reason)
+
+
+def _moved(f: _Features, device: str | torch.device) -> _Features:
+    return _Features(
+        f.count,
+        [[(x.to(device), g.to(device)) for x, g in pairs] for pairs in f.factored],
+        None if f.rows is None else f.rows.to(device),
+    )
 
 
 def _aggregate_matches(

@@ -36,6 +36,7 @@ from ._common import (
     model_device,
     resolve_selection,
 )
+from ._dist import ProcessGroupArg, shard_of, unwrap
 from ._passes import (
     Column,
     FuncRows,
@@ -67,6 +68,7 @@ def per_sample_grads(
     backend: Backend = "auto",
     dropout: DropoutChoice = "error",
     device: torch.device | str | None = None,
+    process_group: ProcessGroupArg = None,
 ) -> Tensor:
     """Gradient of each example's own loss, flattened: ``G[i] = grad_theta loss_fn(f(x_i), y_i)``.
 
@@ -92,6 +94,10 @@ def per_sample_grads(
             that draw random numbers run in eval mode) or ``"sample"`` (an independent mask per
             example).
         device: where to compute; must be where the model lives (inputs are moved there).
+        process_group: share the rows among the ranks of a ``torch.distributed`` group
+            (``"world"``: the default group): every rank passes the same inputs, computes a
+            contiguous block of rows, and gets all N rows. None: this process alone. A
+            ``DistributedDataParallel`` model is unwrapped (its hooks stay out).
 
     Returns:
         ``[N, C]`` tensor on the model's device, in the parameters' dtype.
@@ -103,10 +109,12 @@ def per_sample_grads(
         >>> tuple(G.shape)
         (5, 8)
     """
+    model = unwrap(model)
     selection, tensors = resolve_selection(model, params)
     dev = model_device(model, device)
     check_batchnorm(model)
     n = _check_batch(inputs, targets)
+    shard = shard_of(process_group)
     chunk = n if chunk_size is None else int(chunk_size)
     if chunk < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -127,13 +135,18 @@ def per_sample_grads(
     )
     routes = _forced_routes(result, backend)
     engine = _Engine(model, loss_fn, columns_of(selection, tensors), routes, result)
+    rows = shard.block(n)
+    if shard.shared:
+        shard.check_same_data(n, inputs[:probe].to(dev), "per_sample_grads")
+        out[: rows.start].zero_()
+        out[rows.stop :].zero_()
     with result.randomness(dropout) as random:
-        for start in range(0, n, chunk):
-            stop = min(start + chunk, n)
+        for start in range(rows.start, rows.stop, chunk):
+            stop = min(start + chunk, rows.stop)
             x = inputs[start:stop].to(dev, non_blocking=True)
             y = targets[start:stop].to(dev, non_blocking=True)
             engine.fill(x, y, out[start:stop], random)
-    return out
+    return shard.sum_(out)
 
 
 def _forced_routes(result: ModelAudit, backend: Backend) -> dict[str, str]:
