@@ -60,6 +60,7 @@ from .capture._common import (
     check_batchnorm,
     dataset_size,
     fetch,
+    in_float32,
     model_device,
     per_example_losses,
     require_examples,
@@ -497,6 +498,7 @@ class GradientClustering:
         assert dot is not None and sq is not None and cc is not None
         return sq.unsqueeze(1) - 2.0 * dot + cc.unsqueeze(0)
 
+    @in_float32
     def distances(self, inputs: Tensor, targets: Tensor) -> Tensor:
         """``[n, C]`` squared distances ``||g_i - C_c||^2`` (summed over layers) for a batch.
 
@@ -526,6 +528,7 @@ class GradientClustering:
         for b, f in zip(self.blocks, feats, strict=True):
             b.seed(f, r, cl)
 
+    @in_float32
     def fit(self, data: DataArg, *, iters: int = 1) -> ClusteringResult:
         """Run ``iters`` passes (assign every example, then update the centres) over ``data``.
 

@@ -35,7 +35,9 @@ from .capture._common import (
     ParamsArg,
     check_batchnorm,
     dataset_size,
+    exact_float32,
     fetch,
+    in_float32,
     model_device,
     per_example_losses,
     require_examples,
@@ -339,9 +341,10 @@ class HessianOperator:
         if self.shard.shared:
             probe, _ = fetch(data, np.arange(min(self.num_examples, 4)), self.device)
             self.shard.check_same_data(self.num_examples, probe, "a Hessian")
-        self.audit = audit_data(
-            model, loss_fn, data, self.selection, self.tensors, dropout, self.device
-        )
+        with exact_float32():
+            self.audit = audit_data(
+                model, loss_fn, data, self.selection, self.tensors, dropout, self.device
+            )
         self.batch_size, self.cache_graphs, self.hvp, self.dropout = (
             int(batch_size),
             bool(cache_graphs),
@@ -429,6 +432,7 @@ class HessianOperator:
         hv: dict[str, Tensor] = out[1]
         return [hv[n] for n in names]
 
+    @in_float32
     def matvec(self, v: np.ndarray) -> np.ndarray:
         """``H v`` for a float64 vector over the selected coordinates."""
         vs = self._split(v)

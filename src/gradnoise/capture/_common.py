@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Literal, TypeVar, cast
 
 import numpy as np
 import torch
@@ -22,6 +24,40 @@ DataArg = Dataset | tuple[Tensor, Tensor]
 DropoutChoice = Literal["error", "eval", "sample"]
 
 _BATCHNORM = (nn.modules.batchnorm._BatchNorm, nn.SyncBatchNorm)
+
+
+@contextlib.contextmanager
+def exact_float32() -> Iterator[None]:
+    """Full float32 precision while gradnoise computes: TF32 off for CUDA matmuls and cuDNN
+    convolutions (cuDNN's default is on). TF32 rounds products to ~1e-3 relative error, which
+    would make exact checks (rows vs batch gradient, each example alone vs the batch) misfire;
+    the user's settings are restored afterwards."""
+    cuda = torch.backends.cuda.matmul.allow_tf32
+    cudnn = torch.backends.cudnn.allow_tf32
+    precision = torch.get_float32_matmul_precision()
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.set_float32_matmul_precision("highest")
+        yield
+    finally:
+        torch.set_float32_matmul_precision(precision)
+        torch.backends.cuda.matmul.allow_tf32 = cuda
+        torch.backends.cudnn.allow_tf32 = cudnn
+
+
+Fn = TypeVar("Fn", bound=Callable[..., Any])
+
+
+def in_float32(fn: Fn) -> Fn:
+    """Run ``fn`` under :func:`exact_float32`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with exact_float32():
+            return fn(*args, **kwargs)
+
+    return cast(Fn, wrapper)
 
 
 def select_params(

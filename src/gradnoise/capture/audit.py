@@ -48,7 +48,7 @@ from ..errors import (
     UnsupportedLayerError,
 )
 from ..selection import ParamSelection
-from ._common import DropoutChoice, dataset_size, fetch, per_example_losses
+from ._common import DropoutChoice, dataset_size, fetch, in_float32, per_example_losses
 from ._passes import (
     Column,
     FuncRows,
@@ -812,6 +812,7 @@ def audit_data(
     return audit(model, loss_fn, x, y, selection, tensors, dropout, level)
 
 
+@in_float32
 def audit_model(
     model: nn.Module,
     loss_fn: Any,

@@ -22,6 +22,7 @@ from ._common import (
     check_finite,
     dataset_size,
     fetch,
+    in_float32,
     model_device,
     per_example_losses,
     require_examples,
@@ -87,6 +88,7 @@ class _Setup:
         ]
 
 
+@in_float32
 def full_grad(
     model: nn.Module,
     loss_fn: Any,
@@ -128,6 +130,7 @@ def full_grad(
     return result
 
 
+@in_float32
 def minibatch_grads(
     model: nn.Module,
     loss_fn: Any,
@@ -175,6 +178,7 @@ def minibatch_grads(
     return out
 
 
+@in_float32
 def gradient_noise(
     model: nn.Module,
     loss_fn: Any,

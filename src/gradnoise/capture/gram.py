@@ -35,6 +35,7 @@ from ..selection import ParamSelection
 from ._common import (
     ParamsArg,
     check_batchnorm,
+    in_float32,
     model_device,
     resolve_selection,
 )
@@ -283,6 +284,7 @@ def _factored(xa: Tensor, ga: Tensor, xb: Tensor, gb: Tensor) -> Tensor:
     return torch.cat(parts)
 
 
+@in_float32
 def per_sample_gram(
     model: nn.Module,
     loss_fn: Any,

@@ -33,6 +33,7 @@ from ._common import (
     DropoutChoice,
     ParamsArg,
     check_batchnorm,
+    in_float32,
     model_device,
     resolve_selection,
 )
@@ -56,6 +57,7 @@ Backend = Literal["auto", "structured", "func", "loop"]
 _CHECK_SPAN = 256
 
 
+@in_float32
 def per_sample_grads(
     model: nn.Module,
     loss_fn: Any,
