@@ -210,6 +210,6 @@ _FLOAT_RANGES: dict[str, tuple[float | None, float | None, dict[str, bool]]] = {
     "weight_decay": (0.0, None, {}),
 }
 _DEFAULTS: dict[str, Any] = {
-    f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
     for f in dataclasses.fields(StudyConfig)
 }
