@@ -36,7 +36,7 @@ def test_npz_and_user_dataset(tmp_path):
     np.savez(tmp_path / "bad.npz", X=rng.normal(size=(5, 2)))
     with pytest.raises(ValueError, match=r"missing array\(s\) \['y'\]"):
         gradnoise.load_dataset(tmp_path / "bad.npz")
-    np.savez(tmp_path / "nan.npz", X=np.full((5, 2), np.nan), y=np.zeros(5))
+    np.savez(tmp_path / "nan.npz", X=np.full((5, 2), np.nan), y=np.arange(5) % 2)
     with pytest.raises(ValueError, match="NaN"):
         gradnoise.load_dataset(tmp_path / "nan.npz")
 

@@ -127,21 +127,35 @@ def test_cli_run_with_toml_config_and_npz_data(tmp_path):
     assert summary["data"]["train"] == 240 and summary["data"]["input_shape"] == [8, 8]
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--model", "nope"], "unknown model"),
-        (["--dataset", "nope"], "unknown dataset"),
-        (["--data", "missing.npz"], "does not exist"),
-        (["--steps", "0"], "steps must be >= 1"),
-        (["--analyses", "training,nope"], "unknown analysis"),
-    ],
-)
-def test_cli_bad_options_are_clear(tmp_path, args, message):
-    result = CliRunner().invoke(app, ["run", "--out", str(tmp_path / "r"), "--quiet", *args])
-    assert result.exit_code == 2
-    assert message in result.output
-    assert not (tmp_path / "r").exists()
+def test_thread_count_is_pinned_recorded_and_restored(tiny_run, tmp_path):
+    """Float sums split across threads add in another order, so the study pins torch and BLAS
+    to ``config.threads`` (1 by default): a process on another thread count gets the same bytes,
+    the manifest records the counts, and the process's own setting comes back."""
+    import torch
+
+    before = torch.get_num_threads()  # tiny_run ran at this process default
+    other = 1 if before > 1 else 2
+    torch.set_num_threads(other)
+    try:
+        again = run_study(StudyConfig(**TINY), tmp_path / "again")
+        assert torch.get_num_threads() == other
+    finally:
+        torch.set_num_threads(before)
+    assert (again / "summary.json").read_bytes() == (tiny_run / "summary.json").read_bytes()
+    manifest = json.loads((again / "manifest.json").read_text())
+    assert manifest["threads_setting"] == 1 and manifest["threads"]["torch"] == 1
+    libraries = manifest["threads"]["libraries"]
+    assert {lib["api"] for lib in libraries} >= {"openmp"} and len(libraries) >= 2
+    assert all(lib["threads"] == 1 for lib in libraries), libraries
+
+
+def test_threads_option_from_the_cli(tmp_path):
+    args = ["--steps", "3", "--analyses", "training", "--threads", "2"]
+    result = CliRunner().invoke(app, ["run", "-q", *args, "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "r/manifest.json").read_text())
+    assert manifest["threads_setting"] == 2 and manifest["threads"]["torch"] == 2
+    assert json.loads((tmp_path / "r/summary.json").read_text())["config"]["threads"] == 2
 
 
 def test_out_directory_must_be_new(tiny_run):

@@ -254,7 +254,7 @@ def test_headline_reports_the_fitted_slopes(tiny):
 
 
 def test_options_are_validated():
-    with pytest.raises(ValueError, match="unknown spectra option"):
+    with pytest.raises(ValueError, match=r"\[options.spectra\]: unknown setting\(s\) 'exemples'"):
         resolve_options({"exemples": 10})
     with pytest.raises(ValueError, match="fit_window"):
         resolve_options({"fit_window": [5, 6]})

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import GradnoiseError
 
@@ -16,6 +19,44 @@ app = typer.Typer(
     help="Measure, test and draw the structure of stochastic gradient noise.",
 )
 console = Console(stderr=True)
+_state = {"debug": False}
+
+
+@app.callback()
+def _options(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="show the full traceback of an error")
+    ] = False,
+) -> None:
+    """Measure, test and draw the structure of stochastic gradient noise."""
+    _state["debug"] = debug
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    """An error becomes one line on stderr and exit status 2 (1 for an unexpected one); with
+    ``--debug`` it propagates with its traceback."""
+    try:
+        yield
+    except (typer.Exit, typer.Abort):
+        raise
+    except KeyboardInterrupt as err:
+        if _state["debug"]:
+            raise
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from err
+    except Exception as err:
+        if _state["debug"]:
+            raise
+        message = " ".join(str(err).split()) or "(no message)"
+        if isinstance(err, GradnoiseError):
+            typer.echo(f"error: {message}", err=True)
+            raise typer.Exit(2) from err
+        typer.echo(
+            f"error ({type(err).__name__}): {message} (gradnoise --debug ... shows the traceback)",
+            err=True,
+        )
+        raise typer.Exit(1) from err
 
 
 def _progress(quiet: bool):
@@ -48,16 +89,24 @@ def run(
     seed: Annotated[int | None, typer.Option(help="seed of everything")] = None,
     analyses: Annotated[str | None, typer.Option(help="comma-separated analyses to run")] = None,
     device: Annotated[str | None, typer.Option(help="torch device, e.g. cpu or cuda")] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            help="CPU threads (default 1: results are byte-identical only at one thread count; "
+            "0 leaves torch's default)"
+        ),
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="run directory (default runs/<id>)")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
     """Train a model while recording gradients, analyse them and write runs/<id>/report.html."""
+    from .errors import ConfigError
     from .study import StudyConfig, run_study
 
-    try:
+    with _errors():
         cfg = StudyConfig.from_toml(config) if config else StudyConfig()
         if dataset is not None and data is not None:
-            raise GradnoiseError("give either --dataset or --data, not both")
+            raise ConfigError("give either --dataset or --data, not both")
         cfg = cfg.replace(
             dataset=str(data) if data is not None else dataset,
             model=model,
@@ -66,16 +115,12 @@ def run(
             lr=lr,
             seed=seed,
             device=device,
-            analyses=tuple(a.strip() for a in analyses.split(",") if a.strip())
-            if analyses
-            else None,
+            threads=threads,
+            analyses=None if analyses is None else tuple(analyses.split(",")),
         )
         with _progress(quiet) as progress:
             run_dir = run_study(cfg, out, progress=progress)
-    except (GradnoiseError, ValueError, FileNotFoundError, TypeError) as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from err
-    console.print(f"[green]done[/green]: {run_dir / 'report.html'}")
+    console.print(f"[green]done[/green]: {escape(str(run_dir / 'report.html'))}", soft_wrap=True)
     typer.echo(str(run_dir))
 
 
@@ -86,11 +131,8 @@ def report(
     """Re-render report.html and the figures of a stored run, without retraining."""
     from .study.runner import render_run
 
-    try:
+    with _errors():
         path = render_run(run_dir)
-    except (GradnoiseError, OSError, ValueError, KeyError) as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from err
     typer.echo(str(path))
 
 
@@ -115,12 +157,9 @@ def reproduce(
         for preset_name in names:
             typer.echo(f"{preset_name:28s} {get_preset(preset_name).description}")
         return
-    try:
+    with _errors():
         with _progress(quiet) as progress:
             run_dir = run_preset(name, out, quick=quick, seed=seed, progress=progress)
-    except (GradnoiseError, ValueError) as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from err
     typer.echo(str(run_dir / "index.html"))
 
 

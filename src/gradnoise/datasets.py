@@ -6,6 +6,8 @@ locally with the mnist1d package's ``make_dataset`` (never its downloading loade
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
+
+from ._npz import read_npz
+from .errors import DataError
 
 DATASETS = ("digits", "mnist1d")
 
@@ -41,31 +46,75 @@ class DataSplits:
         )
 
 
+NPZ_FIX = "write it with np.savez(path, X=inputs, y=integer_labels)"
+RELABEL = "relabel with y = np.unique(y, return_inverse=True)[1]"
+
+
 def _class_labels(name: str, y: np.ndarray) -> np.ndarray:
-    """``y`` as int64 class labels 0..K-1, or a ValueError saying what is wrong with it."""
+    """``y`` as int64 class labels 0..K-1 (K >= 2, each class present), or a DataError naming
+    what is wrong with it and the fix. The one label rule of ``.npz`` files and user Datasets."""
+    if y.ndim == 2 and y.shape[1] > 1:
+        hint = ""
+        if np.issubdtype(y.dtype, np.number) and np.isin(y, (0, 1)).all():
+            hint = " (one-hot?); pass class indices, y.argmax(1)"
+        raise DataError(f"{name}: y must be a 1-D array of class labels, got shape {y.shape}{hint}")
     if y.ndim != 1:
-        raise ValueError(f"{name}: y must be a 1-D array of class labels, got shape {y.shape}")
+        raise DataError(f"{name}: y must be a 1-D array of class labels, got shape {y.shape}")
     integral = y.dtype == bool or np.issubdtype(y.dtype, np.integer)
     if not integral and np.issubdtype(y.dtype, np.floating):
         integral = bool(np.all(np.isfinite(y)) and np.all(np.mod(y, 1) == 0))
     if not integral:
-        raise ValueError(f"{name}: y must hold integer class labels, got dtype {y.dtype}")
-    y = y.astype(np.int64)
-    if y.min() < 0:
-        raise ValueError(f"{name}: class labels must be >= 0, got {int(y.min())}")
-    return y
+        raise DataError(f"{name}: y must hold integer class labels, got dtype {y.dtype}; {RELABEL}")
+    if y.size and y.min() < 0:
+        raise DataError(f"{name}: class labels must be >= 0, got {y.min():g}; {RELABEL}")
+    present = np.unique(y)
+    if present.size < 2:
+        only = f" (all {present[0]:g})" if present.size else ""
+        raise DataError(
+            f"{name}: y holds a single class{only}; a classification study needs at least 2"
+        )
+    if present[-1] != present.size - 1:  # the labels are not exactly 0..K-1
+        first = np.arange(min(present.size + 5, int(present[-1])))
+        missing = np.setdiff1d(first, present.astype(np.float64))[:5].tolist()
+        raise DataError(
+            f"{name}: class labels must be 0..K-1 with every class present; {present.size} "
+            f"distinct labels go up to {present[-1]:g}, and {missing} are missing "
+            f"(a model would get {present[-1] + 1:g} outputs); {RELABEL}"
+        )
+    return y.astype(np.int64)
+
+
+def _inputs(name: str, x: np.ndarray) -> np.ndarray:
+    """``x`` as finite float32 ``[N, ...]`` inputs, or a DataError naming what is wrong."""
+    if not (x.dtype == bool or np.issubdtype(x.dtype, np.integer)) and not np.issubdtype(
+        x.dtype, np.floating
+    ):
+        raise DataError(f"{name}: X must hold real numbers, got dtype {x.dtype}")
+    if x.ndim < 2:
+        raise DataError(
+            f"{name}: X must be [N, ...] with at least 2 dims (examples first), got shape "
+            f"{x.shape}; a 1-D X of N scalars is X[:, None]"
+        )
+    if math.prod(x.shape[1:]) == 0:
+        raise DataError(f"{name}: X has no features (shape {x.shape})")
+    with np.errstate(over="ignore"):
+        x = x.astype(np.float32)
+    bad = ~np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1)
+    if bad.any():
+        raise DataError(
+            f"{name}: X holds NaN or Inf (or values beyond float32's range) in {int(bad.sum())} "
+            f"row(s), the first at row {int(np.argmax(bad))}; remove or rescale them"
+        )
+    return x
 
 
 def _split(name: str, x: np.ndarray, y: np.ndarray, seed: int, test_fraction: float) -> DataSplits:
     if x.shape[0] != y.shape[0]:
-        raise ValueError(f"{name}: X has {x.shape[0]} rows but y has {y.shape[0]}")
+        raise DataError(f"{name}: X has {x.shape[0]} rows but y has {y.shape[0]}")
     if x.shape[0] < 2:
-        raise ValueError(f"{name}: needs at least 2 examples, got {x.shape[0]}")
+        raise DataError(f"{name}: needs at least 2 examples, got {x.shape[0]}")
     y = _class_labels(name, y)
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"{name}: X contains NaN or Inf")
-    if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    x = _inputs(name, x)
     order = np.random.default_rng(seed).permutation(x.shape[0])
     n_test = max(1, round(test_fraction * x.shape[0]))
     test, train = order[:n_test], order[n_test:]
@@ -91,6 +140,11 @@ def _digits(seed: int, test_fraction: float) -> DataSplits:
 def _mnist1d(seed: int, test_fraction: float, num_samples: int = 5000) -> DataSplits:
     from mnist1d.data import get_dataset_args, make_dataset
 
+    if not isinstance(num_samples, numbers.Integral) or isinstance(num_samples, bool):
+        raise DataError(f"mnist1d: num_samples must be an integer >= 10, got {num_samples!r}")
+    if num_samples < 10:  # make_dataset draws num_samples // 10 examples of each class
+        raise DataError(f"mnist1d: num_samples must be an integer >= 10, got {num_samples}")
+
     args = get_dataset_args()
     args.num_samples = int(num_samples)
     args.seed = int(seed)
@@ -115,17 +169,11 @@ def _mnist1d(seed: int, test_fraction: float, num_samples: int = 5000) -> DataSp
 
 
 def _npz(path: Path, seed: int, test_fraction: float) -> DataSplits:
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            missing = {"X", "y"} - set(f.files)
-            if missing:
-                raise ValueError(f"{path}: missing array(s) {sorted(missing)}; found {f.files}")
-            x, y = f["X"], f["y"]
-    except (OSError, ValueError) as err:
-        raise ValueError(f"cannot read dataset file {path}: {err}") from err
-    if x.ndim < 2:
-        raise ValueError(f"{path}: X must be [N, ...] with at least 2 dims, got shape {x.shape}")
-    return _split(str(path), x.astype(np.float32), y.reshape(-1), seed, test_fraction)
+    arrays = read_npz(path, ("X", "y"), fix=NPZ_FIX, error=DataError)
+    x, y = arrays["X"], arrays["y"]
+    if y.ndim == 2 and y.shape[1] == 1:  # a column of labels
+        y = y[:, 0]
+    return _split(str(path), x, y, seed, test_fraction)
 
 
 def load_dataset(
@@ -141,29 +189,89 @@ def load_dataset(
         >>> d.input_shape, d.num_classes, len(d.train) + len(d.test)
         ((1, 8, 8), 10, 1797)
     """
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise DataError(f"seed must be an integer in [0, 2**32 - 1], got {seed!r}")
+    fraction_ok = isinstance(test_fraction, numbers.Real) and not isinstance(test_fraction, bool)
+    if not fraction_ok or not 0 < test_fraction < 1:
+        raise DataError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    accepted = {"num_samples"} if str(name) == "mnist1d" else set()
+    if set(kwargs) - accepted:
+        raise DataError(
+            f"unexpected argument(s) {sorted(set(kwargs) - accepted)} for dataset {name!r}"
+        )
     if isinstance(name, Dataset):
         return _wrap(name, seed, test_fraction)
+    if not isinstance(name, (str, Path)):
+        raise DataError(
+            f"dataset must be {' or '.join(map(repr, DATASETS))}, a path to an .npz file or a "
+            f"torch Dataset, got {type(name).__name__}"
+        )
     if str(name) == "digits":
         return _digits(seed, test_fraction)
     if str(name) == "mnist1d":
         return _mnist1d(seed, test_fraction, **kwargs)
     path = Path(name)
     if path.suffix == ".npz":
-        if not path.exists():
-            raise FileNotFoundError(f"dataset file {path} does not exist")
         return _npz(path, seed, test_fraction)
-    raise ValueError(f"unknown dataset {name!r}; use one of {DATASETS} or a path to an .npz file")
+    raise DataError(
+        f"unknown dataset {str(name)!r}; use one of {', '.join(DATASETS)} or a path to an .npz "
+        "file with arrays X and y"
+    )
+
+
+def _as_input(where: str, x: Any) -> torch.Tensor:
+    """A Dataset item's input as a tensor (floating inputs as float32, integer ones kept)."""
+    try:
+        t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise DataError(
+            f"{where}: the input is not numeric (got {type(x).__name__}); return an array or "
+            "tensor of numbers"
+        ) from err
+    if t.is_complex():
+        raise DataError(f"{where}: the input must hold real numbers, got dtype {t.dtype}")
+    return t.to(torch.float32) if t.is_floating_point() else t
+
+
+def _label(where: str, y: Any) -> Any:
+    """A Dataset item's label as a scalar (numbers; checked as class labels by the caller)."""
+    a = np.asarray(y.detach().cpu() if isinstance(y, torch.Tensor) else y)
+    if a.size != 1:
+        hint = " (one-hot?); return the class index, e.g. int(y.argmax())" if a.ndim == 1 else ""
+        raise DataError(f"{where}: the label must be one class index, got shape {a.shape}{hint}")
+    return a.reshape(()).item()
 
 
 def _wrap(dataset: Dataset, seed: int, test_fraction: float) -> DataSplits:
-    n = len(dataset)  # type: ignore[arg-type]
-    if n < 2:
-        raise ValueError("the dataset needs at least 2 examples")
-    first = dataset[0]
-    if not isinstance(first, (tuple, list)) or len(first) != 2:
-        raise TypeError("the dataset's items must be (input, target) pairs")
     name = type(dataset).__name__
-    labels = _class_labels(name, np.array([np.asarray(dataset[i][1]).item() for i in range(n)]))
+    try:
+        n = len(dataset)  # type: ignore[arg-type]
+    except TypeError as err:
+        raise DataError(f"{name}: a map-style Dataset with __len__ is needed ({err})") from err
+    if n < 2:
+        raise DataError(f"{name}: the dataset needs at least 2 examples, got {n}")
+    labels, shape = [], None
+    for i in range(n):
+        item, where = dataset[i], f"{name}[{i}]"
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            size = f" of {len(item)}" if isinstance(item, (tuple, list)) else ""
+            raise DataError(
+                f"{where}: items must be (input, label) pairs, got a {type(item).__name__}{size}"
+            )
+        x = _as_input(where, item[0])
+        if shape is None:
+            shape = tuple(x.shape)
+        elif tuple(x.shape) != shape:
+            raise DataError(
+                f"{where}: input shape {tuple(x.shape)} differs from item 0's {shape}; every "
+                "input must have the same shape"
+            )
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            raise DataError(f"{where}: the input holds NaN or Inf; remove or fix the example")
+        labels.append(_label(where, item[1]))
+    if not shape or math.prod(shape) == 0:
+        raise DataError(f"{name}: the inputs have no features (shape {shape})")
+    y = _class_labels(name, np.array(labels))
     order = np.random.default_rng(seed).permutation(n)
     n_test = max(1, round(test_fraction * n))
     items = _StudyItems(dataset)
@@ -172,8 +280,8 @@ def _wrap(dataset: Dataset, seed: int, test_fraction: float) -> DataSplits:
         name=name,
         train=subset(items, order[n_test:].tolist()),
         test=subset(items, order[:n_test].tolist()),
-        input_shape=tuple(items[0][0].shape),
-        num_classes=int(labels.max()) + 1,
+        input_shape=shape,
+        num_classes=int(y.max()) + 1,
     )
 
 
@@ -189,10 +297,8 @@ class _StudyItems(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.base[i]
-        x = torch.as_tensor(x)
-        if x.is_floating_point():
-            x = x.to(torch.float32)
-        return x, torch.as_tensor(int(np.asarray(y).item()), dtype=torch.long)
+        where = f"{type(self.base).__name__}[{i}]"
+        return _as_input(where, x), torch.as_tensor(int(_label(where, y)), dtype=torch.long)
 
 
 def as_tensors(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,6 +23,16 @@ class InsufficientDataError(GradnoiseError, ValueError):
     """Too few samples (or examples) for the requested computation."""
 
 
+class ConfigError(GradnoiseError, ValueError):
+    """A study setting, CLI option, analysis option or model option is wrong; the message names
+    the setting (and the file it came from) and what it accepts."""
+
+
+class DataError(GradnoiseError, ValueError):
+    """A dataset (``.npz`` file, user Dataset, arrays) cannot be used as given; the message names
+    the input and the fix."""
+
+
 class StoreError(GradnoiseError, OSError):
     """A gradient store is missing, corrupt, or incompatible with the request."""
 

@@ -7,12 +7,18 @@ Embedding), so the fast structured backend of :func:`gradnoise.per_sample_grads`
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from .errors import ConfigError
+from .study.options import check_keys, choice, int_list, integer
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 
 
 def mlp(
@@ -23,12 +29,12 @@ def mlp(
     activation: str = "relu",
 ) -> nn.Module:
     """Fully connected network ``prod(input_shape) -> widths... -> num_classes``."""
-    act = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}[activation]
+    act = ACTIVATIONS[choice("mlp", "activation", activation, tuple(ACTIVATIONS))]
     layers: list[nn.Module] = [nn.Flatten()]
     fan_in = math.prod(input_shape)
-    for w in widths:
-        layers += [nn.Linear(fan_in, int(w)), act()]
-        fan_in = int(w)
+    for w in int_list("mlp", "widths", widths, 1):
+        layers += [nn.Linear(fan_in, w), act()]
+        fan_in = w
     layers.append(nn.Linear(fan_in, num_classes))
     return nn.Sequential(*layers)
 
@@ -40,7 +46,10 @@ def lenet(input_shape: Sequence[int], num_classes: int) -> nn.Module:
     length-40 signals fit; 28x28 inputs give the classic 16x4x4 = 256 features.
     """
     if len(input_shape) not in (2, 3):
-        raise ValueError(f"lenet needs [C, L] or [C, H, W] inputs, got shape {tuple(input_shape)}")
+        raise ConfigError(
+            f"lenet needs [C, L] or [C, H, W] inputs, got shape {tuple(input_shape)}; use mlp "
+            "for flat inputs"
+        )
     two_d = len(input_shape) == 3
     conv, pool = (nn.Conv2d, nn.MaxPool2d) if two_d else (nn.Conv1d, nn.MaxPool1d)
     pad = 2 if min(input_shape[1:]) < 28 else 0
@@ -54,7 +63,13 @@ def lenet(input_shape: Sequence[int], num_classes: int) -> nn.Module:
         nn.Flatten(),
     )
     with torch.no_grad():
-        n_feat = features(torch.zeros(1, *input_shape)).shape[1]
+        try:
+            n_feat = features(torch.zeros(1, *input_shape)).shape[1]
+        except RuntimeError as err:  # two 5-wide convolutions and 2x poolings leave nothing
+            raise ConfigError(
+                f"lenet: inputs of shape {tuple(input_shape)} are too small for its two "
+                "convolutions and poolings (at least 4 per spatial dimension); use mlp"
+            ) from err
     return nn.Sequential(
         features,
         nn.Linear(n_feat, 120),
@@ -93,7 +108,17 @@ class ResNet(nn.Module):
     ) -> None:
         super().__init__()
         if len(input_shape) not in (2, 3):
-            raise ValueError(f"resnet needs [C, L] or [C, H, W] inputs, got {tuple(input_shape)}")
+            raise ConfigError(
+                f"resnet needs [C, L] or [C, H, W] inputs, got shape {tuple(input_shape)}; use "
+                "mlp for flat inputs"
+            )
+        channels = integer("resnet", "channels", channels, 1)
+        blocks = integer("resnet", "blocks", blocks, 0)
+        groups = integer("resnet", "groups", groups, 1)
+        if channels % groups:
+            raise ConfigError(
+                f"resnet: channels ({channels}) must be a multiple of groups ({groups})"
+            )
         conv = nn.Conv2d if len(input_shape) == 3 else nn.Conv1d
         self.stem = conv(input_shape[0], channels, 3, padding=1, bias=False)
         self.stem_norm = nn.GroupNorm(groups, channels)
@@ -153,6 +178,13 @@ class Transformer(nn.Module):
         vocab: int | None = None,
     ) -> None:
         super().__init__()
+        dim = integer("transformer", "dim", dim, 1)
+        heads = integer("transformer", "heads", heads, 1)
+        depth = integer("transformer", "depth", depth, 0)
+        if dim % heads:
+            raise ConfigError(f"transformer: dim ({dim}) must be a multiple of heads ({heads})")
+        if vocab is not None:
+            vocab = integer("transformer", "vocab", vocab, 1)
         self.length = math.prod(input_shape)
         self.value = nn.Embedding(vocab, dim) if vocab else nn.Linear(1, dim)
         self.position = nn.Embedding(self.length, dim)
@@ -181,6 +213,17 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+_POSITIONAL = ("input_shape", "num_classes")
+
+
+def _input_shape(input_shape: Any) -> tuple[int, ...]:
+    """``input_shape`` as a non-empty tuple of positive ints."""
+    shape = tuple(int_list("build_model", "input_shape", input_shape, 1))
+    if not shape:
+        raise ConfigError("build_model: input_shape is empty; one input has at least one value")
+    return shape
+
+
 def build_model(
     name: str,
     input_shape: Sequence[int],
@@ -199,9 +242,16 @@ def build_model(
         >>> sum(p.numel() for p in m.parameters())
         2410
     """
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; built-in models: {', '.join(MODELS)}")
+    if not isinstance(name, str) or name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; built-in models: {', '.join(MODELS)}")
+    shape = _input_shape(input_shape)
+    num_classes = integer("build_model", "num_classes", num_classes, 1)
+    seed = integer("build_model", "seed", seed, 0, 2**64 - 1)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ConfigError(f"build_model: dtype must be a floating torch dtype, got {dtype!r}")
+    params = inspect.signature(MODELS[name]).parameters
+    check_keys(f"{name} model_options", kwargs, [p for p in params if p not in _POSITIONAL])
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)  # built on the CPU; CUDA RNGs untouched
-        model = MODELS[name](tuple(input_shape), int(num_classes), **kwargs)
+        model = MODELS[name](shape, num_classes, **kwargs)
     return model.to(dtype)

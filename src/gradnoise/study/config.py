@@ -10,7 +10,12 @@ from typing import Any
 
 import tomllib
 
+from ..errors import ConfigError
+from .options import INT64_MAX, check_keys, choice, integer, number, sequence, table
+
 DEFAULT_ANALYSES = ("training", "gradients", "tails", "noise_model", "spectra", "variance")
+MAX_STEPS = 10**9  # a larger number is a typo: 1e9 SGD steps take days even on a tiny model
+MAX_THREADS = 1024
 
 
 @dataclass(frozen=True)
@@ -34,7 +39,15 @@ class StudyConfig:
         noise_batches: minibatches (of ``batch_size``) of SGN drawn at each checkpoint.
         eval_every: steps between test-set evaluations.
         analyses: analyses of the pipeline to run, in order (see :mod:`gradnoise.study.registry`).
-        options: per-analysis options, ``{analysis: {key: value}}`` (TOML ``[options.<name>]``).
+        options: per-analysis options, ``{analysis: {key: value}}`` (TOML ``[options.<name>]``);
+            checked (names and values) before training, also for analyses not in ``analyses``.
+        device: torch device (``cpu``, ``cuda``, ``cuda:1``, ``mps``), checked before training.
+        threads: CPU threads of torch and of the BLAS libraries during the study (restored
+            afterwards). Results are byte-identical only at the same thread count: reductions
+            split across threads add in a different order. ``0`` leaves the process's setting.
+
+    Every value is checked when the config is made: wrong types and out-of-range values raise
+    a :class:`~gradnoise.errors.ConfigError` naming the field.
     """
 
     dataset: str = "digits"
@@ -56,29 +69,16 @@ class StudyConfig:
     analyses: tuple[str, ...] = DEFAULT_ANALYSES
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     device: str = "cpu"
+    threads: int = 1
 
     def __post_init__(self) -> None:
-        positive = (
-            "steps",
-            "batch_size",
-            "record_every",
-            "checkpoints",
-            "eval_every",
-            "per_sample_examples",
-            "noise_batches",
-        )
-        for name in positive:
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for f in dataclasses.fields(self):
+            value = _check_field(f.name, getattr(self, f.name))
+            object.__setattr__(self, f.name, value)
         if self.checkpoints > self.steps + 1:
-            raise ValueError(f"checkpoints ({self.checkpoints}) cannot exceed steps + 1")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.track_coords < 0:
-            raise ValueError(f"track_coords must be >= 0, got {self.track_coords}")
-        if self.loss != "cross_entropy":
-            raise ValueError(f"loss must be 'cross_entropy', got {self.loss!r}")
-        object.__setattr__(self, "analyses", tuple(self.analyses))
+            raise ConfigError(
+                f"checkpoints ({self.checkpoints}) cannot exceed steps + 1 ({self.steps + 1})"
+            )
 
     def checkpoint_steps(self) -> list[int]:
         """Evenly spaced steps from 0 to ``steps`` (inclusive), ``checkpoints`` of them."""
@@ -102,14 +102,114 @@ class StudyConfig:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> StudyConfig:
-        """Read a ``study.toml``: top-level keys (or a ``[study]`` table) are fields."""
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
-        raw = dict(raw.get("study", raw))
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(raw) - known
-        if unknown:
-            raise ValueError(
-                f"{path}: unknown setting(s) {sorted(unknown)}; known: {sorted(known)}"
+        """Read a ``study.toml``.
+
+        Two layouts: settings at the top level, or in a ``[study]`` table; analysis options in
+        ``[options.<analysis>]`` tables (either layout) or ``[study.options.<analysis>]``.
+        Errors name the file and the setting.
+        """
+        path = Path(path)
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except FileNotFoundError as err:
+            raise ConfigError(
+                f"study config {path} does not exist; check the --config path"
+            ) from err
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(
+                f"{path} is not valid TOML ({err}); see the README's example"
+            ) from err
+        except (OSError, UnicodeDecodeError) as err:
+            reason = getattr(err, "strerror", None) or err
+            raise ConfigError(f"cannot read study config {path}: {reason}") from err
+        try:
+            return cls.from_mapping(raw)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from err
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> StudyConfig:
+        """A config from a parsed ``study.toml`` (either layout, see :meth:`from_toml`)."""
+        raw = dict(raw)
+        if "study" in raw:
+            fields = table("", "[study]", raw.pop("study"))
+            stray = sorted(set(raw) - {"options"})
+            if stray:
+                raise ConfigError(
+                    f"setting(s) {stray} sit outside the [study] table and would be ignored; "
+                    "move them under [study]"
+                )
+            if "options" in raw:
+                if "options" in fields:
+                    raise ConfigError(
+                        "options are given both as [options.*] and as [study.options.*] "
+                        "tables; keep one of them"
+                    )
+                fields["options"] = raw["options"]
+        else:
+            fields = raw
+        check_keys("", fields, (f.name for f in dataclasses.fields(cls)))
+        return cls(**fields)
+
+
+def _check_field(name: str, value: Any) -> Any:
+    """One field's value, type-checked against its default's type, range-checked, normalised."""
+    default = _DEFAULTS[name]
+    if isinstance(default, str):
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{name} must be a non-empty string, got {value!r}")
+        if name == "loss":
+            choice("", name, value, ("cross_entropy",))
+        return value
+    if isinstance(default, int):
+        low, high = _INT_RANGES[name]
+        return integer("", name, value, low, high)
+    if isinstance(default, float):
+        return number("", name, value, *_FLOAT_RANGES[name][:2], **_FLOAT_RANGES[name][2])
+    if isinstance(default, tuple):  # analyses
+        names = sequence("", name, value)
+        if not names:
+            raise ConfigError(
+                f"{name} is empty: name at least one analysis (e.g. training,tails; "
+                "'gradnoise info' lists them)"
             )
-        return cls(**raw)
+        if not all(isinstance(a, str) for a in names):
+            raise ConfigError(f"{name} must be a list of analysis names, got {value!r}")
+        if not all(a.strip() for a in names):
+            raise ConfigError(
+                f"{name} holds an empty name ({value!r}); separate names by single commas"
+            )
+        names = [a.strip() for a in names]
+        twice = sorted({a for a in names if names.count(a) > 1})
+        if twice:
+            raise ConfigError(f"{name} lists {twice} more than once; name each analysis once")
+        return tuple(names)
+    if name == "options":
+        return {k: table("", f"[options.{k}]", v) for k, v in table("", name, value).items()}
+    return table("", name, value)  # model_options
+
+
+# (minimum, maximum) of the integer fields
+_INT_RANGES: dict[str, tuple[int, int]] = {
+    "steps": (1, MAX_STEPS),
+    "batch_size": (1, INT64_MAX),
+    "seed": (0, 2**32 - 1),
+    "record_every": (1, INT64_MAX),
+    "track_coords": (0, INT64_MAX),
+    "checkpoints": (1, INT64_MAX),
+    "per_sample_examples": (1, INT64_MAX),
+    "noise_batches": (1, INT64_MAX),
+    "eval_every": (1, INT64_MAX),
+    "threads": (0, MAX_THREADS),
+}
+# (low, high, keyword arguments of options.number) of the float fields
+_FLOAT_RANGES: dict[str, tuple[float | None, float | None, dict[str, bool]]] = {
+    "lr": (0.0, None, {"low_open": True}),
+    "momentum": (0.0, 1.0, {"high_open": True}),
+    "weight_decay": (0.0, None, {}),
+}
+_DEFAULTS: dict[str, Any] = {
+    f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
+    for f in dataclasses.fields(StudyConfig)
+}

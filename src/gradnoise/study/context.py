@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from .._npz import read_npz
+from ..errors import StoreError
 from ..store import Run, open_run
 from .config import StudyConfig
 
@@ -25,6 +27,34 @@ T = TypeVar("T")
 
 SUMMARY = "summary.json"
 STORE = "grads.zarr"
+SUMMARY_KEYS = {"config": dict, "data": dict, "model": dict, "final": dict, "analyses": dict}
+RERUN = "run the study again to write it"
+
+
+def read_json(path: Path, required: Mapping[str, type]) -> dict[str, Any]:
+    """A stored JSON object with the ``required`` keys of the given types, or a StoreError that
+    names the file and what is wrong with it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError as err:
+        raise StoreError(
+            f"{path.parent} has no {path.name}: not a finished gradnoise run (or preset)"
+        ) from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise StoreError(f"cannot read {path}: {getattr(err, 'strerror', None) or err}") from err
+    except json.JSONDecodeError as err:
+        raise StoreError(f"{path} is not valid JSON ({err}): damaged; {RERUN}") from err
+    if not isinstance(data, dict):
+        raise StoreError(f"{path} holds a {type(data).__name__}, not an object: damaged; {RERUN}")
+    for key, kind in required.items():
+        if not isinstance(data.get(key), kind):
+            got = "is missing" if key not in data else f"is a {type(data[key]).__name__}"
+            raise StoreError(
+                f"{path}: {key!r} {got} (a {kind.__name__} is expected): damaged or from "
+                f"another gradnoise version; {RERUN}"
+            )
+    return data
 
 
 def derive_seed(seed: int, name: str) -> int:
@@ -140,8 +170,11 @@ class StudyContext:
         return derive_seed(self.config.seed, name) % (2**31)
 
     def options(self, analysis: str) -> dict[str, Any]:
-        """Options given for ``analysis`` in the config (``[options.<analysis>]``)."""
-        return dict(self.config.options.get(analysis, {}))
+        """The options of ``analysis`` (``[options.<analysis>]``), checked and completed with
+        defaults by the analysis's ``options`` function (see :mod:`gradnoise.study.registry`)."""
+        from .registry import resolve_options
+
+        return resolve_options(analysis, self.config)
 
     def save_arrays(self, analysis: str, **arrays: Any) -> Path:
         """Save arrays for ``analysis`` to ``analyses/<analysis>.npz`` (read back by RunView)."""
@@ -162,8 +195,7 @@ class RunView:
     @classmethod
     def load(cls, run_dir: str | Path, name: str) -> RunView:
         run_dir = Path(run_dir)
-        with open(run_dir / SUMMARY, encoding="utf-8") as f:
-            return cls(run_dir, json.load(f), name)
+        return cls(run_dir, read_json(run_dir / SUMMARY, SUMMARY_KEYS), name)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -182,8 +214,7 @@ class RunView:
     def arrays(self, analysis: str | None = None) -> dict[str, np.ndarray]:
         """Arrays saved with ``ctx.save_arrays`` (this analysis's unless another is named)."""
         path = self.run_dir / "analyses" / f"{analysis or self.name}.npz"
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
+        return read_npz(path, fix=RERUN, error=StoreError, if_missing=RERUN)
 
     def figure_path(self, stem: str) -> Path:
         """Where to save a figure of this analysis (``figures/<analysis>_<stem>.png``)."""

@@ -13,6 +13,13 @@ An analysis is an :class:`Analysis`: a name, a report title and two functions.
   ``gradnoise report RUN_DIR`` re-renders any run without retraining.
 * optionally ``headline(results) -> {label: value}``: a few numbers for the comparison table of a
   preset's index page.
+* optionally ``options(raw, config) -> dict``: the analysis's options (``[options.<name>]``)
+  checked and completed with defaults; it raises :class:`~gradnoise.errors.ConfigError` naming
+  the option (the checks of :mod:`gradnoise.study.options` do). An analysis without it takes no
+  options. A study calls it for every options table before training starts (through
+  :func:`resolve_options`), and ``ctx.options(name)`` returns its result to ``compute``.
+* optionally ``check(ctx, model)``: checks that need the data or the model (e.g. an option
+  that must not exceed the train split), called once before training with the step-0 model.
 * optionally ``during_training(ctx, step, model)``: called at every training step (after the
   minibatch backward, before the optimizer step) and once more after the last step with
   ``step == config.steps``; it decides itself when to measure (e.g. every k steps) and keeps its
@@ -22,7 +29,8 @@ An analysis is an :class:`Analysis`: a name, a report title and two functions.
 Register it in :data:`BUILTIN_ANALYSES` (``"name": "module:attribute"``, imported on first use,
 so nothing is registered as a side effect of importing) or at run time with
 :func:`register_analysis`. A study runs the analyses named in ``StudyConfig.analyses``; options
-come from ``StudyConfig.options[name]`` (TOML ``[options.<name>]``).
+come from ``StudyConfig.options[name]`` (TOML ``[options.<name>]``), checked by
+:func:`check_study` before training starts.
 
 Presets for ``gradnoise reproduce NAME`` are registered the same way in :data:`BUILTIN_PRESETS`.
 A :class:`Preset` maps ``(quick, seed)`` to named study configurations (e.g. one per dataset);
@@ -33,9 +41,11 @@ comparison table built from each analysis's optional ``headline(results) -> {lab
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from ..report import Section
@@ -54,6 +64,8 @@ class Analysis:
     description: str = ""
     headline: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     during_training: Callable[[StudyContext, int, Any], None] | None = None
+    options: Callable[[Mapping[str, Any], StudyConfig], dict[str, Any]] | None = None
+    check: Callable[[StudyContext, Any], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -104,7 +116,7 @@ def get_analysis(name: str) -> Analysis:
     """The analysis registered under ``name``."""
     if name not in _ANALYSES:
         if name not in BUILTIN_ANALYSES:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown analysis {name!r}; available: {', '.join(available_analyses())}"
             )
         _ANALYSES[name] = _load(BUILTIN_ANALYSES[name])
@@ -114,6 +126,37 @@ def get_analysis(name: str) -> Analysis:
 def available_analyses() -> list[str]:
     """Names of all registered analyses."""
     return sorted(set(BUILTIN_ANALYSES) | set(_ANALYSES))
+
+
+def resolve_options(name: str, config: StudyConfig) -> dict[str, Any]:
+    """The options of analysis ``name`` in ``config``, checked and completed with defaults."""
+    analysis = get_analysis(name)
+    raw = config.options.get(name, {})
+    if analysis.options is None:
+        if raw:
+            raise ConfigError(
+                f"[options.{name}]: the {name!r} analysis takes no options, got {sorted(raw)}"
+            )
+        return {}
+    return analysis.options(raw, config)
+
+
+def check_study(config: StudyConfig) -> list[Analysis]:
+    """The analyses of ``config``, after checking their names and every analysis's options.
+
+    The options of each analysis run are resolved (defaults may depend on the config); options
+    given for an analysis that the study does not run are checked too (and then unused); options for a name that is no analysis are refused (a misspelt table).
+    """
+    analyses = [get_analysis(name) for name in config.analyses]
+    stray = sorted(set(config.options) - set(available_analyses()))
+    if stray:
+        raise ConfigError(
+            f"options given for {stray}, which is not an analysis (available: "
+            f"{', '.join(available_analyses())}); a misspelt [options.<analysis>] table?"
+        )
+    for name in dict.fromkeys([*config.analyses, *config.options]):
+        resolve_options(name, config)
+    return analyses
 
 
 def register_preset(preset: Preset, *, overwrite: bool = False) -> None:
@@ -127,7 +170,7 @@ def get_preset(name: str) -> Preset:
     """The preset registered under ``name``."""
     if name not in _PRESETS:
         if name not in BUILTIN_PRESETS:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown preset {name!r}; available: {', '.join(available_presets()) or '(none)'}"
             )
         _PRESETS[name] = _load(BUILTIN_PRESETS[name])

@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import importlib
 import json
 import math
 import platform
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .._version import __version__
-from ..errors import GradnoiseError
+from ..errors import ConfigError, GradnoiseError, StoreError
 from ..report import Section, render_report
 from .config import StudyConfig
-from .context import STORE, SUMMARY, Progress, RunView, StudyContext, derive_seed
-from .registry import available_analyses, get_analysis
+from .context import (
+    STORE,
+    SUMMARY,
+    SUMMARY_KEYS,
+    Progress,
+    RunView,
+    StudyContext,
+    derive_seed,
+    read_json,
+)
+from .registry import check_study, get_analysis
 
 
 def default_run_dir(config: StudyConfig, root: str | Path = "runs") -> Path:
@@ -63,27 +75,151 @@ def run_study(
         dataset: optional user ``torch.utils.data.Dataset`` of ``(input, label)`` pairs used
             instead of ``config.dataset``.
 
+    Everything that can be checked is checked before the first training step: the analyses and
+    their options, the device, the run directory (new and writable), the data, the model and
+    one forward pass of it. Torch and BLAS run on ``config.threads`` threads (restored after).
+
     Writes ``grads.zarr`` (store), ``checkpoints/``, ``analyses/*.npz``, ``summary.json``
-    (identical for identical configs), ``manifest.json`` (timings, versions, paths),
-    ``figures/*.png`` and ``report.html``.
+    (identical for identical configs), ``manifest.json`` (timings, versions, thread counts,
+    paths), ``figures/*.png`` and ``report.html``.
     """
+    analyses = check_study(config)
+    run_dir = Path(out) if out is not None else default_run_dir(config)
+    check_run_dir(run_dir)
+    check_device(config.device)
+    with pinned_threads(config.threads):
+        return _run_study(config, run_dir, analyses, progress, dataset)
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """``run_dir`` can become a new run directory (absent, or an empty directory)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"the run directory {run_dir} is a file; choose another --out")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        raise ConfigError(f"run directory {run_dir} exists and is not empty; choose another --out")
+
+
+def _create_run_dir(run_dir: Path) -> None:
+    """Create ``run_dir`` and prove it writable (before training, not after it)."""
+    probe = run_dir / ".gradnoise-write-test"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(
+            f"cannot write the run directory {run_dir} ({err.strerror or err}); choose another "
+            "--out"
+        ) from err
+
+
+def check_device(device: str) -> None:
+    """``device`` names a torch device that exists on this machine."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        raise ConfigError(
+            f"device {device!r} is not a torch device; use cpu, cuda, cuda:<index> or mps"
+        ) from err
+    if dev.type == "cpu":
+        return
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "built without CUDA" if torch.version.cuda is None else "finds no GPU"
+            raise ConfigError(
+                f"device {device!r}: CUDA is not available (torch {torch.__version__} {why}); "
+                "use --device cpu"
+            )
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(
+                f"device {device!r}: this machine has {count} CUDA device(s), cuda:0 to "
+                f"cuda:{count - 1}"
+            )
+        return
+    if dev.type == "mps" and torch.backends.mps.is_available():
+        return
+    raise ConfigError(f"device {device!r} is not available here; use cpu, cuda or mps")
+
+
+# modules that load a BLAS or OpenMP library of their own (numpy's and torch's are loaded)
+_THREADED_LIBRARIES = ("scipy.linalg", "sklearn.datasets")
+
+
+@contextlib.contextmanager
+def pinned_threads(threads: int) -> Iterator[None]:
+    """Torch and the BLAS/OpenMP libraries on ``threads`` threads (0: leave them), restored."""
+    if threads == 0:
+        yield
+        return
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    for module in _THREADED_LIBRARIES:  # a library loaded after the limit is not limited
+        importlib.import_module(module)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with threadpool_limits(limits=threads):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def thread_counts() -> dict[str, Any]:
+    """The thread counts in effect: torch's and each BLAS/OpenMP library's (for the manifest)."""
+    import torch
+    from threadpoolctl import threadpool_info
+
+    return {
+        "torch": torch.get_num_threads(),
+        "libraries": sorted(
+            (
+                {
+                    "library": Path(str(info.get("filepath"))).name,
+                    "api": str(info.get("internal_api")),
+                    "threads": int(info.get("num_threads", 0)),
+                }
+                for info in threadpool_info()
+            ),
+            key=lambda d: (d["api"], d["library"]),
+        ),
+    }
+
+
+def _check_forward(ctx: StudyContext, model: Any) -> None:
+    """One forward pass on two train examples: the model takes the data's inputs and gives
+    one output per class."""
+    import torch
+
+    x, _ = ctx.train_tensors
+    try:
+        with torch.no_grad():
+            out = model(x[:2].to(ctx.device))
+    except (RuntimeError, ValueError, IndexError, TypeError) as err:
+        reason = " ".join(str(err).split())[:200]
+        raise ConfigError(
+            f"model {ctx.config.model!r} does not accept the inputs of {ctx.data.name!r} (shape "
+            f"{tuple(ctx.data.input_shape)}, dtype {x.dtype}): {reason}"
+        ) from err
+    if tuple(out.shape) != (min(2, len(x)), ctx.data.num_classes):
+        raise ConfigError(
+            f"model {ctx.config.model!r} gives outputs of shape {tuple(out.shape)} for 2 "
+            f"examples; a classifier of {ctx.data.num_classes} classes must give "
+            f"(2, {ctx.data.num_classes})"
+        )
+
+
+def _run_study(
+    config: StudyConfig, run_dir: Path, analyses: list[Any], progress: Any, dataset: Any
+) -> Path:
     import torch
 
     from ..datasets import load_dataset
     from ..recorder import Recorder
 
-    run_dir = Path(out) if out is not None else default_run_dir(config)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise GradnoiseError(
-            f"run directory {run_dir} exists and is not empty; choose another --out"
-        )
-    analyses = [get_analysis(name) for name in config.analyses]  # fail early on unknown names
-    stray = sorted(set(config.options) - set(available_analyses()))
-    if stray:
-        raise ValueError(
-            f"options given for {stray}, which is not an analysis (available: "
-            f"{', '.join(available_analyses())}); a misspelt [options.<analysis>] table?"
-        )
     prog = Progress(progress)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -98,14 +234,18 @@ def run_study(
         progress=prog,
     )
     model = ctx.build_model()
-    run_dir.mkdir(parents=True, exist_ok=True)
     n_params = sum(p.numel() for p in model.parameters())
     x_train, y_train = ctx.train_tensors
     n_train = int(x_train.shape[0])
     if n_train < config.batch_size:
-        raise GradnoiseError(
+        raise ConfigError(
             f"the train split has {n_train} examples, fewer than batch_size {config.batch_size}"
         )
+    _check_forward(ctx, model)
+    for analysis in analyses:
+        if analysis.check is not None:
+            analysis.check(ctx, model)
+    _create_run_dir(run_dir)
     ctx.probe_index = np.sort(
         ctx.rng("probe").choice(
             n_train, size=min(config.per_sample_examples, n_train), replace=False
@@ -244,43 +384,62 @@ def run_study(
             "platform": platform.platform(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "timings": timings,
-            "torch_threads": torch.get_num_threads(),
+            "threads_setting": config.threads,
+            "threads": thread_counts(),
         },
     )
     return run_dir
 
 
+@contextlib.contextmanager
+def _stored(run_dir: Path, what: str) -> Iterator[None]:
+    """Turn a missing key or an ill-typed value met while rendering stored results into a
+    StoreError that names the run, what was being rendered, and the fix."""
+    try:
+        yield
+    except GradnoiseError:
+        raise
+    except (KeyError, TypeError, IndexError, ValueError, AttributeError) as err:
+        raise StoreError(
+            f"{run_dir}: cannot render {what} from the stored results ({type(err).__name__}: "
+            f"{err}); the run's files are damaged or from another gradnoise version: run the "
+            "study again"
+        ) from err
+
+
 def render_run(run_dir: str | Path) -> Path:
     """(Re-)render ``report.html`` and the figures of a finished run from stored data only."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise StoreError(f"{run_dir} is not a directory: give a run directory of 'gradnoise run'")
     if (run_dir / INDEX).exists():  # a preset directory: re-render every run, then the index
-        with open(run_dir / INDEX, encoding="utf-8") as f:
-            for key in json.load(f)["runs"]:
-                render_run(run_dir / key)
+        for key in read_json(run_dir / INDEX, INDEX_KEYS)["runs"]:
+            render_run(run_dir / str(key))
         return render_index(run_dir)
-    if not (run_dir / SUMMARY).exists():
-        raise GradnoiseError(f"{run_dir} has no {SUMMARY}: not a finished gradnoise run")
-    with open(run_dir / SUMMARY, encoding="utf-8") as f:
-        summary = json.load(f)
+    summary = read_json(run_dir / SUMMARY, SUMMARY_KEYS)
     sections: list[Section] = []
     for name in summary["analyses"]:
-        sections.append(get_analysis(name).render(RunView(run_dir, summary, name)))
-    config = summary["config"]
-    title = f"gradnoise study: {config['model']} on {summary['data']['name']}"
-    meta = {
-        "parameters": summary["model"]["parameters"],
-        "seed": config["seed"],
-        "final test accuracy": f"{summary['final']['test_acc']:.3f}",
-    }
-    flat_config = {
-        k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in config.items()
-    }
+        analysis = get_analysis(name)
+        with _stored(run_dir, f"the {name!r} analysis"):
+            sections.append(analysis.render(RunView(run_dir, summary, name)))
+    with _stored(run_dir, "the report's header"):
+        config = summary["config"]
+        title = f"gradnoise study: {config['model']} on {summary['data']['name']}"
+        meta = {
+            "parameters": summary["model"]["parameters"],
+            "seed": config["seed"],
+            "final test accuracy": f"{summary['final']['test_acc']:.3f}",
+        }
+        flat_config = {
+            k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in config.items()
+        }
     return render_report(
         run_dir / "report.html", title=title, config=flat_config, sections=sections, meta=meta
     )
 
 
 INDEX = "index.json"
+INDEX_KEYS = {"preset": str, "description": str, "quick": bool, "seed": int, "runs": list}
 
 
 def run_preset(
@@ -302,10 +461,10 @@ def run_preset(
         else Path("runs")
         / (f"{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{name}" + ("-quick" if quick else ""))
     )
-    if out.exists() and any(out.iterdir()):
-        raise GradnoiseError(
-            f"output directory {out} exists and is not empty; choose another --out"
-        )
+    check_run_dir(out)
+    for config in configs.values():  # every run's settings are checked before the first runs
+        check_study(config)
+        check_device(config.device)
     for key in configs:
         run_study(configs[key], out / key, progress=progress)
     write_json(
@@ -325,23 +484,28 @@ def run_preset(
 def render_index(out: str | Path) -> Path:
     """``index.html`` of a preset directory: a comparison table and links to each run's report."""
     out = Path(out)
-    with open(out / INDEX, encoding="utf-8") as f:
-        index = json.load(f)
+    index = read_json(out / INDEX, INDEX_KEYS)
     rows, header = [], ["run", "dataset", "model", "steps", "test accuracy"]
     headlines: list[dict[str, Any]] = []
     for key in index["runs"]:
-        with open(out / key / SUMMARY, encoding="utf-8") as f:
-            summary = json.load(f)
+        summary = read_json(out / str(key) / SUMMARY, SUMMARY_KEYS)
         line: dict[str, Any] = {}
-        for name, results in summary["analyses"].items():
-            headline = get_analysis(name).headline
-            if headline is not None:
-                line.update(headline(results))
+        with _stored(out / str(key), "the comparison table's row"):
+            for name, results in summary["analyses"].items():
+                headline = get_analysis(name).headline
+                if headline is not None:
+                    line.update(headline(results))
+            cfg = summary["config"]
+            rows.append(
+                [
+                    key,
+                    summary["data"]["name"],
+                    cfg["model"],
+                    cfg["steps"],
+                    summary["final"]["test_acc"],
+                ]
+            )
         headlines.append(line)
-        cfg = summary["config"]
-        rows.append(
-            [key, summary["data"]["name"], cfg["model"], cfg["steps"], summary["final"]["test_acc"]]
-        )
     extra = list(dict.fromkeys(k for line in headlines for k in line))
     table_rows = [
         [*row, *(line.get(k, "") for k in extra)] for row, line in zip(rows, headlines, strict=True)

@@ -30,10 +30,13 @@ SαS MLE), ``battash_batch_sizes``, ``map_param``, ``map_method``, ``pass_batch_
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
+from ...errors import ConfigError
 from ...report import Section
 from ..context import RunView, StudyContext
+from ..options import boolean, check_keys, choice, int_list, integer, number, sequence
 from ..registry import Analysis
 
 NAME = "noise_model"
@@ -79,55 +82,50 @@ COMMON: dict[str, Any] = {
 }
 
 
-def resolve_options(raw: dict[str, Any], config: Any) -> dict[str, Any]:
+WHERE = f"[options.{NAME}]"
+
+
+def resolve_options(raw: Mapping[str, Any], config: Any) -> dict[str, Any]:
     """Options with the defaults of their ``mode`` filled in, validated (clear errors)."""
     raw = dict(raw)
-    mode = raw.pop("mode", "default")
-    if mode not in MODES:
-        raise ValueError(f"options.noise_model.mode must be one of {sorted(MODES)}, got {mode!r}")
+    mode = choice(WHERE, "mode", raw.pop("mode", "default"), tuple(MODES))
     opts = {**COMMON, **MODES[mode]}
-    unknown = set(raw) - set(opts)
-    if unknown:
-        raise ValueError(
-            f"unknown options.noise_model setting(s) {sorted(unknown)}; known: "
-            f"{sorted([*opts, 'mode'])}"
-        )
+    check_keys(WHERE, raw, [*opts, "mode"])
     opts.update(raw)
     opts["mode"] = mode
-    studies = [str(s) for s in opts["studies"]]
-    if not studies or set(studies) - set(STUDIES):
-        raise ValueError(f"options.noise_model.studies must be a non-empty subset of {STUDIES}")
+    studies = sequence(WHERE, "studies", opts["studies"])
+    studies = [choice(WHERE, f"studies[{i}]", v, STUDIES) for i, v in enumerate(studies)]
     opts["studies"] = [s for s in STUDIES if s in studies]
-    if opts["test"] not in TESTS:
-        raise ValueError(f"options.noise_model.test must be one of {TESTS}, got {opts['test']!r}")
+    if not opts["studies"]:
+        raise ConfigError(f"{WHERE} studies must name at least one of {', '.join(STUDIES)}")
+    choice(WHERE, "test", opts["test"], TESTS)
     for key in ("sgn_samples", "coords", "directions", "fit_coords", "decay"):
-        if isinstance(opts[key], bool) or not isinstance(opts[key], int) or opts[key] < 1:
-            raise ValueError(f"options.noise_model.{key} must be a positive int, got {opts[key]!r}")
-    if not 20 <= opts["sgn_samples"] <= 5000:
-        raise ValueError(
-            "options.noise_model.sgn_samples must lie in [20, 5000] (normality tests need >= 20; "
-            f"Shapiro–Wilk's p-value is unreliable above 5000), got {opts['sgn_samples']}"
-        )
-    if not 0 < float(opts["level"]) < 1:
-        raise ValueError(f"options.noise_model.level must be in (0, 1), got {opts['level']}")
-    opts["pass_batch_size"] = int(opts["pass_batch_size"] or config.batch_size)
-    opts["battash_batch_sizes"] = [
-        int(b) for b in opts["battash_batch_sizes"] or [config.batch_size]
-    ]
-    opts["batch_sizes"] = sorted({int(b) for b in opts["batch_sizes"]})
-    if any(b < 1 for b in [*opts["batch_sizes"], *opts["battash_batch_sizes"]]):
-        raise ValueError("options.noise_model batch sizes must be >= 1")
-    opts["arms"] = [str(a) for a in (opts["arms"] or [])]
-    if set(opts["arms"]) - set(ARMS):
-        raise ValueError(f"options.noise_model.arms must be a subset of {ARMS}, got {opts['arms']}")
-    if opts["map_method"] not in ("mcculloch", "cf", "mle"):
-        raise ValueError("options.noise_model.map_method must be mcculloch, cf or mle")
+        opts[key] = integer(WHERE, key, opts[key], 1)
+    # normality tests need >= 20 samples; Shapiro-Wilk's p-value is unreliable above 5000
+    opts["sgn_samples"] = integer(WHERE, "sgn_samples", opts["sgn_samples"], 20, 5000)
+    opts["level"] = number(WHERE, "level", opts["level"], 0, 1, low_open=True, high_open=True)
+    for key in ("pass_batch_size", "arm_steps", "arm_from"):
+        if opts[key] is not None:
+            opts[key] = integer(WHERE, key, opts[key], 0 if key == "arm_from" else 1)
+    opts["pass_batch_size"] = opts["pass_batch_size"] or config.batch_size
+    battash = opts["battash_batch_sizes"]
+    battash = int_list(WHERE, "battash_batch_sizes", battash, 1) if battash is not None else []
+    opts["battash_batch_sizes"] = battash or [config.batch_size]
+    opts["batch_sizes"] = sorted(set(int_list(WHERE, "batch_sizes", opts["batch_sizes"], 1)))
+    arms = sequence(WHERE, "arms", opts["arms"]) if opts["arms"] is not None else []
+    opts["arms"] = [choice(WHERE, f"arms[{i}]", a, ARMS) for i, a in enumerate(arms)]
+    opts["map_method"] = choice(WHERE, "map_method", opts["map_method"], ("mcculloch", "cf", "mle"))
+    opts["resampled"] = boolean(WHERE, "resampled", opts["resampled"])
+    if opts["map_param"] is not None and not isinstance(opts["map_param"], str):
+        raise ConfigError(f"{WHERE} map_param must be a parameter name, got {opts['map_param']!r}")
     steps = config.checkpoint_steps()
     if opts["arm_from"] is None:
         opts["arm_from"] = steps[(len(steps) - 1) // 2] if len(steps) > 1 else steps[0]
     if opts["arm_from"] not in steps:
-        raise ValueError(f"options.noise_model.arm_from must be a checkpoint step {steps}")
-    opts["arm_steps"] = int(opts["arm_steps"] or max(1, config.steps // 4))
+        raise ConfigError(
+            f"{WHERE} arm_from must be a checkpoint step ({steps}), got {opts['arm_from']}"
+        )
+    opts["arm_steps"] = opts["arm_steps"] or max(1, config.steps // 4)
     return opts
 
 
@@ -140,6 +138,32 @@ def _arm_settings(arm: str, lr: float, batch: int, decay: int) -> tuple[float, i
     }[arm]
 
 
+def _map_param(opts: Mapping[str, Any], model: Any) -> str | None:
+    """The weight matrix of Battash's alpha/scale map (None when Battash is not run)."""
+    if "battash" not in opts["studies"]:
+        return None
+    params = dict(model.named_parameters())
+    if opts["map_param"] is None:
+        two_d = [name for name, p in params.items() if p.ndim == 2]
+        if not two_d:
+            raise ConfigError(
+                "the model has no 2-D parameter for Battash's alpha map; set "
+                f"{WHERE} studies without 'battash'"
+            )
+        return two_d[-1]
+    if opts["map_param"] not in params:
+        raise ConfigError(
+            f"{WHERE} map_param {opts['map_param']!r} is not a parameter of the model; "
+            f"parameters: {', '.join(params)}"
+        )
+    return str(opts["map_param"])
+
+
+def check(ctx: StudyContext, model: Any) -> None:
+    """Before training: the map parameter exists in the model."""
+    _map_param(ctx.options(NAME), model)
+
+
 def compute(ctx: StudyContext) -> dict[str, Any]:
     import numpy as np
 
@@ -147,7 +171,7 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
     from . import _noise_torch as nt
 
     cfg = ctx.config
-    opts = resolve_options(ctx.options(NAME), cfg)
+    opts = ctx.options(NAME)
     studies = opts["studies"]
     loss_fn = ctx.loss_fn
     x, y = (t.to(ctx.device) for t in ctx.train_tensors)
@@ -186,15 +210,8 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
         return ns.draw_minibatches(ctx.rng(f"{NAME}-batches-{step}-{b}"), n, b, k)
 
     # the map of one weight matrix (Battash): the last 2-D parameter by default
-    map_name = opts["map_param"]
-    if "battash" in studies:
-        two_d = [nm for nm, p in model0.named_parameters() if p.ndim == 2]
-        if map_name is None:
-            if not two_d:
-                raise ValueError("the model has no 2-D parameter for the alpha map")
-            map_name = two_d[-1]
-        elif map_name not in dict(model0.named_parameters()):
-            raise ValueError(f"options.noise_model.map_param {map_name!r} is not a parameter")
+    map_name = _map_param(opts, model0)
+    if map_name is not None:
         map_shape = tuple(dict(model0.named_parameters())[map_name].shape)
         map_sel = type(selection)((map_name,), (map_shape,), (None,))
 
@@ -432,4 +449,6 @@ ANALYSIS = Analysis(
     description="pooled vs per-coordinate tail index (Simsekli), Gaussianity vs batch size "
     "(Panigrahi), per-parameter SαS fits and lr-decay arms (Battash)",
     headline=headline,
+    options=resolve_options,
+    check=check,
 )

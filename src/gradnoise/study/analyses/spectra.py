@@ -64,6 +64,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from ...errors import ConfigError
 from ...report import Figure, Section, Table
 from ...report.figures import figure, save_figure
 from ...spectra import (
@@ -76,6 +77,7 @@ from ...spectra import (
     subspace_stability_from_gram,
 )
 from ..context import RunView, StudyContext
+from ..options import boolean, check_keys, choice, int_list, integer, number, sequence
 from ..registry import Analysis
 
 NAME = "spectra"
@@ -113,78 +115,69 @@ KS_C = 1.358
 # --------------------------------------------------------------------------------------------
 
 
-def _int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"spectra option {name!r} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+WHERE = f"[options.{NAME}]"
 
 
 def _window(name: str, value: Any) -> list[int] | None:
     if value is None:
         return None
-    if (
-        not isinstance(value, Sequence)
-        or isinstance(value, str)
-        or len(value) != 2
-        or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in value)
-        or not 1 <= value[0] < value[1]
-        or value[1] - value[0] < 2
-    ):
-        raise ValueError(
-            f"spectra option {name!r} must be [k_min, k_max] with 1 <= k_min and at least 3 "
-            f"ranks, got {value!r}"
+    ks = int_list(WHERE, name, value, 1)
+    if len(ks) != 2 or ks[1] - ks[0] < 2:
+        raise ConfigError(
+            f"{WHERE} {name} must be [k_min, k_max] with 1 <= k_min and at least 3 ranks, "
+            f"got {value!r}"
         )
-    return [int(value[0]), int(value[1])]
+    return ks
 
 
-def resolve_options(options: Mapping[str, Any]) -> dict[str, Any]:
+def resolve_options(options: Mapping[str, Any], config: Any = None) -> dict[str, Any]:
     """The analysis options: :data:`DEFAULTS` updated by ``options``, validated."""
-    unknown = set(options) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown spectra option(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+    check_keys(WHERE, options, DEFAULTS)
     opts = {**DEFAULTS, **dict(options)}
-    opts["examples"] = _int("examples", opts["examples"], 8)
-    opts["bootstrap"] = _int("bootstrap", opts["bootstrap"], 0)
-    opts["stability_k"] = _int("stability_k", opts["stability_k"], 0)
-    opts["sweep_batches"] = _int("sweep_batches", opts["sweep_batches"], 8)
-    opts["sweep_pool"] = _int("sweep_pool", opts["sweep_pool"], 2)
-    opts["hessian_k"] = _int("hessian_k", opts["hessian_k"], 3)
-    opts["hessian_examples"] = _int("hessian_examples", opts["hessian_examples"], 0)
-    opts["hessian_trace"] = _int("hessian_trace", opts["hessian_trace"], 0)
+    minimum = {
+        "examples": 8,
+        "bootstrap": 0,
+        "stability_k": 0,
+        "sweep_batches": 8,
+        "sweep_pool": 2,
+        "hessian_k": 3,
+        "hessian_examples": 0,
+        "hessian_trace": 0,
+    }
+    for key, low in minimum.items():
+        opts[key] = integer(WHERE, key, opts[key], low)
     for key in ("centered", "baselines", "hessian"):
-        if not isinstance(opts[key], bool):
-            raise ValueError(f"spectra option {key!r} must be true or false, got {opts[key]!r}")
+        opts[key] = boolean(WHERE, key, opts[key])
     for key in ("fit_window", "sweep_window", "hessian_window"):
         opts[key] = _window(key, opts[key])
-    sizes = opts["batch_sizes"]
-    if not isinstance(sizes, Sequence) or isinstance(sizes, str):
-        raise ValueError(f"spectra option 'batch_sizes' must be a list, got {sizes!r}")
-    opts["batch_sizes"] = sorted({_int("batch_sizes", b, 1) for b in sizes})
-    fractions = opts["window_fractions"]
-    if (
-        not isinstance(fractions, Sequence)
-        or isinstance(fractions, str)
-        or not all(isinstance(f, (int, float)) and 0 < f <= 1 for f in fractions)
-    ):
-        raise ValueError(
-            f"spectra option 'window_fractions' must be a list of numbers in (0, 1], got "
-            f"{fractions!r}"
-        )
-    opts["window_fractions"] = sorted({float(f) for f in fractions})
-    if opts["hessian_at"] not in ("ends", "all"):
-        raise ValueError(
-            f"spectra option 'hessian_at' must be 'ends' or 'all', got {opts['hessian_at']!r}"
-        )
-    if opts["hessian_dtype"] not in ("float64", "float32"):
-        raise ValueError(
-            f"spectra option 'hessian_dtype' must be 'float64' or 'float32', got "
-            f"{opts['hessian_dtype']!r}"
-        )
-    tol = opts["hessian_tol"]
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < 1:
-        raise ValueError(f"spectra option 'hessian_tol' must be in (0, 1), got {tol!r}")
-    opts["hessian_tol"] = float(tol)
+    opts["batch_sizes"] = sorted(set(int_list(WHERE, "batch_sizes", opts["batch_sizes"], 1)))
+    opts["window_fractions"] = sorted(
+        {
+            number(WHERE, f"window_fractions[{i}]", f, 0, 1, low_open=True)
+            for i, f in enumerate(sequence(WHERE, "window_fractions", opts["window_fractions"]))
+        }
+    )
+    choice(WHERE, "hessian_at", opts["hessian_at"], ("ends", "all"))
+    choice(WHERE, "hessian_dtype", opts["hessian_dtype"], ("float64", "float32"))
+    opts["hessian_tol"] = number(
+        WHERE, "hessian_tol", opts["hessian_tol"], 0, 1, low_open=True, high_open=True
+    )
     return opts
+
+
+def check(ctx: StudyContext, model: Any) -> None:
+    """Before training: the train split is large enough for the options."""
+    opts = ctx.options(NAME)
+    n_train = len(ctx.data.train)  # type: ignore[arg-type]
+    if n_train < 8:
+        raise ConfigError(f"the spectra analysis needs at least 8 train examples, got {n_train}")
+    size = min(opts["sweep_pool"], n_train)
+    too_big = [b for b in opts["batch_sizes"] if b >= size]
+    if too_big:
+        raise ConfigError(
+            f"{WHERE} batch_sizes {too_big} must be smaller than the sweep pool ({size} "
+            "examples: sweep_pool or the train split)"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -290,7 +283,7 @@ def _short(fit: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def compute(ctx: StudyContext) -> dict[str, Any]:
-    opts = resolve_options(ctx.options(NAME))
+    opts = ctx.options(NAME)
     with threadpool_limits(limits=1, user_api="blas"):  # numpy/scipy must not fight torch
         return _compute(ctx, opts)
 
@@ -304,8 +297,6 @@ def _compute(ctx: StudyContext, opts: dict[str, Any]) -> dict[str, Any]:
     x, y = ctx.train_tensors
     n_train = int(x.shape[0])
     n = min(opts["examples"], n_train)
-    if n < 8:
-        raise ValueError(f"the spectra analysis needs at least 8 train examples, got {n_train}")
     example_index = np.sort(ctx.rng("spectra-examples").choice(n_train, size=n, replace=False))
     xs, ys = x[torch.as_tensor(example_index)], y[torch.as_tensor(example_index)]
     loss_fn = ctx.loss_fn
@@ -493,11 +484,6 @@ def _batch_sweep(
         pool = np.arange(n_train)
     else:
         pool = np.sort(ctx.rng("spectra-sweep-pool").choice(n_train, size=size, replace=False))
-    too_big = [b for b in sizes if b >= size]
-    if too_big:
-        raise ValueError(
-            f"spectra batch_sizes {too_big} must be smaller than the sweep pool ({size} examples)"
-        )
     model = ctx.load_model(step)
     num_params = sum(int(p.numel()) for p in model.parameters() if p.requires_grad)
     take = torch.as_tensor(pool)
@@ -1114,4 +1100,6 @@ ANALYSIS = Analysis(
     description="per-sample gradient covariance and top-k Hessian spectra, rank power-law fits "
     "vs init, shuffled-label and random-matrix baselines; minibatch batch-size sweep",
     headline=headline,
+    options=resolve_options,
+    check=check,
 )

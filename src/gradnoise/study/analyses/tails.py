@@ -47,6 +47,7 @@ when they hold at least K minibatches, else K are recomputed from the checkpoint
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -55,6 +56,7 @@ from ...errors import GradnoiseError
 from ...report import Figure, Section, Table
 from ...report.figures import ccdf, figure, save_figure, thin
 from ..context import RunView, StudyContext
+from ..options import check_keys, integer, number
 from ..registry import Analysis
 
 NAME = "tails"
@@ -107,29 +109,19 @@ HEADLINE = (
 )
 
 
-def _settings(ctx: StudyContext) -> dict[str, Any]:
-    opts = ctx.options(NAME)
-    unknown = set(opts) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(
-            f"unknown [options.{NAME}] setting(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}"
-        )
-    s = {**DEFAULTS, **opts}
+def resolve_options(raw: Mapping[str, Any], config: Any = None) -> dict[str, Any]:
+    """The ``[options.tails]`` settings: :data:`DEFAULTS` updated by ``raw``, checked."""
+    where = f"[options.{NAME}]"
+    check_keys(where, raw, DEFAULTS)
+    s = {**DEFAULTS, **raw}
     for key in ("n_boot", "boot_coords", "examples", "matched_samples"):
-        if int(s[key]) != s[key] or s[key] < 0:
-            raise ValueError(f"[options.{NAME}] {key} must be an integer >= 0, got {s[key]!r}")
+        s[key] = integer(where, key, s[key], 0)
     for key in ("dim_vectors", "sgn_batches", "min_tail", "full_batch_size"):
-        if int(s[key]) != s[key] or s[key] < 1:
-            raise ValueError(f"[options.{NAME}] {key} must be an integer >= 1, got {s[key]!r}")
+        s[key] = integer(where, key, s[key], 1)
     for key in ("level", "fdr"):
-        if not 0 < float(s[key]) < 1:
-            raise ValueError(f"[options.{NAME}] {key} must be in (0, 1), got {s[key]!r}")
-    if s["iter_windows"] is not None and (
-        int(s["iter_windows"]) != s["iter_windows"] or s["iter_windows"] < 0
-    ):
-        raise ValueError(
-            f"[options.{NAME}] iter_windows must be an integer >= 0, got {s['iter_windows']!r}"
-        )
+        s[key] = number(where, key, s[key], 0, 1, low_open=True, high_open=True)
+    if s["iter_windows"] is not None:
+        s["iter_windows"] = integer(where, "iter_windows", s["iter_windows"], 0)
     return s
 
 
@@ -206,7 +198,7 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
     from ...capture import full_grad, minibatch_grads
     from ...stats.tail_battery import power_law_battery
 
-    s = _settings(ctx)
+    s = ctx.options(NAME)
     cfg = ctx.config
     run = ctx.run
     sel = run.selection
@@ -480,7 +472,7 @@ def _plot_examples(ax: Any, arrays: dict[str, np.ndarray], exs: list[dict[str, A
         lows.append(ex["xmin"] / 100)
     if lows:  # far below xmin the CCDF is flat at 1 and says nothing about the tail
         ax.set_xlim(left=min(lows))
-    ax.legend(fontsize=7, loc="lower left")
+        ax.legend(fontsize=7, loc="lower left")
 
 
 def _fractions_plot(
@@ -741,4 +733,5 @@ ANALYSIS = Analysis(
     render,
     description="CSN power-law battery: dimension-wise vs iteration-wise gradients vs SGN",
     headline=headline,
+    options=resolve_options,
 )

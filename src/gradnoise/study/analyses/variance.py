@@ -35,15 +35,17 @@ training loss at which runs are compared at equal loss, methods.md §8 item 13).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ...errors import GradnoiseError
+from ...errors import ConfigError, GradnoiseError
 from ...report import Figure, Section, Table
 from ...report.figures import figure, save_figure
 from ..context import RunView, StudyContext
+from ..options import boolean, check_keys, integer, number
 from ..registry import Analysis
 
 NAME = "variance"
@@ -83,44 +85,48 @@ CMP_SERIES = ("variance", "ngv", "bias", "bias_z")
 # options
 
 
-def _positive_int(opts: dict[str, Any], key: str, default: int) -> int:
-    value = opts.get(key, default)
-    if isinstance(value, bool) or int(value) != value or int(value) < 1:
-        raise ValueError(f"[options.variance] {key} must be a positive integer, got {value!r}")
-    return int(value)
+WHERE = f"[options.{NAME}]"
 
 
-def resolve_options(ctx: StudyContext) -> dict[str, Any]:
+def resolve_options(raw: Mapping[str, Any], config: Any) -> dict[str, Any]:
     """The analysis's options with defaults filled in and checked (unknown keys are errors)."""
-    opts = ctx.options(NAME)
-    unknown = sorted(set(opts) - set(OPTIONS))
-    if unknown:
-        raise ValueError(f"[options.variance] unknown option(s) {unknown}; known: {list(OPTIONS)}")
-    cfg = ctx.config
-    every = _positive_int(opts, "every", max(1, cfg.steps // 10))
-    draws = _positive_int(opts, "draws", 16)
-    if draws < 2:
-        raise ValueError(f"[options.variance] draws must be >= 2, got {draws}")
-    out: dict[str, Any] = {
+    check_keys(WHERE, raw, OPTIONS)
+
+    def count(key: str, default: int, minimum: int = 1) -> int:
+        return integer(WHERE, key, raw.get(key, default), minimum)
+
+    every = count("every", max(1, config.steps // 10))
+    draws = count("draws", 16, 2)
+    return {
         "every": every,
         "draws": draws,
-        "comparators": bool(opts.get("comparators", True)),
-        "comparator_draws": _positive_int(opts, "comparator_draws", draws),
-        "comparator_every": _positive_int(opts, "comparator_every", 1),
-        "num_clusters": _positive_int(opts, "num_clusters", cfg.batch_size),
-        "recluster_every": _positive_int(opts, "recluster_every", 4 * every),
-        "snapshot_every": _positive_int(opts, "snapshot_every", 4 * every),
-        "cluster_iters": _positive_int(opts, "cluster_iters", 1),
-        "transient": float(opts.get("transient", 0.1)),
-        "loss_level": float(opts.get("loss_level", 0.5)),
+        "comparators": boolean(WHERE, "comparators", raw.get("comparators", True)),
+        "comparator_draws": count("comparator_draws", draws, 2),
+        "comparator_every": count("comparator_every", 1),
+        "num_clusters": count("num_clusters", config.batch_size),
+        "recluster_every": count("recluster_every", 4 * every),
+        "snapshot_every": count("snapshot_every", 4 * every),
+        "cluster_iters": count("cluster_iters", 1),
+        "transient": number(WHERE, "transient", raw.get("transient", 0.1), 0, 1, high_open=True),
+        "loss_level": number(WHERE, "loss_level", raw.get("loss_level", 0.5), 0, low_open=True),
     }
-    if out["comparator_draws"] < 2:
-        raise ValueError("[options.variance] comparator_draws must be >= 2")
-    if not 0.0 <= out["transient"] < 1.0:
-        raise ValueError(f"[options.variance] transient must be in [0, 1), got {out['transient']}")
-    if not (math.isfinite(out["loss_level"]) and out["loss_level"] > 0):
-        raise ValueError(f"[options.variance] loss_level must be > 0, got {out['loss_level']}")
-    return out
+
+
+def check(ctx: StudyContext, model: Any) -> None:
+    """Before training: the comparators' cluster count and SG-2B fit in the train split."""
+    opts = ctx.options(NAME)
+    n = len(ctx.data.train)  # type: ignore[arg-type]
+    if not opts["comparators"]:
+        return
+    if opts["num_clusters"] > n:
+        raise ConfigError(
+            f"{WHERE} num_clusters ({opts['num_clusters']}) exceeds the {n} training examples"
+        )
+    if 2 * ctx.config.batch_size > n:
+        raise ConfigError(
+            f"the SG-2B comparator needs 2 x batch_size = {2 * ctx.config.batch_size} "
+            f"distinct examples; the train split has {n} (set {WHERE} comparators = false)"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -162,7 +168,7 @@ def _layer_groups(model: Any, selection: Any) -> dict[str, np.ndarray]:
 def _start(ctx: StudyContext, model: Any) -> _State:
     from ...capture import select_params
 
-    opts = resolve_options(ctx)
+    opts = ctx.options(NAME)
     x, _ = ctx.train_tensors
     n = int(x.shape[0])
     selection = select_params(model)
@@ -170,16 +176,6 @@ def _start(ctx: StudyContext, model: Any) -> _State:
     if opts["comparators"]:
         from ...clustering import EstimatorComparator
 
-        if opts["num_clusters"] > n:
-            raise ValueError(
-                f"[options.variance] num_clusters ({opts['num_clusters']}) exceeds the "
-                f"{n} training examples"
-            )
-        if 2 * ctx.config.batch_size > n:
-            raise ValueError(
-                f"the SG-2B comparator needs 2 x batch_size = {2 * ctx.config.batch_size} "
-                f"distinct examples; the train split has {n} (set comparators = false)"
-            )
         state.comparator = EstimatorComparator(
             model,
             ctx.loss_fn,
@@ -731,4 +727,6 @@ ANALYSIS = Analysis(
     description="variance, NGV, GSNR along training; SG-B / SG-2B / SVRG / GC estimators",
     headline=headline,
     during_training=during_training,
+    options=resolve_options,
+    check=check,
 )
