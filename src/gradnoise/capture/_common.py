@@ -15,7 +15,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset, default_collate
 
-from ..errors import InsufficientDataError, NonFiniteGradientError, UnsupportedLayerError
+from ..errors import (
+    DataError,
+    InsufficientDataError,
+    NonFiniteGradientError,
+    UnsupportedLayerError,
+)
 from ..selection import ParamSelection, build_selection
 from ._dist import unwrap
 
@@ -307,8 +312,18 @@ def _known_per_example_losses(loss_fn: Any, outputs: Tensor, targets: Tensor) ->
 def _check_class_targets(loss_fn: Any, outputs: Tensor, targets: Tensor) -> None:
     """Class-index targets of a CrossEntropy/NLL loss: integers in [0, C) or ``ignore_index``."""
     name = type(loss_fn).__name__
+    if (
+        not targets.is_floating_point()
+        and targets.shape == outputs.shape
+        and outputs.dim() >= 2
+        and bool(((targets == 0) | (targets == 1)).all())
+    ):
+        raise DataError(
+            f"{name} got integer targets shaped like the outputs {tuple(outputs.shape)}: one-hot "
+            "labels? Pass class indices (targets.argmax(1)) or float class probabilities"
+        )
     if targets.is_floating_point() and targets.dim() == outputs.dim() - 1:
-        raise ValueError(
+        raise DataError(
             f"{name} got floating-point targets of shape {tuple(targets.shape)}: class indices "
             "must be integers (targets.long()); class probabilities need the outputs' shape"
         )
@@ -321,7 +336,7 @@ def _check_class_targets(loss_fn: Any, outputs: Tensor, targets: Tensor) -> None
     bad = valid & ((targets < 0) | (targets >= classes))
     if bool(bad.any()):
         value = int(targets[bad][0])
-        raise ValueError(
+        raise DataError(
             f"{name}: target {value} is not a class index of the model's {classes} outputs "
             f"(valid: 0..{classes - 1}, or ignore_index={loss_fn.ignore_index}); check the labels "
             "or the model's number of classes"

@@ -42,6 +42,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from ..errors import (
+    DataError,
     LossDecompositionWarning,
     NonFiniteInputError,
     PerSampleFallbackWarning,
@@ -253,7 +254,8 @@ def _trace(model: nn.Module, loss_fn: Any, x: Tensor, y: Tensor) -> _Trace:
     watch = _Watch(stack, names, int(x.shape[0]))
     try:
         with torch.enable_grad(), stack.active(), watch:
-            per_example_losses(loss_fn, model(x), y)
+            outputs = _forward(model, x)
+            per_example_losses(loss_fn, outputs, y)
     finally:
         written = _restore_buffers(model, buffers)
     if written:
@@ -276,6 +278,24 @@ def _trace(model: nn.Module, loss_fn: Any, x: Tensor, y: Tensor) -> _Trace:
             "gradients would refer to parameters that no longer exist; remove the in-place update"
         )
     return _Trace(watch.uses, watch.random, watch.shared_random)
+
+
+def _forward(model: nn.Module, x: Tensor) -> Any:
+    """``model(x)``, with a sentence naming the inputs when the model cannot run on them."""
+    try:
+        return model(x)
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        params = next(model.parameters(), None)
+        hint = "check that the inputs' shape and dtype are what the model expects"
+        if params is not None and x.is_floating_point() and x.dtype != params.dtype:
+            hint = (
+                f"the inputs are {x.dtype} but the model's parameters {params.dtype}: convert "
+                f"one of them (e.g. X.to({params.dtype}))"
+            )
+        raise DataError(
+            f"the model's forward fails on examples of shape {tuple(x.shape[1:])} ({x.dtype}): "
+            f"{_short(err)}; {hint}"
+        ) from err
 
 
 def _restore_buffers(model: nn.Module, saved: dict[str, tuple[Tensor, Tensor]]) -> list[str]:
