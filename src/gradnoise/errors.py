@@ -23,6 +23,12 @@ class InsufficientDataError(GradnoiseError, ValueError):
     """Too few samples (or examples) for the requested computation."""
 
 
+class InvalidDataError(GradnoiseError, ValueError):
+    """Input values a computation cannot use as given: NaN/Inf, or magnitudes whose result does
+    not fit in float64 (e.g. the variance of gradients of size 1e300). The message names the
+    input and the fix."""
+
+
 class StoreError(GradnoiseError, OSError):
     """A gradient store is missing, corrupt, or incompatible with the request."""
 

@@ -31,13 +31,21 @@ and against the ``powerlaw`` package in the tests).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Literal
 
 import numpy as np
 from scipy import special, stats
 
-from ..errors import InsufficientDataError
-from ._common import RNGLike, StatResult, as_float_array, as_generator, check_finite
+from ..errors import InsufficientDataError, InvalidDataError
+from ._common import (
+    RNGLike,
+    StatResult,
+    as_float_array,
+    as_generator,
+    check_finite,
+    pow2_exponents,
+)
 from ._powerlaw_alt import (
     fit_lognormal_tail,
     fit_se_tail,
@@ -56,6 +64,8 @@ __all__ = [
     "fit_power_law",
     "power_law_test",
 ]
+
+_DISCRETE_MAX = 2.0**53
 
 Alternative = Literal["lognormal", "exponential", "truncated_power_law", "stretched_exponential"]
 _ALTERNATIVES = ("lognormal", "exponential", "truncated_power_law", "stretched_exponential")
@@ -122,7 +132,8 @@ class TailComparison(StatResult):
             stretched exponential with beta -> 0, truncated power law with lambda = 0): both fits
             coincide, ``R = 0`` and ``pvalue = 1``.
         params: the alternative's MLE (``mu``, ``sigma``; ``lambda``; ``alpha``, ``lambda``;
-            ``beta``, ``lambda``), in x units.
+            ``beta``, ``lambda``), in x units (a rate ``lambda`` beyond float64, for data of
+            magnitude below ~1e-300, is reported as ``inf``).
         xmin, alpha, n_tail: the power-law fit that defines the tail.
         loglik_power_law, loglik_alternative: the two log-likelihoods summed over the tail.
     """
@@ -146,10 +157,19 @@ class TailComparison(StatResult):
 # --------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class _Batch:
-    xs: np.ndarray  # flat, each sample sorted
+    xs: np.ndarray  # flat, each sample sorted (and scaled by 2**-exps, see _prepare)
     off: np.ndarray  # (B + 1,)
     shape: tuple[int, ...]  # batch shape (() for one sample)
     n_dropped: np.ndarray  # (B,)
+    exps: np.ndarray  # (B,) power-of-two exponents of the rescaling (0: values as given)
+
+    def scaled(self, values: np.ndarray) -> np.ndarray:
+        """Per-sample values in x units -> the rescaled units of ``xs``."""
+        return np.ldexp(values, -self.exps) if self.exps.any() else values
+
+    def unscaled(self, values: np.ndarray) -> np.ndarray:
+        """Per-sample values in the rescaled units -> x units."""
+        return np.ldexp(values, self.exps) if self.exps.any() else values
 
     @property
     def size(self) -> int:
@@ -180,7 +200,13 @@ def _prepare(x: Any, axis: int | None, nonpositive: str, discrete: bool, name: s
         assert axis is not None
         arr = np.moveaxis(arr, axis, -1)
         shape = arr.shape[:-1]
-        mat = arr.reshape(-1, arr.shape[-1])
+        mat = arr.reshape(math.prod(shape), arr.shape[-1])
+    if mat.size == 0:
+        raise InsufficientDataError(
+            f"{name} is empty (shape {np.shape(x)}): "
+            + ("no values along the sample axis" if mat.shape[0] else "a batch of no samples")
+            + "; pass at least min_tail values per sample (along axis)"
+        )
     check_finite(mat, name)
     if nonpositive not in ("raise", "drop"):
         raise ValueError(f"nonpositive must be 'raise' or 'drop', got {nonpositive!r}")
@@ -199,6 +225,12 @@ def _prepare(x: Any, axis: int | None, nonpositive: str, discrete: bool, name: s
                 f"discrete=True needs integer values, but {name} has {int(frac.sum())} "
                 "non-integer value(s); round explicitly or use discrete=False"
             )
+        if mat.max() >= _DISCRETE_MAX:
+            raise InvalidDataError(
+                f"discrete=True needs integers below 2**53 = {_DISCRETE_MAX:.4g} (float64 holds "
+                f"every integer only up to there), but {name} reaches {mat.max():.4g}; fit such "
+                "magnitudes with discrete=False (a continuous power law)"
+            )
     if nbad.any():
         srt = np.sort(np.where(bad, np.inf, mat), axis=1)
         keep = np.arange(mat.shape[1])[None, :] < (mat.shape[1] - nbad)[:, None]
@@ -209,7 +241,19 @@ def _prepare(x: Any, axis: int | None, nonpositive: str, discrete: bool, name: s
         counts = np.full(mat.shape[0], mat.shape[1])
     off = np.zeros(mat.shape[0] + 1, dtype=np.int64)
     np.cumsum(counts, out=off[1:])
-    return _Batch(xs=xs, off=off, shape=shape, n_dropped=nbad.astype(np.int64))
+    exps = np.zeros(mat.shape[0], dtype=np.int64)
+    if not discrete and xs.size:
+        # values of extreme magnitude (~1e300, ~1e-300) are rescaled per sample by an exact
+        # power of two (alpha, KS and likelihood ratios are scale-free; xmin and the
+        # alternatives' parameters are mapped back), keeping the sample's smallest value normal
+        has = counts > 0
+        first, last = off[:-1][has], off[1:][has] - 1
+        e = pow2_exponents(xs[last])
+        _, e_lo = np.frexp(xs[first])
+        exps[has] = np.where(e > 0, np.minimum(e, e_lo + 1000), e)
+        if exps.any():
+            xs = np.ldexp(xs, -np.repeat(exps, counts))
+    return _Batch(xs=xs, off=off, shape=shape, n_dropped=nbad.astype(np.int64), exps=exps)
 
 
 def _per_sample(value: Any, batch: _Batch, name: str) -> np.ndarray:
@@ -314,11 +358,14 @@ def _options(
             raise ValueError("xmin must be finite and > 0")
         if discrete and np.any(fixed != np.floor(fixed)):
             raise ValueError("discrete=True needs an integer xmin")
+        fixed = batch.scaled(fixed)
     elif xmin_range is not None:
         if len(xmin_range) != 2:
             raise ValueError("xmin_range must be a (low, high) pair; use None for no bound")
         lo = None if xmin_range[0] is None else _per_sample(xmin_range[0], batch, "xmin_range")
         hi = None if xmin_range[1] is None else _per_sample(xmin_range[1], batch, "xmin_range")
+        lo = None if lo is None else batch.scaled(lo)
+        hi = None if hi is None else batch.scaled(hi)
     a_lo = a_hi = None
     if alpha_range is not None:
         if len(alpha_range) != 2:
@@ -429,7 +476,7 @@ def _make_fit(fit: _FitArrays, batch: _Batch, discrete: bool, **extra: Any) -> A
     shape = batch.shape
     kw = {
         "alpha": _out(fit.alpha, shape),
-        "xmin": _out(fit.xmin, shape),
+        "xmin": _out(batch.unscaled(fit.xmin), shape),
         "n_tail": _out(fit.n_tail, shape, int),
         "n": _out(np.diff(batch.off), shape, int),
         "ks": _out(fit.ks, shape),
@@ -585,8 +632,9 @@ def _draw_block(
     a, xm = fit.alpha[s], fit.xmin[s]
     if discrete:
         vals[tail] = sample_discrete(a, xm, ut)
-    else:
-        vals[tail] = xm * ut ** (-1.0 / (a - 1.0))
+    else:  # draws beyond float64 (alpha near 1) are kept at its largest value
+        with np.errstate(over="ignore"):
+            vals[tail] = np.minimum(xm * ut ** (-1.0 / (a - 1.0)), np.finfo(np.float64).max)
     if body.size:
         idx = np.minimum((u[~tail] * body.size).astype(np.int64), body.size - 1)
         vals[~tail] = body[idx]
@@ -731,6 +779,14 @@ def compare_tails(
         pval = special.erfc(np.abs(norm) / np.sqrt(2.0))
     pval = np.where(same, 1.0, pval)
     ll_pl_sum = np.add.reduceat(ll_pl, starts)
+    if batch.exps.any():  # back from the rescaled units (x 2**-e) to x units
+        shift = batch.exps * math.log(2.0)
+        ll_pl_sum = ll_pl_sum - nt * shift  # a density in x is 2**-e times that in x 2**-e
+        if "lambda" in params:  # 1/x units; beyond float64 (x below ~1e-300) it is inf
+            with np.errstate(over="ignore"):
+                params["lambda"] = batch.scaled(params["lambda"])
+        if "mu" in params:
+            params["mu"] = params["mu"] + shift  # ln x units
     shape = batch.shape
     return TailComparison(
         alternative=alternative,
@@ -740,7 +796,7 @@ def compare_tails(
         nested=nested,
         boundary=_out(boundary, shape, bool),
         params={k: _out(np.asarray(v, dtype=np.float64), shape) for k, v in params.items()},
-        xmin=_out(fit.xmin, shape),
+        xmin=_out(batch.unscaled(fit.xmin), shape),
         alpha=_out(fit.alpha, shape),
         n_tail=_out(fit.n_tail, shape, int),
         loglik_power_law=_out(ll_pl_sum, shape),
