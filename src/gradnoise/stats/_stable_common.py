@@ -55,7 +55,7 @@ def column_maxabs(cols: np.ndarray) -> np.ndarray:
     """max |x| per column of an (n, m) array with n >= 1 (float64), in column blocks."""
     out = np.zeros(cols.shape[1])
     for sl in column_chunks(cols):
-        out[sl] = np.abs(cols[:, sl]).max(axis=0)
+        out[sl] = np.maximum(cols[:, sl].max(axis=0), -cols[:, sl].min(axis=0))
     return out
 
 

@@ -286,7 +286,8 @@ def fit_stable(
     res = {k: np.empty(m) for k in ("alpha", "beta", "scale", "loc0", "loglik")}
     for sl in column_chunks(cols):
         block = cols[:, sl]
-        q = sample_quantiles(_sorted_block(block), QUANTILES)
+        rows = _sorted_block(block)
+        q = sample_quantiles(rows, QUANTILES)
         iqr_zero = q[3] - q[1] <= 0
         if iqr_zero.any():
             bad = np.flatnonzero(iqr_zero)[:5] + (sl.start or 0)
@@ -303,8 +304,7 @@ def fit_stable(
                 alpha, beta, scale, cf_loc = _cf_fit(block, alpha, scale, zeta, symmetric)
                 zeta = cf_loc if loc is None else zeta
             else:
-                block64 = block.astype(np.float64, copy=False)
-                alpha, scale, zeta, ll = fit_sas_mle(block64, alpha, scale, zeta, loc is None)
+                alpha, scale, zeta, ll = fit_sas_mle(rows, alpha, scale, zeta, loc is None)
                 res["loglik"][sl] = ll
         res["alpha"][sl], res["beta"][sl], res["scale"][sl], res["loc0"][sl] = (
             alpha,
