@@ -12,7 +12,8 @@ Model (x >= xmin): continuous ``p(x) = (alpha-1)/xmin (x/xmin)**-alpha``; discre
 * :func:`power_law_test` — CSN's semi-parametric bootstrap p-value (§4.1), re-fitting xmin in
   every replicate; reject the power law when ``p <= 0.1``.
 * :func:`compare_tails` — log-likelihood ratio against an alternative fitted on the same tail
-  (CSN §5, Appendix C): Vuong's normalised test, or the chi-square test when nested.
+  (CSN §5, Appendix C): Vuong's normalised test, or the chi-square test when nested; discrete
+  data against the alternatives normalised over the integers (CSN Table 2.1).
 
 Every function takes one sample (1-D) or a batch (N-D array, samples along ``axis``) and returns
 one frozen result whose fields are scalars or arrays of the batch shape; batched equals looped.
@@ -53,6 +54,7 @@ from ._powerlaw_alt import (
     log_expint,
     tn_log_partition,
 )
+from ._powerlaw_discrete import discrete_alternative
 from ._powerlaw_scan import Candidates, Unique, _Model, make_candidates, scan, unique_batch
 from ._powerlaw_zeta import log_hurwitz, sample_discrete
 
@@ -676,8 +678,16 @@ def compare_tails(
     ``p = erfc(|R| / sqrt(2 n sd^2))`` (CSN eq. 5.4). The power law is nested in the truncated
     power law (lam = 0), so there ``p = P(chi2_1 >= 2|R|)`` (CSN Appendix C, as the ``powerlaw``
     package); ``nested_pvalue="half_chi2"`` halves it, the asymptotic law when the null sits on
-    the boundary lam = 0 (Self & Liang 1987). Discrete data: the exact zeta power law against the
-    geometric distribution (``exponential``); the other alternatives are continuous only.
+    the boundary lam = 0 (Self & Liang 1987).
+
+    Discrete data (``discrete=True``): the exact zeta power law against each alternative's
+    discrete version, its basic form normalised over the integers ``k >= xmin`` (CSN Table 2.1):
+    the geometric distribution (``exponential``), ``exp(-(ln k - mu)^2 / (2 sigma^2)) / k``,
+    ``k^-alpha e^(-lam k)`` and ``k^(beta-1) exp(-(lam k)^beta)``, each fitted by exact maximum
+    likelihood (normalising sums to double precision, see ``_powerlaw_discrete``). The
+    ``powerlaw`` package normalises its discrete truncated power law the same way but rounds a
+    continuous lognormal and stretched exponential instead (``F(k + 1/2) - F(k - 1/2)``): a
+    different model, whose ratios differ slightly (benchmarks/powerlaw.py).
 
     Returns:
         :class:`TailComparison` (positive ``loglik_ratio``: the power law fits better).
@@ -686,11 +696,6 @@ def compare_tails(
         raise ValueError(f"alternative must be one of {_ALTERNATIVES}, got {alternative!r}")
     if nested_pvalue not in ("chi2", "half_chi2"):
         raise ValueError(f"nested_pvalue must be 'chi2' or 'half_chi2', got {nested_pvalue!r}")
-    if discrete and alternative != "exponential":
-        raise NotImplementedError(
-            f"discrete data: only the exponential (geometric) alternative is implemented, "
-            f"not {alternative!r}; fit discrete=False if a continuous approximation is acceptable"
-        )
     batch = _prepare(x, axis, nonpositive, discrete)
     opt = _options(
         batch,
@@ -732,6 +737,10 @@ def compare_tails(
             lam = 1.0 / excess
             ll_alt = np.log(lam)[seg] - lam[seg] * (xt - xm)
         params = {"lambda": lam}
+    elif discrete:  # lognormal, truncated power law, stretched exponential on the integers
+        ll_alt, params, boundary = discrete_alternative(
+            alternative, z, seg, starts, nt, fit.xmin, alpha
+        )
     elif alternative == "lognormal":
         z2bar = np.add.reduceat(z * z, starts) / nt
         e1, e2, boundary = fit_lognormal_tail(zbar, z2bar)
