@@ -48,19 +48,25 @@ from scipy.stats import levy_stable
 warnings.simplefilter("ignore")
 x = np.load(sys.argv[1])
 t = time.perf_counter()
-a, b, loc, scale = levy_stable.fit(x, fbeta=0, floc=0)
-print(json.dumps({"alpha": float(a), "scale": float(scale), "seconds": time.perf_counter() - t}))
+if sys.argv[2] == "skewed":  # alpha, beta, loc, scale free, S0
+    levy_stable.parameterization = "S0"
+    a, b, loc, scale = levy_stable.fit(x)
+else:
+    a, b, loc, scale = levy_stable.fit(x, fbeta=0, floc=0)
+print(json.dumps({"alpha": float(a), "beta": float(b), "loc": float(loc), "scale": float(scale),
+                  "seconds": time.perf_counter() - t}))
 """
 
 
-def scipy_mle(x: np.ndarray, timeout: float) -> dict | None:
-    """scipy's MLE in a fresh subprocess; None on timeout."""
+def scipy_mle(x: np.ndarray, timeout: float, skewed: bool = False) -> dict | None:
+    """scipy's MLE in a fresh subprocess (``fbeta=0, floc=0``, or every parameter free in S0
+    with ``skewed``); None on timeout."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "x.npy"
         np.save(path, x)
         try:
             out = subprocess.run(
-                [sys.executable, "-c", SCIPY_FIT, str(path)],
+                [sys.executable, "-c", SCIPY_FIT, str(path), "skewed" if skewed else "sas"],
                 capture_output=True,
                 text=True,
                 timeout=timeout,

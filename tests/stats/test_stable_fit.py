@@ -171,8 +171,6 @@ def test_input_errors():
         fit_stable(tied)
     with pytest.raises(ValueError, match="method"):
         fit_stable(x, method="quantile")
-    with pytest.raises(NotImplementedError, match="symmetric"):
-        fit_stable(x, method="mle", symmetric=False)
     with pytest.raises(ValueError, match="parameterization"):
         fit_stable(x, parameterization="S2")
     with pytest.raises(ValueError, match="symmetric fits only"):

@@ -60,23 +60,41 @@ def alpha_grid() -> np.ndarray:
     return np.round(ALPHA_MIN + ALPHA_STEP * np.arange(n), 10)
 
 
-def _log_v(s: np.ndarray, a: float) -> np.ndarray:
-    """log V(theta) at theta = arctan(e^s), computed with relative precision at both ends."""
+def _log_v(s: np.ndarray, a: float, theta0: float = 0.0) -> np.ndarray:
+    """log V(theta) of Zolotarev's integral, with relative precision at both ends.
+
+    theta runs over (-theta0, pi/2) as ``theta = -theta0 + c psi``, ``c = 1 + 2 theta0 / pi``,
+    ``psi = arctan(e^s)`` (so ``pi/2 - theta = c (pi/2 - psi)`` and ``theta0 + theta = c psi``);
+    ``V = cos(a theta0)^(1/(a-1)) (cos theta / sin(a (theta0 + theta)))^(a/(a-1))
+    cos(theta0 + (a-1)(theta0 + theta)) / cos theta`` (Nolan 1997, Theorem 1)."""
+    c = 1.0 + 2.0 * theta0 / np.pi
     th = np.arctan(np.exp(s))
-    ph = np.arctan(np.exp(-s))  # pi/2 - theta, accurate near pi/2
-    logcos = -0.5 * np.logaddexp(0.0, 2.0 * s)
-    arg = a * th
-    sin_at = np.where(arg <= np.pi / 2, np.sin(arg), np.sin(np.pi * (1.0 - a / 2.0) + a * ph))
-    if a > 1:
-        cos_a1 = np.sin((2.0 - a) * np.pi / 2.0 + (a - 1.0) * ph)
+    ph = np.arctan(np.exp(-s))  # pi/2 - psi, accurate near pi/2
+    if theta0 == 0.0:
+        logcos = -0.5 * np.logaddexp(0.0, 2.0 * s)
     else:
-        cos_a1 = np.cos((1.0 - a) * th)
+        logcos = np.log(np.sin(c * ph))
+    arg = a * c * th
+    sin_at = np.where(
+        arg <= np.pi / 2, np.sin(arg), np.sin(np.pi * (1.0 - a * c / 2.0) + a * c * ph)
+    )
+    if a > 1:  # cos(theta0 + (a-1)(theta0 + theta)) = sin(K + (a-1) c (pi/2 - psi))
+        k0 = (2.0 - a) * np.pi / 2.0 - a * theta0
+        k0 = 0.0 if abs(k0) < 1e-12 else k0  # |beta| = 1: V vanishes at pi/2 (rounding)
+        cos_a1 = np.maximum(np.sin(k0 + (a - 1.0) * c * ph), 0.0)
+    else:
+        cos_a1 = np.cos(theta0 + (a - 1.0) * c * th)
     r = a / (a - 1.0)
-    return r * (logcos - np.log(sin_at)) + np.log(cos_a1) - logcos
+    const = 0.0 if theta0 == 0.0 else np.log(np.cos(a * theta0)) / (a - 1.0)
+    return const + r * (logcos - np.log(sin_at)) + np.log(cos_a1) - logcos
 
 
-def quadrature_logpdf(a: float, t: np.ndarray) -> np.ndarray:
-    """``log f(e^t)`` of the standard SαS law by Zolotarev's integral (``alpha != 1``, < 2)."""
+def quadrature_logpdf(a: float, t: np.ndarray, theta0: float = 0.0) -> np.ndarray:
+    """``log f(e^t)`` of the standard SαS law by Zolotarev's integral (``alpha != 1``, < 2);
+    with ``theta0 != 0`` (skewed laws, see ``_stable_skew``) the density at ``zeta + e^t``.
+
+    f = alpha / (pi |alpha - 1| z) * int g exp(-g) d theta, g = z^(alpha/(alpha-1)) V(theta),
+    z = x - zeta."""
     if a == 1.0 or not 0.0 < a < 2.0:
         raise ValueError("quadrature_logpdf needs alpha in (0, 2) and alpha != 1")
     t = np.asarray(t, dtype=np.float64)
@@ -88,22 +106,37 @@ def quadrature_logpdf(a: float, t: np.ndarray) -> np.ndarray:
     # most about |r t| / kmin; pad by the bump's width (w in [-45, 45]) and a margin.
     bound = min(abs(r) * float(np.abs(t).max()) / kmin + 45.0 / kmin + 5.0, 60.0)
     s = np.arange(-bound, bound + h, h)
-    lv = _log_v(s, a)
+    with np.errstate(divide="ignore", invalid="ignore"):  # |beta| = 1: V = 0 at an end
+        lv = _log_v(s, a, theta0)
+        if theta0 != 0.0:  # the slope bounds hold at the ends; use the observed ones inside
+            slope = np.abs(np.diff(lv)) / h
+            slope = slope[np.isfinite(slope)]
+            if slope.max() > kmax:
+                kmax = float(slope.max())
+                h = 0.5 / kmax
+                s = np.arange(-bound, bound + h, h)
+                lv = _log_v(s, a, theta0)
+                slope = np.abs(np.diff(lv)) / h
+                slope = slope[np.isfinite(slope)]
+            kmin = max(min(kmin, float(slope.min())), 1e-6)
     if a < 1.0:  # make w = r t + lv decreasing in s, as for alpha > 1
         s, lv = s[::-1], lv[::-1]
-    log_half_sech = -np.logaddexp(s, -s)  # log(sech(s)/2)
+    log_half_sech = -np.logaddexp(s, -s) + np.log(1.0 + 2.0 * theta0 / np.pi)  # d theta / ds
     # per t, integrate over the nodes where w runs from +4.5 down to -45 (the rest is < 1e-19
     # of the peak): a fixed-width window starting where w first drops below 4.5.
-    width = int(np.ceil(49.5 / (kmin * h))) + 2
+    width = min(int(np.ceil(49.5 / (kmin * h))) + 2, s.size)
     neg_lv = -lv  # increasing in node index
     start = np.searchsorted(neg_lv, r * t - 4.5) - 1
     start = np.clip(start, 0, s.size - width)
     idx = start[:, None] + np.arange(width)[None, :]
     w = r * t[:, None] + lv[idx]
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):
         integrand = w - np.exp(w) + log_half_sech[idx]
+    integrand = np.where(np.isnan(integrand), -np.inf, integrand)  # -inf - inf at a zero of V
     peak = integrand.max(axis=1, keepdims=True)
-    log_int = np.log(np.exp(integrand - peak).sum(axis=1)) + peak[:, 0] + np.log(h)
+    peak = np.where(np.isfinite(peak), peak, 0.0)  # all -inf: a density below 1e-308
+    with np.errstate(divide="ignore"):
+        log_int = np.log(np.exp(integrand - peak).sum(axis=1)) + peak[:, 0] + np.log(h)
     return np.log(a / (np.pi * abs(a - 1.0))) - t + log_int
 
 

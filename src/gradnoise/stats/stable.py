@@ -28,6 +28,7 @@ from ._stable_common import as_columns, column_chunks, rescale_columns, restore
 from ._stable_density import get_table
 from ._stable_mcculloch import QUANTILES, mcculloch_from_quantiles, sample_quantiles
 from ._stable_mle import fit_sas_mle
+from ._stable_skew import fit_stable_mle_skewed
 
 Parameterization = Literal["S0", "S1"]
 
@@ -247,9 +248,13 @@ def fit_stable(
             see ``_stable_mcculloch``). Fastest; consistent; alpha in about [0.59, 2].
         ``"cf"``: empirical characteristic-function regression (Koutrouvelis 1980; grid of
             Kogon & Williams 1998), started from McCulloch.
-        ``"mle"``: maximum likelihood for the symmetric law (``symmetric=True`` only), on a
-            tabulated SαS log-density (alpha nodes 0.50..2.00 step 0.01, Zolotarev's integral;
-            see ``_stable_mle``). Its estimates lie in [0.5, 2].
+        ``"mle"``: maximum likelihood. Symmetric (default): on a tabulated SαS log-density
+            (alpha nodes 0.50..2.00 step 0.01, Zolotarev's integral), batched over columns
+            (``_stable_mle``: 100,000 columns of 1,000 in about 8 s here). ``symmetric=False``:
+            alpha, beta, scale and the S0 location by L-BFGS-B on the exact density
+            (Zolotarev's integral per value, ``_stable_skew``), one column at a time (about a
+            second per column of 1,000 values): for modest numbers of columns. Estimates of
+            alpha lie in [0.5, 2].
 
     ``symmetric=True`` fixes beta = 0 (SαS, the model of Battash et al.). ``loc=None`` estimates
     the location; with ``symmetric=True`` a number fixes it (e.g. ``loc=0.0`` for
@@ -264,11 +269,6 @@ def fit_stable(
     _check_parameterization(parameterization)
     if method not in _MIN_N:
         raise ValueError(f"method must be 'mcculloch', 'cf' or 'mle', got {method!r}")
-    if method == "mle" and not symmetric:
-        raise NotImplementedError(
-            "method='mle' fits the symmetric law only (symmetric=True); use method='mcculloch' "
-            "or 'cf' for skewed fits"
-        )
     if loc is not None:
         if not symmetric:
             raise ValueError(
@@ -303,8 +303,13 @@ def fit_stable(
             if method == "cf":
                 alpha, beta, scale, cf_loc = _cf_fit(block, alpha, scale, zeta, symmetric)
                 zeta = cf_loc if loc is None else zeta
-            else:
+            elif symmetric:
                 alpha, scale, zeta, ll = fit_sas_mle(rows, alpha, scale, zeta, loc is None)
+                res["loglik"][sl] = ll
+            else:
+                alpha, beta, scale, zeta, ll = fit_stable_mle_skewed(
+                    block, alpha, beta, scale, zeta
+                )
                 res["loglik"][sl] = ll
         res["alpha"][sl], res["beta"][sl], res["scale"][sl], res["loc0"][sl] = (
             alpha,
