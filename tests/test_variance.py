@@ -341,3 +341,16 @@ def test_variance_beyond_float64_is_a_clear_error(draws):
     np.testing.assert_allclose(np.ldexp(res.per_coordinate, -1000), _naive_var(draws, 1), 1e-12)
     tiny = gradient_variance(draws * 1e-300)  # ~1e-600 rounds to 0: float64's nearest value
     assert tiny.total == 0.0
+
+
+def test_stratified_variance_bad_inputs():
+    """1e300 gave inf with a numpy warning and no rows a ZeroDivisionError."""
+    x = np.random.default_rng(2).standard_normal((12, 3))
+    labels = np.repeat([0, 1, 2], 4)
+    ref = stratified_minibatch_variance(x, labels, batch_size=3).per_coordinate
+    big = stratified_minibatch_variance(np.ldexp(x, 500), labels, batch_size=3)
+    np.testing.assert_allclose(np.ldexp(big.per_coordinate, -1000), ref, rtol=1e-12)
+    with pytest.raises(InvalidDataError, match="per_sample holds values up to"):
+        stratified_minibatch_variance(x * 1e300, labels, batch_size=3)
+    with pytest.raises(InsufficientDataError, match="no rows"):
+        stratified_minibatch_variance(x[:0], labels[:0], batch_size=3)

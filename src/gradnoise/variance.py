@@ -265,6 +265,7 @@ class _Moments:
     big_n: float | None
     e: np.ndarray
     maxabs: float  # largest |value| of the samples (and given mean), unscaled
+    name: str = "samples"
 
     def unscaled(self, values: np.ndarray, power: int, what: str) -> np.ndarray:
         """``values * 2**(power e)`` (undo the rescaling), refusing results beyond float64."""
@@ -276,9 +277,9 @@ class _Moments:
     def check(self, values: Any, what: str) -> None:
         if not np.all(np.isfinite(values)):
             raise InvalidDataError(
-                f"{what} overflows float64: samples holds values up to {self.maxabs:.3g} and a "
-                "variance is of the order of their square; divide samples by a constant c "
-                "first (variances scale by 1/c^2; NGV and GSNR do not change)"
+                f"{what} overflows float64: {self.name} holds values up to {self.maxabs:.3g} and "
+                f"a variance is of the order of their square; divide {self.name} by a constant "
+                "c first (variances scale by 1/c^2; NGV and GSNR do not change)"
             )
 
 
@@ -585,6 +586,9 @@ def stratified_minibatch_variance(
     """
     x = _as_samples(per_sample, "per_sample")
     n, p = x.shape
+    if n == 0:
+        raise InsufficientDataError("per_sample has no rows: the strata hold no examples")
+    x, _, e, mx = _rescaled(x, None)  # |g| ~ 1e300: exact power-of-two rescaling
     labels = np.asarray(assignment).reshape(-1)
     if labels.shape[0] != n:
         raise ValueError(f"assignment must have one label per row ({n}), got {labels.shape[0]}")
@@ -610,18 +614,23 @@ def stratified_minibatch_variance(
             np.where(sizes > 1, (sizes - q) / (q * np.maximum(sizes - 1, 1)), 0.0),
             1.0 / q,
         )
-    v = ((sizes / n) ** 2 * fpc) @ sigma2
+    mo = _Moments(x, x.mean(0), ((sizes / n) ** 2 * fpc) @ sigma2, float(n), e, mx, "per_sample")
+    v = mo.unscaled(mo.v, 2, "the variance of a coordinate")
+    m = mo.unscaled(mo.m, 1, "the mean")
     grouping = _group_codes(groups, p)
-    layer_sums, layer_means = _group_sums(v, grouping)
-    m = x.mean(0)
-    total = float(v.sum())
+    with np.errstate(over="ignore"):
+        layer_sums, layer_means = _group_sums(v, grouping)
+        total = float(v.sum())
+        mean_sq_norm = float(m @ m)
+    mo.check([total, *layer_sums.values()], "the summed variance")
+    mo.check(mean_sq_norm, "the squared norm of the mean")
     return VarianceResult(
         total=total,
         mean=total / p,
         per_coordinate=v,
         layers=layer_sums,
         layer_means=layer_means,
-        mean_sq_norm=float(m @ m),
+        mean_sq_norm=mean_sq_norm,
         num_samples=n,
         scale=(
             f"variance of the stratified minibatch estimator: B={b} examples, {q} from each of "
