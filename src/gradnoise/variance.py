@@ -274,6 +274,21 @@ class _Moments:
         self.check(out, what)
         return out
 
+    def totals(
+        self, groups: GroupsArg
+    ) -> tuple[np.ndarray, dict[str, float], dict[str, float], float, float]:
+        """``(Var_j, per-group sums, per-group means, sum_j Var_j, ||m||^2)`` in the units of
+        the samples (overflow refused)."""
+        v = self.unscaled(self.v, 2, "the variance of a coordinate")
+        m = self.unscaled(self.m, 1, "the mean")
+        with np.errstate(over="ignore"):
+            sums, means = _group_sums(v, _group_codes(groups, v.shape[0]))
+            total = float(v.sum())
+            mean_sq_norm = float(m @ m)
+        self.check([total, *sums.values()], "the summed variance")
+        self.check(mean_sq_norm, "the squared norm of the mean")
+        return v, sums, means, total, mean_sq_norm
+
     def check(self, values: Any, what: str) -> None:
         if not np.all(np.isfinite(values)):
             raise InvalidDataError(
@@ -397,15 +412,7 @@ def gradient_variance(
         replace=replace,
         population_size=population_size,
     )
-    v = mo.unscaled(mo.v, 2, "the variance of a coordinate")
-    m = mo.unscaled(mo.m, 1, "the mean")
-    grouping = _group_codes(groups, v.shape[0])
-    with np.errstate(over="ignore"):
-        sums, means = _group_sums(v, grouping)
-        total = float(v.sum())
-        mean_sq_norm = float(m @ m)
-    mo.check([total, *sums.values()], "the summed variance")
-    mo.check(mean_sq_norm, "the squared norm of the mean")
+    v, sums, means, total, mean_sq_norm = mo.totals(groups)
     return VarianceResult(
         total=total,
         mean=total / v.shape[0],
@@ -615,15 +622,7 @@ def stratified_minibatch_variance(
             1.0 / q,
         )
     mo = _Moments(x, x.mean(0), ((sizes / n) ** 2 * fpc) @ sigma2, float(n), e, mx, "per_sample")
-    v = mo.unscaled(mo.v, 2, "the variance of a coordinate")
-    m = mo.unscaled(mo.m, 1, "the mean")
-    grouping = _group_codes(groups, p)
-    with np.errstate(over="ignore"):
-        layer_sums, layer_means = _group_sums(v, grouping)
-        total = float(v.sum())
-        mean_sq_norm = float(m @ m)
-    mo.check([total, *layer_sums.values()], "the summed variance")
-    mo.check(mean_sq_norm, "the squared norm of the mean")
+    v, layer_sums, layer_means, total, mean_sq_norm = mo.totals(groups)
     return VarianceResult(
         total=total,
         mean=total / p,
