@@ -7,8 +7,12 @@
    2.0}: bias and RMSE per method vs n, over R replicate columns (fit_stable: mcculloch, cf,
    mle, all with the location estimated; tail_index: mohammadi with Simsekli's block size, hill
    with k = round(sqrt(n))), plus the relative RMSE of the scale.
+1b. skewed fits (``symmetric=False``) on S0(alpha, beta) data: bias and RMSE of alpha and beta
+   for mcculloch, cf and mle (``--only-beta`` runs 1b and 2b alone).
 2. scipy's MLE (``levy_stable.fit(x, fbeta=0, floc=0)``, subprocesses with a timeout) on a small
-   subset, paired with ours (``loc=0.0``) on the same samples.
+   subset, paired with ours (``loc=0.0``) on the same samples; 2b: scipy's full skewed MLE
+   (every parameter free, S0) paired with ours at n = 100, log-likelihoods under the exact
+   density.
 3. Normality tests: rejection rate at 5% under N(3, 2^2) (R replicates per n; binomial 99% band),
    and power against SαS(1.8), SαS(1.9), Student t(5) and t(10).
 4. The pooling artefact (methods.md §8): Mohammadi alpha of Gaussian coordinates whose scales are
@@ -33,6 +37,7 @@ from gradnoise.stats import (
     sample_stable,
     tail_index,
 )
+from gradnoise.stats._stable_skew import s0_logpdf
 
 sys.path.insert(0, str(Path(__file__).parent))
 from stable import scipy_mle
@@ -109,6 +114,71 @@ def table_scipy(alphas, reps: int, n: int, timeout: float, seed: int) -> None:
             f"{np.sqrt(np.mean(np.square(err_sc))):.4f}, gradnoise {np.sqrt(np.mean(np.square(err_us))):.4f}; "
             f"max |gradnoise - scipy| = {max(diffs):.4f}"
         )
+
+
+SKEWED = ((1.2, -0.5), (1.5, 0.5), (1.8, 0.9), (0.8, 0.3))
+
+
+def table_beta(ns, reps: int, seed: int) -> None:
+    """Skewed fits on S0 data with known (alpha, beta): bias / RMSE of alpha and beta."""
+    rng = np.random.default_rng(seed)
+    print(f"\n## 1b. Skewed fits on S0(alpha, beta, 1, 0): bias / RMSE over {reps} columns\n")
+    methods = ("mcculloch", "cf", "mle")
+    print(
+        "| n | alpha | beta | "
+        + " | ".join(f"{m} alpha bias / RMSE | {m} beta bias / RMSE" for m in methods)
+        + " |"
+    )
+    print("|---|---|---|" + "---|" * (2 * len(methods)))
+    timings = dict.fromkeys(methods, 0.0)
+    for n in ns:
+        for a, b in SKEWED:
+            x = sample_stable(a, b, size=(n, reps), rng=rng, parameterization="S0")
+            cells = []
+            for m in methods:
+                t = time.perf_counter()
+                fit = fit_stable(x, method=m, symmetric=False, parameterization="S0")
+                timings[m] += time.perf_counter() - t
+                for est, true in ((fit.alpha, a), (fit.beta, b)):
+                    cells.append(
+                        f"{np.mean(est) - true:+.3f} / {np.sqrt(np.mean((est - true) ** 2)):.3f}"
+                    )
+            print(f"| {n} | {a} | {b} | " + " | ".join(cells) + " |")
+    print(
+        "\nwall time per method over the whole table (s): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
+    )
+
+
+def table_beta_scipy(configs, reps: int, n: int, timeout: float, seed: int) -> None:
+    """Paired with scipy's full MLE (alpha, beta, loc, scale free, S0) on small samples."""
+    rng = np.random.default_rng(seed)
+    print(
+        f"\n## 2b. Skewed MLE vs scipy's levy_stable.fit (all free, S0): n = {n}, {reps} "
+        "samples per (alpha, beta), paired\n"
+    )
+    print(
+        "| alpha | beta | rep | scipy alpha, beta | gradnoise alpha, beta | "
+        "loglik gradnoise - scipy (exact density) | scipy time (s) | gradnoise time (s) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for a, b in configs:
+        for r in range(reps):
+            x = sample_stable(a, b, size=n, rng=rng, parameterization="S0")
+            t = time.perf_counter()
+            ours = fit_stable(x, method="mle", symmetric=False, parameterization="S0")
+            t_ours = time.perf_counter() - t
+            res = scipy_mle(x, timeout, skewed=True)
+            if res is None:
+                print(f"| {a} | {b} | {r} | timeout (>{timeout:.0f} s) | - | - | - | - |")
+                continue
+            z = (x - res["loc"]) / res["scale"]
+            ll_sc = s0_logpdf(z, res["alpha"], res["beta"]).sum() - n * np.log(res["scale"])
+            print(
+                f"| {a} | {b} | {r} | {res['alpha']:.4f}, {res['beta']:.4f} | "
+                f"{ours.alpha:.4f}, {ours.beta:.4f} | {ours.loglik - ll_sc:+.2e} | "
+                f"{res['seconds']:.1f} | {t_ours:.2f} |"
+            )
 
 
 NORMALITY = ("shapiro", "dagostino", "anderson", "jarque_bera", "lilliefors")
@@ -198,8 +268,15 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--scipy-reps", type=int, default=3, help="scipy MLE fits per alpha (0: skip)")
     ap.add_argument("--timeout", type=float, default=300.0)
+    ap.add_argument("--only-beta", action="store_true", help="only the skewed (beta) tables")
     args = ap.parse_args()
     t0 = time.perf_counter()
+    if args.only_beta:
+        table_beta((500, 1000), reps=10 if args.quick else 20, seed=6)
+        if args.scipy_reps:
+            table_beta_scipy(((1.5, 0.5), (1.2, -0.5)), args.scipy_reps, 100, args.timeout, 7)
+        print(f"\ntotal {time.perf_counter() - t0:.0f} s")
+        return
     if args.quick:
         table_alpha((200, 1000), reps=50, seed=0)
         table_calibration((50, 500), reps=2000, seed=1)
@@ -208,8 +285,10 @@ def main() -> None:
         table_noise_models((1000,), reps=50, seed=4)
     else:
         table_alpha((200, 1000, 5000), reps=200, seed=0)
+        table_beta((500, 1000), reps=20, seed=6)
         if args.scipy_reps:
             table_scipy((1.3, 1.7), args.scipy_reps, 200, args.timeout, seed=5)
+            table_beta_scipy(((1.5, 0.5), (1.2, -0.5)), args.scipy_reps, 100, args.timeout, 7)
         table_calibration((20, 50, 200, 1000, 5000), reps=10_000, seed=1)
         table_power((50, 200, 1000, 5000), reps=1000, seed=2)
         table_pooling(seed=3)

@@ -1,14 +1,19 @@
 """Alpha-stable / tail-index benchmark: gradnoise vs scipy, side by side, one command.
 
-    .venv/bin/python benchmarks/stable.py             # full run (~10-15 min, mostly scipy's MLE)
-    .venv/bin/python benchmarks/stable.py --quick     # 20,000 coordinates, 2 scipy fits
+    .venv/bin/python benchmarks/stable.py             # full run (~15 min, mostly scipy's MLE)
+    .venv/bin/python benchmarks/stable.py --quick     # 20,000 coordinates, 1 scipy fit
 
 Part 1, throughput on SGN-shaped data: 100,000 coordinates x 1,000 samples (float32, SαS(1.7)
 columns, scales spread log-normally), per method the wall time for all coordinates and its
 ratio to a per-column reference measured in the same run on a subset and scaled linearly:
 scipy's (private) ``levy_stable._fitstart`` for McCulloch, a numpy loop for the tail indices,
-scipy's normality tests one column at a time. The MLE is timed on a subset (its per-column cost is
-flat) and extrapolated; the extrapolation is marked.
+scipy's normality tests one column at a time.
+
+The MLE is timed on all coordinates at once (the batched search of ``_stable_mle``), and in the
+same run, on subsets scaled linearly: the per-column path (``fit_stable(x[:, j], method="mle")``
+column by column), the previous implementation (a Newton optimisation at every visited node,
+loaded from git ``--previous``, default 69db65f) and scipy's ``levy_stable.fit(x, fbeta=0,
+floc=0)`` per column (Part 2's fits at n = 1,000). The load average is printed before and after.
 
 Part 2, maximum likelihood against ``scipy.stats.levy_stable.fit(x, fbeta=0, floc=0)`` (the
 fastest scipy variant measured in perf-baselines.md §3) run in subprocesses with timeouts:
@@ -21,11 +26,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -41,19 +48,25 @@ from scipy.stats import levy_stable
 warnings.simplefilter("ignore")
 x = np.load(sys.argv[1])
 t = time.perf_counter()
-a, b, loc, scale = levy_stable.fit(x, fbeta=0, floc=0)
-print(json.dumps({"alpha": float(a), "scale": float(scale), "seconds": time.perf_counter() - t}))
+if sys.argv[2] == "skewed":  # alpha, beta, loc, scale free, S0
+    levy_stable.parameterization = "S0"
+    a, b, loc, scale = levy_stable.fit(x)
+else:
+    a, b, loc, scale = levy_stable.fit(x, fbeta=0, floc=0)
+print(json.dumps({"alpha": float(a), "beta": float(b), "loc": float(loc), "scale": float(scale),
+                  "seconds": time.perf_counter() - t}))
 """
 
 
-def scipy_mle(x: np.ndarray, timeout: float) -> dict | None:
-    """scipy's MLE in a fresh subprocess; None on timeout."""
+def scipy_mle(x: np.ndarray, timeout: float, skewed: bool = False) -> dict | None:
+    """scipy's MLE in a fresh subprocess (``fbeta=0, floc=0``, or every parameter free in S0
+    with ``skewed``); None on timeout."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "x.npy"
         np.save(path, x)
         try:
             out = subprocess.run(
-                [sys.executable, "-c", SCIPY_FIT, str(path)],
+                [sys.executable, "-c", SCIPY_FIT, str(path), "skewed" if skewed else "sas"],
                 capture_output=True,
                 text=True,
                 timeout=timeout,
@@ -101,7 +114,7 @@ def hill_numpy(col: np.ndarray, k: int = 32) -> float:
     return k / np.log(a[:k] / a[k]).sum()
 
 
-def part1(d: int, n: int, sub: int, mle_cols: int) -> list[tuple]:
+def part1(d: int, n: int, sub: int) -> tuple[list[tuple], np.ndarray]:
     t = time.perf_counter()
     x = make_sgn(n, d, 1.7, seed=0)
     print(
@@ -146,14 +159,62 @@ def part1(d: int, n: int, sub: int, mle_cols: int) -> list[tuple]:
             f"scipy per-column loop (x{d // sub})",
             lambda fn=fn: ref_loop(fn, xs),
         )
-    # MLE: measured on mle_cols columns, extrapolated
-    xm = x[:, :mle_cols]
-    per = timed(lambda: fit_stable(xm, method="mle")) / mle_cols
-    rows.append(
-        ("fit_stable mle", per * d, "-", float("nan"), None, f"extrapolated from {mle_cols} cols")
+    return rows, x
+
+
+def previous_mle(rev: str):
+    """``fit_sas_mle`` of the implementation at git revision ``rev`` (None if unavailable)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        src = subprocess.run(
+            ["git", "show", f"{rev}:src/gradnoise/stats/_stable_mle.py"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=root,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    src = src.replace("from ._stable_density import", "from gradnoise.stats._stable_density import")
+    mod = types.ModuleType(f"previous_stable_mle_{rev}")
+    exec(compile(src, f"{rev}:_stable_mle.py", "exec"), mod.__dict__)
+    return mod.fit_sas_mle
+
+
+def mle_paths(x: np.ndarray, pc_cols: int, prev_cols: int, rev: str) -> dict:
+    """The batched MLE on all columns, and the per-column and previous paths on subsets."""
+    d = x.shape[1]
+    out = {"load_before": os.getloadavg()[0]}
+    times = []
+    for _ in range(2):
+        t = time.perf_counter()
+        fit = fit_stable(x, method="mle")
+        times.append(time.perf_counter() - t)
+    out["batched"] = min(times)
+    out["batched_runs"] = times
+    out["median_alpha"] = float(np.median(fit.alpha))
+    xs = x[:, :pc_cols]
+    t = time.perf_counter()
+    for j in range(pc_cols):
+        fit_stable(xs[:, j], method="mle")
+    out["per_column"] = (time.perf_counter() - t) * d / pc_cols
+    prev = previous_mle(rev)
+    if prev is not None:
+        xp = x[:, :prev_cols]
+        t = time.perf_counter()
+        mcc = fit_stable(xp, method="mcculloch")  # its starting values, as fit_stable did
+        alpha, _, _, _ = prev(xp.astype(np.float64), mcc.alpha, mcc.scale, mcc.loc, True)
+        out["previous"] = (time.perf_counter() - t) * d / prev_cols
+        new = fit_stable(xp, method="mle").alpha
+        out["previous_max_diff"] = float(np.max(np.abs(new - alpha)))
+    out["load_after"] = os.getloadavg()[0]
+    print(
+        f"  fit_stable mle (all {d:,} columns at once)  {out['batched']:8.2f} s  (runs "
+        + ", ".join(f"{v:.2f}" for v in times)
+        + f"); per-column path (x{d // pc_cols}) {out['per_column']:.1f} s"
+        + (f"; previous (x{d // prev_cols}) {out['previous']:.1f} s" if "previous" in out else "")
     )
-    print(f"  {'fit_stable mle':<32} {per * d:8.2f} s   (extrapolated from {mle_cols} columns)")
-    return rows
+    return out
 
 
 def part2(n_time: int, n_time_fits: int, n_acc: int, acc_alphas, acc_reps: int, timeout: float):
@@ -193,6 +254,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--timeout", type=float, default=300.0, help="per scipy fit (s)")
+    ap.add_argument("--previous", default="69db65f", help="git revision of the previous MLE")
     args = ap.parse_args()
     d = 20_000 if args.quick else 100_000
     print(f"numpy {np.__version__}, scipy {__import__('scipy').__version__}")
@@ -200,7 +262,9 @@ def main() -> None:
     get_table()
     print(f"SαS table built in {time.perf_counter() - t:.2f} s (once per process)\n")
     print("Part 1: throughput, all coordinates")
-    rows = part1(d=d, n=1000, sub=200 if args.quick else 500, mle_cols=500)
+    rows, x = part1(d=d, n=1000, sub=200 if args.quick else 500)
+    mle = mle_paths(x, pc_cols=200, prev_cols=500 if args.quick else 2000, rev=args.previous)
+    del x
     if args.quick:
         sc_times, our_times, first, pairs = part2(1000, 1, 200, (1.5,), 1, args.timeout)
     else:
@@ -220,10 +284,39 @@ def main() -> None:
 
     sc = [s for s in sc_times if np.isfinite(s)]
     ours_med = statistics.median(our_times)
+    sc_med = statistics.median(sc) if sc else float("inf")
+    b = mle["batched"]
+    print(
+        f"\n## MLE, {d:,} coordinates x 1,000 samples (float32, alpha, scale and location "
+        f"fitted), load average {mle['load_before']:.2f} before, {mle['load_after']:.2f} after\n"
+    )
+    print("| path | time (s) | how | ratio to batched |")
+    print("|---|---|---|---|")
+    print(
+        f"| batched (fit_stable on all columns) | {b:.2f} | best of "
+        + ", ".join(f"{v:.2f}" for v in mle["batched_runs"])
+        + f" (median alpha {mle['median_alpha']:.4f}) | 1 |"
+    )
+    print(
+        f"| per-column path (fit_stable column by column) | {mle['per_column']:,.1f} | "
+        f"200 columns, x{d // 200} | {mle['per_column'] / b:,.0f}x |"
+    )
+    if "previous" in mle:
+        print(
+            f"| previous implementation ({args.previous}) | {mle['previous']:,.1f} | "
+            f"{500 if args.quick else 2000} columns, x{d // (500 if args.quick else 2000)}; "
+            f"max alpha difference {mle['previous_max_diff']:.1e} | {mle['previous'] / b:,.0f}x |"
+        )
+    else:
+        print(f"| previous implementation ({args.previous}) | - | not in git here | - |")
+    print(
+        f"| scipy levy_stable.fit(fbeta=0, floc=0) per column | {sc_med * d:,.0f} | "
+        f"median of {len(sc)} fit(s) at n = 1,000 (Part 2), x{d:,}; location fixed, so less "
+        f"work than ours | {sc_med * d / b:,.0f}x |"
+    )
     print("\n## MLE speed, one column of n = 1,000 (SαS(1.7)), beta = 0 and loc = 0 fixed\n")
     print("| | time per fit | ratio |")
     print("|---|---|---|")
-    sc_med = statistics.median(sc) if sc else float("inf")
     timeouts = len(sc_times) - len(sc)
     print(
         f"| scipy levy_stable.fit | {sc_med:.1f} s (median of {len(sc)}"

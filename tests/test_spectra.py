@@ -8,7 +8,7 @@ import scipy.integrate
 import scipy.linalg
 import scipy.stats
 
-from gradnoise.errors import InsufficientDataError
+from gradnoise.errors import InsufficientDataError, DataError
 from gradnoise.spectra import covariance as covariance_module
 from gradnoise.spectra import (
     covariance_spectrum,
@@ -102,6 +102,20 @@ def test_covariance_spectrum_bad_input():
         covariance_spectrum(np.ones(5))
     with pytest.raises(ValueError, match="symmetric"):
         gram_spectrum(np.array([[1.0, 2.0], [0.0, 1.0]]))
+
+
+def test_covariance_spectrum_at_extreme_magnitudes():
+    """Entries of size 2**509 overflowed G G^T (inf -> LinAlgError/NaN); now an exact
+    power-of-two rescaling gives the exact spectrum, and a spectrum beyond float64 is refused."""
+    G = np.random.default_rng(3).standard_normal((4, 64))
+    ref = covariance_spectrum(G)
+    got = covariance_spectrum(np.ldexp(G, 509))
+    np.testing.assert_allclose(np.ldexp(got, -1018), ref, rtol=1e-12)
+    np.testing.assert_allclose(
+        np.ldexp(gram_matrix(np.ldexp(G, 505)), -1010), gram_matrix(G), rtol=1e-12
+    )
+    with pytest.raises(DataError, match=r"overflows float64.*divide G by a constant"):
+        covariance_spectrum(G * 1e300)
 
 
 # ---------------------------------------------------------------- random-matrix baselines --

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from gradnoise.errors import InsufficientDataError
+from gradnoise.errors import InsufficientDataError, DataError
 from gradnoise.selection import ParamSelection
 from gradnoise.variance import (
     gradient_variance,
@@ -285,3 +285,72 @@ def test_results_are_frozen_and_serialisable(draws):
     assert "VarianceResult(" in repr(res)
     with pytest.raises(AttributeError):
         res.total = 0.0  # type: ignore[misc]
+
+
+def test_single_draw_is_an_error_unless_the_mean_is_given(draws):
+    """NGV of one draw was 0 (its deviation from its own mean): undefined, not 0."""
+    one = draws[:1]
+    for fn in (normalized_gradient_variance, gsnr, gradient_variance):
+        with pytest.raises(InsufficientDataError, match=r"single draw|at least 2"):
+            fn(one)
+    with pytest.raises(InsufficientDataError, match="single draw"):
+        gradient_variance(one, ddof=0)
+    # with an independent mean one draw is a valid (noisy) estimate
+    m = draws[1:].mean(0)
+    ngv = normalized_gradient_variance(one, mean=m)
+    ratio = (one[0] - m) ** 2 / one[0] ** 2
+    assert ngv.value == pytest.approx(ratio.mean(), rel=1e-12)
+
+
+@pytest.mark.parametrize("shift", [1000, -1000])
+def test_ratios_are_exact_at_extreme_magnitudes(draws, shift):
+    """At 1e300 the squares overflowed (inf/nan with only a numpy warning); NGV and GSNR are
+    scale-free and now computed exactly on power-of-two rescaled coordinates."""
+    x = np.ldexp(draws, shift)
+    for fn in (normalized_gradient_variance, gsnr):
+        for kw in ({}, {"batch_size": 3}):
+            ref = fn(draws, **kw)
+            got = fn(x, **kw)
+            np.testing.assert_allclose(got.per_coordinate, ref.per_coordinate, rtol=1e-12)
+    g = gsnr(x, groups=["a"] * 3 + ["b"] * 4)
+    ref = gsnr(draws, groups=["a"] * 3 + ["b"] * 4)
+    assert g.aggregate == pytest.approx(ref.aggregate, rel=1e-12)
+    assert g.layer_aggregates["b"] == pytest.approx(ref.layer_aggregates["b"], rel=1e-12)
+    # eps is in the units of the squared samples
+    ngv = normalized_gradient_variance(
+        np.ldexp(draws, shift // 3), eps=np.ldexp(0.5, shift // 3 * 2)
+    )
+    ref = normalized_gradient_variance(draws, eps=0.5)
+    assert ngv.value == pytest.approx(ref.value, rel=1e-12)
+
+
+def test_gsnr_mixes_coordinates_of_very_different_magnitudes(draws):
+    x = draws.copy()
+    x[:, 0] = np.ldexp(x[:, 0], 1000)
+    x[:, 1] = np.ldexp(x[:, 1], -1000)
+    np.testing.assert_allclose(gsnr(x).per_coordinate, gsnr(draws).per_coordinate, rtol=1e-12)
+    # the aggregate is dominated by the huge coordinate
+    assert gsnr(x).aggregate == pytest.approx(gsnr(draws[:, :1]).aggregate, rel=1e-12)
+
+
+def test_variance_beyond_float64_is_a_clear_error(draws):
+    with pytest.raises(DataError, match=r"overflows float64.*divide samples by a constant"):
+        gradient_variance(draws * 1e300)
+    # short of overflow the variance is exact (squares of 2**500 overflowed nothing before either)
+    res = gradient_variance(np.ldexp(draws, 500))
+    np.testing.assert_allclose(np.ldexp(res.per_coordinate, -1000), _naive_var(draws, 1), 1e-12)
+    tiny = gradient_variance(draws * 1e-300)  # ~1e-600 rounds to 0: float64's nearest value
+    assert tiny.total == 0.0
+
+
+def test_stratified_variance_bad_inputs():
+    """1e300 gave inf with a numpy warning and no rows a ZeroDivisionError."""
+    x = np.random.default_rng(2).standard_normal((12, 3))
+    labels = np.repeat([0, 1, 2], 4)
+    ref = stratified_minibatch_variance(x, labels, batch_size=3).per_coordinate
+    big = stratified_minibatch_variance(np.ldexp(x, 500), labels, batch_size=3)
+    np.testing.assert_allclose(np.ldexp(big.per_coordinate, -1000), ref, rtol=1e-12)
+    with pytest.raises(DataError, match="per_sample holds values up to"):
+        stratified_minibatch_variance(x * 1e300, labels, batch_size=3)
+    with pytest.raises(InsufficientDataError, match="no rows"):
+        stratified_minibatch_variance(x[:0], labels[:0], batch_size=3)

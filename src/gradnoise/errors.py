@@ -29,8 +29,9 @@ class ConfigError(GradnoiseError, ValueError):
 
 
 class DataError(GradnoiseError, ValueError):
-    """A dataset (``.npz`` file, user Dataset, arrays) cannot be used as given; the message names
-    the input and the fix."""
+    """Input data cannot be used as given: a dataset (``.npz`` file, user Dataset, arrays) or
+    values a computation cannot use (NaN/Inf, magnitudes whose result does not fit in float64,
+    e.g. the variance of gradients of size 1e300). The message names the input and the fix."""
 
 
 class StoreError(GradnoiseError, OSError):

@@ -40,9 +40,15 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InsufficientDataError
+from .errors import InsufficientDataError, DataError
 from .selection import ParamSelection
-from .stats._common import StatResult, as_float_array, check_finite, check_min_size
+from .stats._common import (
+    StatResult,
+    as_float_array,
+    check_finite,
+    check_min_size,
+    pow2_exponents,
+)
 
 __all__ = [
     "GSNRResult",
@@ -248,6 +254,66 @@ def _scale_text(batch_size: int | None, replace: bool, big_n: float | None) -> s
     return f"variance of the mean of a minibatch of B={batch_size} examples drawn {how} from {pop}"
 
 
+@dataclass
+class _Moments:
+    """Samples, mean and per-coordinate estimator variance, all of coordinate j scaled by
+    ``2**-e[j]`` (exact; ``e`` is 0 except for extreme magnitudes, see ``pow2_exponents``)."""
+
+    x: np.ndarray
+    m: np.ndarray
+    v: np.ndarray
+    big_n: float | None
+    e: np.ndarray
+    maxabs: float  # largest |value| of the samples (and given mean), unscaled
+    name: str = "samples"
+
+    def unscaled(self, values: np.ndarray, power: int, what: str) -> np.ndarray:
+        """``values * 2**(power e)`` (undo the rescaling), refusing results beyond float64."""
+        with np.errstate(over="ignore"):
+            out = np.ldexp(values, power * self.e) if self.e.any() else values
+        self.check(out, what)
+        return out
+
+    def totals(
+        self, groups: GroupsArg
+    ) -> tuple[np.ndarray, dict[str, float], dict[str, float], float, float]:
+        """``(Var_j, per-group sums, per-group means, sum_j Var_j, ||m||^2)`` in the units of
+        the samples (overflow refused)."""
+        v = self.unscaled(self.v, 2, "the variance of a coordinate")
+        m = self.unscaled(self.m, 1, "the mean")
+        with np.errstate(over="ignore"):
+            sums, means = _group_sums(v, _group_codes(groups, v.shape[0]))
+            total = float(v.sum())
+            mean_sq_norm = float(m @ m)
+        self.check([total, *sums.values()], "the summed variance")
+        self.check(mean_sq_norm, "the squared norm of the mean")
+        return v, sums, means, total, mean_sq_norm
+
+    def check(self, values: Any, what: str) -> None:
+        if not np.all(np.isfinite(values)):
+            raise DataError(
+                f"{what} overflows float64: {self.name} holds values up to {self.maxabs:.3g} and "
+                f"a variance is of the order of their square; divide {self.name} by a constant "
+                "c first (variances scale by 1/c^2; NGV and GSNR do not change)"
+            )
+
+
+def _rescaled(
+    x: np.ndarray, mean: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, float]:
+    """Coordinates of magnitude ~1e300 or ~1e-300 scaled by a power of two (exact), so that
+    squares and sums neither overflow nor underflow; ratios (NGV, GSNR) are then exact and
+    variances are scaled back (or refused, if they overflow float64)."""
+    mx = np.maximum(x.max(0), -x.min(0))
+    if mean is not None:
+        mx = np.maximum(mx, np.abs(mean))
+    e = pow2_exponents(mx)
+    if e.any():
+        x = np.ldexp(x, -e)
+        mean = None if mean is None else np.ldexp(mean, -e)
+    return x, mean, e, float(mx.max())
+
+
 def _moments(
     samples: Any,
     *,
@@ -256,8 +322,8 @@ def _moments(
     batch_size: int | None,
     replace: bool,
     population_size: float | None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, float | None]:
-    """``(x, m, v, N)``: samples, the mean used, the per-coordinate variance of the estimator."""
+) -> _Moments:
+    """Samples, the mean used and the per-coordinate variance of the estimator (rescaled)."""
     x = _as_samples(samples)
     k = x.shape[0]
     if batch_size is None:
@@ -266,9 +332,17 @@ def _moments(
         if ddof != int(ddof) or ddof < 0:
             raise ValueError(f"ddof must be a non-negative integer, got {ddof}")
         check_min_size(k, int(ddof) + 1, f"a variance with ddof={ddof}")
-        m = x.mean(0) if mean is None else _as_mean(mean, x.shape[1])
+        if mean is None and k < 2:
+            raise InsufficientDataError(
+                "samples has a single draw: its deviation from its own mean is 0 by "
+                "construction, so the variance (and NGV, GSNR) is undefined; pass at least 2 "
+                "draws, or an independent mean= (e.g. the full-batch gradient)"
+            )
+        given = None if mean is None else _as_mean(mean, x.shape[1])
+        x, given, e, mx = _rescaled(x, given)
+        m = x.mean(0) if given is None else given
         v = ((x - m) ** 2).sum(0) / (k - ddof)
-        return x, m, v, None
+        return _Moments(x, m, v, None, e, mx)
     if ddof != 1:
         raise ValueError(
             "ddof only applies to estimator draws; per-example gradients (batch_size=B) always use "
@@ -279,9 +353,10 @@ def _moments(
         raise ValueError("mean= only applies to estimator draws (batch_size=None)")
     check_min_size(k, 2, "a per-example gradient variance")
     factor, big_n = _minibatch_factor(k, int(batch_size), replace, population_size)
+    x, _, e, mx = _rescaled(x, None)
     m = x.mean(0)
     v = x.var(0, ddof=1) * factor
-    return x, m, v, big_n
+    return _Moments(x, m, v, big_n, e, mx)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -329,7 +404,7 @@ def gradient_variance(
         >>> gradient_variance(g, batch_size=2, replace=False).total  # B = N: no variance left
         0.0
     """
-    x, m, v, big_n = _moments(
+    mo = _moments(
         samples,
         ddof=ddof,
         mean=mean,
@@ -337,20 +412,18 @@ def gradient_variance(
         replace=replace,
         population_size=population_size,
     )
-    grouping = _group_codes(groups, x.shape[1])
-    sums, means = _group_sums(v, grouping)
-    total = float(v.sum())
+    v, sums, means, total, mean_sq_norm = mo.totals(groups)
     return VarianceResult(
         total=total,
         mean=total / v.shape[0],
         per_coordinate=v,
         layers=sums,
         layer_means=means,
-        mean_sq_norm=float(m @ m),
-        num_samples=int(x.shape[0]),
-        scale=_scale_text(batch_size, replace, big_n),
+        mean_sq_norm=mean_sq_norm,
+        num_samples=int(mo.x.shape[0]),
+        scale=_scale_text(batch_size, replace, mo.big_n),
         batch_size=None if batch_size is None else int(batch_size),
-        population_size=big_n,
+        population_size=mo.big_n,
         replace=None if batch_size is None else bool(replace),
     )
 
@@ -388,7 +461,7 @@ def normalized_gradient_variance(
     """
     if not eps >= 0 or not math.isfinite(eps):
         raise ValueError(f"eps must be a finite number >= 0, got {eps}")
-    x, m, v, big_n = _moments(
+    mo = _moments(
         samples,
         ddof=0 if batch_size is None else 1,
         mean=mean,
@@ -396,8 +469,11 @@ def normalized_gradient_variance(
         replace=replace,
         population_size=population_size,
     )
+    x, m, v, big_n = mo.x, mo.m, mo.v, mo.big_n
     second = (x * x).mean(0) if batch_size is None else v + m * m
-    denom = second + eps
+    # the ratio is scale-free: on rescaled coordinates eps is rescaled with them
+    with np.errstate(over="ignore", under="ignore"):
+        denom = second + (np.ldexp(eps, -2 * mo.e) if mo.e.any() else eps)
     degenerate = denom == 0
     if np.any(degenerate & (v > 0)):
         bad = int((degenerate & (v > 0)).sum())
@@ -440,7 +516,7 @@ def gsnr(
     ``median`` (their ratio is infinite or undefined); ``aggregate = ||m||^2 / sum_j Var_j``
     uses every coordinate.
     """
-    x, m, v, big_n = _moments(
+    mo = _moments(
         samples,
         ddof=ddof,
         mean=mean,
@@ -448,11 +524,17 @@ def gsnr(
         replace=replace,
         population_size=population_size,
     )
-    signal = m * m
+    x, m, v, big_n = mo.x, mo.m, mo.v, mo.big_n
     positive = v > 0
     with np.errstate(divide="ignore", invalid="ignore"):
-        r = signal / v
+        r = (m * m) / v  # scale-free: exact on the rescaled coordinates
     finite = r[positive]
+    # aggregates mix coordinates: bring them to one common power of two (the largest)
+    top = int(mo.e.max())
+    with np.errstate(under="ignore"):
+        ms = np.ldexp(m, mo.e - top) if mo.e.any() else m
+        v = np.ldexp(v, 2 * (mo.e - top)) if mo.e.any() else v
+    signal = ms * ms
     grouping = _group_codes(groups, x.shape[1])
     layers: dict[str, float] = {}
     layer_agg: dict[str, float] = {}
@@ -511,6 +593,9 @@ def stratified_minibatch_variance(
     """
     x = _as_samples(per_sample, "per_sample")
     n, p = x.shape
+    if n == 0:
+        raise InsufficientDataError("per_sample has no rows: the strata hold no examples")
+    x, _, e, mx = _rescaled(x, None)  # |g| ~ 1e300: exact power-of-two rescaling
     labels = np.asarray(assignment).reshape(-1)
     if labels.shape[0] != n:
         raise ValueError(f"assignment must have one label per row ({n}), got {labels.shape[0]}")
@@ -536,18 +621,15 @@ def stratified_minibatch_variance(
             np.where(sizes > 1, (sizes - q) / (q * np.maximum(sizes - 1, 1)), 0.0),
             1.0 / q,
         )
-    v = ((sizes / n) ** 2 * fpc) @ sigma2
-    grouping = _group_codes(groups, p)
-    layer_sums, layer_means = _group_sums(v, grouping)
-    m = x.mean(0)
-    total = float(v.sum())
+    mo = _Moments(x, x.mean(0), ((sizes / n) ** 2 * fpc) @ sigma2, float(n), e, mx, "per_sample")
+    v, layer_sums, layer_means, total, mean_sq_norm = mo.totals(groups)
     return VarianceResult(
         total=total,
         mean=total / p,
         per_coordinate=v,
         layers=layer_sums,
         layer_means=layer_means,
-        mean_sq_norm=float(m @ m),
+        mean_sq_norm=mean_sq_norm,
         num_samples=n,
         scale=(
             f"variance of the stratified minibatch estimator: B={b} examples, {q} from each of "

@@ -193,7 +193,5 @@ def test_errors():
     x = np.arange(1.0, 301.0)
     with pytest.raises(ValueError, match="alternative"):
         compare_tails(x, "gamma")
-    with pytest.raises(NotImplementedError, match="discrete"):
-        compare_tails(x, "lognormal", discrete=True)
     with pytest.raises(ValueError, match="nested_pvalue"):
         compare_tails(x, "truncated_power_law", nested_pvalue="exact")

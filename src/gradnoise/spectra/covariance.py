@@ -14,12 +14,14 @@ or ``min(N, P)`` (uncentred), so exactly that many eigenvalues are returned. Mul
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import scipy.linalg
 
+from ..errors import DataError
 from ..stats._common import (
     RNGLike,
     StatResult,
@@ -27,6 +29,7 @@ from ..stats._common import (
     as_generator,
     check_finite,
     check_min_size,
+    pow2_exponents,
 )
 
 #: Columns of ``G`` converted to float64 at a time when forming the Gram matrix.
@@ -37,8 +40,17 @@ def gram_matrix(G: Any, *, centered: bool = False) -> np.ndarray:
     """``Gc Gc^T`` (or ``G G^T``) in float64 for a ``[N, P]`` array, streamed over column chunks.
 
     Columns are converted to float64 (and centred by their float64 mean) one chunk at a time, so
-    the extra memory is ``N x 32768`` float64 whatever P. No ``1/N`` factor is applied.
+    the extra memory is ``N x 32768`` float64 whatever P. No ``1/N`` factor is applied. Entries
+    of extreme magnitude (~1e300 or ~1e-300) are handled by an exact power-of-two rescaling; a
+    Gram matrix whose entries exceed float64 raises :class:`~gradnoise.errors.DataError`.
     """
+    gram, e = _scaled_gram(G, centered)
+    return _unscale(gram, e, "the Gram matrix G G^T")
+
+
+def _scaled_gram(G: Any, centered: bool) -> tuple[np.ndarray, int]:
+    """``(gram of G * 2**-e, e)``: ``e = 0`` for ordinary magnitudes (one pass, results
+    unchanged); for entries beyond ``2**+-200`` a second pass on the exactly rescaled chunks."""
     arr = np.asarray(G)
     if arr.ndim != 2:
         raise ValueError(f"G must be a 2-D [N, P] array of gradients, got shape {arr.shape}")
@@ -48,14 +60,44 @@ def gram_matrix(G: Any, *, centered: bool = False) -> np.ndarray:
     check_min_size(n, 2 if centered else 1, "a gradient covariance spectrum")
     if p == 0:
         raise ValueError("G has no columns (P = 0)")
+    gram, maxabs = _accumulate(arr, centered, 0)
+    e = int(pow2_exponents(np.array(maxabs)))
+    if e:
+        gram, _ = _accumulate(arr, centered, e)
+    return gram, e
+
+
+def _accumulate(arr: np.ndarray, centered: bool, e: int) -> tuple[np.ndarray, float]:
+    """Gram matrix of ``arr * 2**-e`` over column chunks, and max |arr| (NaN/Inf raise)."""
+    n, p = arr.shape
     gram = np.zeros((n, n), dtype=np.float64)
+    maxabs = 0.0
     for start in range(0, p, _COLUMN_CHUNK):
         block = arr[:, start : start + _COLUMN_CHUNK].astype(np.float64)
         check_finite(block, "G")
+        maxabs = max(maxabs, float(np.abs(block).max()))
+        if e:
+            block = np.ldexp(block, -e)
         if centered:
             block -= block.mean(axis=0)
-        gram += block @ block.T
-    return gram
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+            gram += block @ block.T
+    return gram, maxabs
+
+
+def _unscale(values: np.ndarray, e: int, what: str) -> np.ndarray:
+    """``values * 4**e`` (undo the rescaling of G by 2**-e), refusing float64 overflow."""
+    if e == 0:
+        return values
+    with np.errstate(over="ignore", under="ignore"):
+        out = np.ldexp(values, 2 * e)
+    if not np.all(np.isfinite(out)):
+        raise DataError(
+            f"{what} overflows float64: G holds entries of size ~1e{round(e * math.log10(2))} "
+            "and these are sums of their squares; divide G by a constant c first (eigenvalues "
+            "scale by 1/c^2)"
+        )
+    return out
 
 
 def center_gram(gram: np.ndarray) -> np.ndarray:
@@ -104,8 +146,9 @@ def covariance_spectrum(G: Any, *, centered: bool = True) -> np.ndarray:
         >>> covariance_spectrum(G).round(6).tolist()
         [2.0, 0.5]
     """
-    gram = gram_matrix(G, centered=centered)
-    return _spectrum(0.5 * (gram + gram.T), gram.shape[0], centered, np.asarray(G).shape[1])
+    gram, e = _scaled_gram(G, centered)
+    eigs = _spectrum(0.5 * (gram + gram.T), gram.shape[0], centered, np.asarray(G).shape[1])
+    return _unscale(eigs, e, "the covariance spectrum")
 
 
 def _spectrum(gram: np.ndarray, n: int, centered: bool, num_params: int | None) -> np.ndarray:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InsufficientDataError
+from ..errors import InsufficientDataError, DataError
 
 RNGLike = np.random.Generator | int | None
 
@@ -82,10 +82,11 @@ def as_float_array(x: Any, name: str = "x") -> np.ndarray:
 
 
 def check_finite(x: np.ndarray, name: str = "x") -> None:
-    """Raise ``ValueError`` naming how many values are NaN/Inf (never drop them silently)."""
+    """Raise :class:`DataError` (a ``ValueError``) naming how many values are NaN/Inf
+    (never drop them silently)."""
     bad = ~np.isfinite(x)
     if bad.any():
-        raise ValueError(
+        raise DataError(
             f"{name} contains {int(bad.sum())} NaN/Inf value(s); remove or impute "
             "them explicitly before testing"
         )
@@ -95,3 +96,25 @@ def check_min_size(n: int, needed: int, what: str) -> None:
     """Raise :class:`InsufficientDataError` when fewer than ``needed`` samples are available."""
     if n < needed:
         raise InsufficientDataError(f"{what} needs at least {needed} samples, got {n}")
+
+
+# Magnitudes inside [2**-L, 2**L] are left alone by pow2_exponents; outside, squares or sums of
+# a few thousand values could overflow or lose precision to subnormals (float32: 2**+-127).
+_POW2_LIMIT = {np.dtype(np.float64): 200, np.dtype(np.float32): 40}
+
+
+def pow2_exponents(maxabs: np.ndarray, dtype: Any = np.float64) -> np.ndarray:
+    """Exponents ``e`` (int64) that bring ``maxabs`` into ``[1/2, 1)`` by ``x * 2**-e``, where
+    ``maxabs`` lies outside ``[2**-L, 2**L]`` (L = 200 for float64, 40 for float32); 0 elsewhere
+    and where ``maxabs`` is 0.
+
+    Scaling by a power of two is exact in binary floating point (short of underflow below the
+    smallest normal number), so a statistic computed on the rescaled values and scaled back is
+    the statistic of the original values; ordinary magnitudes are left untouched, so their
+    results do not change by a single bit.
+    """
+    limit = _POW2_LIMIT.get(np.dtype(dtype), 200)
+    mx = np.asarray(maxabs, dtype=np.float64)
+    _, e = np.frexp(mx)
+    outside = (mx > 2.0**limit) | ((mx < 2.0**-limit) & (mx > 0))
+    return np.where(outside, e, 0).astype(np.int64)

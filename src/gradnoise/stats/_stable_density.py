@@ -30,7 +30,9 @@ It is built on first use (about a second) and cached for the process. Against
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.integrate import cumulative_simpson
@@ -58,23 +60,41 @@ def alpha_grid() -> np.ndarray:
     return np.round(ALPHA_MIN + ALPHA_STEP * np.arange(n), 10)
 
 
-def _log_v(s: np.ndarray, a: float) -> np.ndarray:
-    """log V(theta) at theta = arctan(e^s), computed with relative precision at both ends."""
+def _log_v(s: np.ndarray, a: float, theta0: float = 0.0) -> np.ndarray:
+    """log V(theta) of Zolotarev's integral, with relative precision at both ends.
+
+    theta runs over (-theta0, pi/2) as ``theta = -theta0 + c psi``, ``c = 1 + 2 theta0 / pi``,
+    ``psi = arctan(e^s)`` (so ``pi/2 - theta = c (pi/2 - psi)`` and ``theta0 + theta = c psi``);
+    ``V = cos(a theta0)^(1/(a-1)) (cos theta / sin(a (theta0 + theta)))^(a/(a-1))
+    cos(theta0 + (a-1)(theta0 + theta)) / cos theta`` (Nolan 1997, Theorem 1)."""
+    c = 1.0 + 2.0 * theta0 / np.pi
     th = np.arctan(np.exp(s))
-    ph = np.arctan(np.exp(-s))  # pi/2 - theta, accurate near pi/2
-    logcos = -0.5 * np.logaddexp(0.0, 2.0 * s)
-    arg = a * th
-    sin_at = np.where(arg <= np.pi / 2, np.sin(arg), np.sin(np.pi * (1.0 - a / 2.0) + a * ph))
-    if a > 1:
-        cos_a1 = np.sin((2.0 - a) * np.pi / 2.0 + (a - 1.0) * ph)
+    ph = np.arctan(np.exp(-s))  # pi/2 - psi, accurate near pi/2
+    if theta0 == 0.0:
+        logcos = -0.5 * np.logaddexp(0.0, 2.0 * s)
     else:
-        cos_a1 = np.cos((1.0 - a) * th)
+        logcos = np.log(np.sin(c * ph))
+    arg = a * c * th
+    sin_at = np.where(
+        arg <= np.pi / 2, np.sin(arg), np.sin(np.pi * (1.0 - a * c / 2.0) + a * c * ph)
+    )
+    if a > 1:  # cos(theta0 + (a-1)(theta0 + theta)) = sin(K + (a-1) c (pi/2 - psi))
+        k0 = (2.0 - a) * np.pi / 2.0 - a * theta0
+        k0 = 0.0 if abs(k0) < 1e-12 else k0  # |beta| = 1: V vanishes at pi/2 (rounding)
+        cos_a1 = np.maximum(np.sin(k0 + (a - 1.0) * c * ph), 0.0)
+    else:
+        cos_a1 = np.cos(theta0 + (a - 1.0) * c * th)
     r = a / (a - 1.0)
-    return r * (logcos - np.log(sin_at)) + np.log(cos_a1) - logcos
+    const = 0.0 if theta0 == 0.0 else np.log(np.cos(a * theta0)) / (a - 1.0)
+    return const + r * (logcos - np.log(sin_at)) + np.log(cos_a1) - logcos
 
 
-def quadrature_logpdf(a: float, t: np.ndarray) -> np.ndarray:
-    """``log f(e^t)`` of the standard SαS law by Zolotarev's integral (``alpha != 1``, < 2)."""
+def quadrature_logpdf(a: float, t: np.ndarray, theta0: float = 0.0) -> np.ndarray:
+    """``log f(e^t)`` of the standard SαS law by Zolotarev's integral (``alpha != 1``, < 2);
+    with ``theta0 != 0`` (skewed laws, see ``_stable_skew``) the density at ``zeta + e^t``.
+
+    f = alpha / (pi |alpha - 1| z) * int g exp(-g) d theta, g = z^(alpha/(alpha-1)) V(theta),
+    z = x - zeta."""
     if a == 1.0 or not 0.0 < a < 2.0:
         raise ValueError("quadrature_logpdf needs alpha in (0, 2) and alpha != 1")
     t = np.asarray(t, dtype=np.float64)
@@ -86,22 +106,37 @@ def quadrature_logpdf(a: float, t: np.ndarray) -> np.ndarray:
     # most about |r t| / kmin; pad by the bump's width (w in [-45, 45]) and a margin.
     bound = min(abs(r) * float(np.abs(t).max()) / kmin + 45.0 / kmin + 5.0, 60.0)
     s = np.arange(-bound, bound + h, h)
-    lv = _log_v(s, a)
+    with np.errstate(divide="ignore", invalid="ignore"):  # |beta| = 1: V = 0 at an end
+        lv = _log_v(s, a, theta0)
+        if theta0 != 0.0:  # the slope bounds hold at the ends; use the observed ones inside
+            slope = np.abs(np.diff(lv)) / h
+            slope = slope[np.isfinite(slope)]
+            if slope.max() > kmax:
+                kmax = float(slope.max())
+                h = 0.5 / kmax
+                s = np.arange(-bound, bound + h, h)
+                lv = _log_v(s, a, theta0)
+                slope = np.abs(np.diff(lv)) / h
+                slope = slope[np.isfinite(slope)]
+            kmin = max(min(kmin, float(slope.min())), 1e-6)
     if a < 1.0:  # make w = r t + lv decreasing in s, as for alpha > 1
         s, lv = s[::-1], lv[::-1]
-    log_half_sech = -np.logaddexp(s, -s)  # log(sech(s)/2)
+    log_half_sech = -np.logaddexp(s, -s) + np.log(1.0 + 2.0 * theta0 / np.pi)  # d theta / ds
     # per t, integrate over the nodes where w runs from +4.5 down to -45 (the rest is < 1e-19
     # of the peak): a fixed-width window starting where w first drops below 4.5.
-    width = int(np.ceil(49.5 / (kmin * h))) + 2
+    width = min(int(np.ceil(49.5 / (kmin * h))) + 2, s.size)
     neg_lv = -lv  # increasing in node index
     start = np.searchsorted(neg_lv, r * t - 4.5) - 1
     start = np.clip(start, 0, s.size - width)
     idx = start[:, None] + np.arange(width)[None, :]
     w = r * t[:, None] + lv[idx]
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):
         integrand = w - np.exp(w) + log_half_sech[idx]
+    integrand = np.where(np.isnan(integrand), -np.inf, integrand)  # -inf - inf at a zero of V
     peak = integrand.max(axis=1, keepdims=True)
-    log_int = np.log(np.exp(integrand - peak).sum(axis=1)) + peak[:, 0] + np.log(h)
+    peak = np.where(np.isfinite(peak), peak, 0.0)  # all -inf: a density below 1e-308
+    with np.errstate(divide="ignore"):
+        log_int = np.log(np.exp(integrand - peak).sum(axis=1)) + peak[:, 0] + np.log(h)
     return np.log(a / (np.pi * abs(a - 1.0))) - t + log_int
 
 
@@ -114,6 +149,50 @@ def _series_coefficients(alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     pdf = sign * np.exp(gammaln(j * a + 1.0) - gammaln(j + 1.0)) * sin / np.pi
     sf = sign * np.exp(gammaln(j * a) - gammaln(j + 1.0)) * sin / np.pi
     return pdf, sf
+
+
+class Scratch:
+    """Work arrays reused block after block. Fresh temporaries of a few hundred kB are
+    page-faulted in on every call (malloc returns them to the system in between): in the MLE,
+    which evaluates the table on ~1e8 values per pass, that was a third of the time."""
+
+    def __init__(self) -> None:
+        self._store: dict[tuple[str, Any], np.ndarray] = {}
+        self._views: dict[tuple[str, Any, tuple[int, ...]], np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: Any = np.float64) -> np.ndarray:
+        view = self._views.get((name, dtype, shape))
+        if view is not None:
+            return view
+        size = math.prod(shape)
+        buf = self._store.get((name, dtype))
+        if buf is None or buf.size < size:
+            buf = self._store[name, dtype] = np.empty(size, dtype)
+            self._views = {k: v for k, v in self._views.items() if k[:2] != (name, dtype)}
+        if len(self._views) > 4096:  # many distinct block shapes: start the cache afresh
+            self._views.clear()
+        view = self._views[name, dtype, shape] = buf[:size].reshape(shape)
+        return view
+
+
+def _buf(
+    scratch: Scratch | None, name: str, shape: tuple[int, ...], dtype: Any = np.float64
+) -> np.ndarray:
+    return np.empty(shape, dtype) if scratch is None else scratch.get(name, shape, dtype)
+
+
+@dataclass(frozen=True)
+class Points:
+    """Points ``z`` located in the table: ``|z|``, spline interval ``j`` and offset ``v``, the
+    chain-rule factors ``du = du/d|z|`` and ``dd = -d2u/d|z|^2`` (with derivatives), and
+    the mask of points beyond the table (series tail), or None if there are none."""
+
+    az: np.ndarray
+    j: np.ndarray
+    v: np.ndarray
+    du: np.ndarray | None
+    dd: np.ndarray | None
+    far: np.ndarray | None
 
 
 @dataclass(frozen=True)
@@ -132,41 +211,110 @@ class SasTable:
         return int(self.alphas.size)
 
     # -- evaluation at alpha nodes ---------------------------------------------------------
+    def cell(self, u: np.ndarray, scratch: Scratch | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(j, v)``: the spline interval of each ``u`` (clamped to the grid) and the offset in it."""
+        pos = np.minimum(u, U_MAX, out=_buf(scratch, "pos", u.shape))
+        pos *= 1.0 / U_STEP
+        j = _buf(scratch, "j", u.shape, np.intp)
+        np.copyto(j, pos, casting="unsafe")  # truncation = floor (pos >= 0)
+        np.minimum(j, self.u.size - 2, out=j)
+        v = np.subtract(pos, j, out=_buf(scratch, "v", u.shape))
+        v *= U_STEP
+        return j, v
+
+    def poly(
+        self,
+        coef: np.ndarray,
+        k: np.ndarray,
+        j: np.ndarray,
+        v: np.ndarray,
+        derivatives: bool,
+        scratch: Scratch | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """The cubic of node ``k``, interval ``j`` at offset ``v`` (and its u-derivatives)."""
+        shape = j.shape
+        flat = np.multiply(k, self.u.size - 1, out=_buf(scratch, "flat", shape, np.intp))
+        flat += j
+        c0, c1, c2, c3 = (
+            np.take(coef[i], flat, out=_buf(scratch, f"c{i}", shape), mode="clip") for i in range(4)
+        )
+        val = np.multiply(v, c3, out=_buf(scratch, "val", shape))
+        val += c2
+        val *= v
+        val += c1
+        val *= v
+        val += c0
+        if not derivatives:
+            return val, None, None
+        hu1 = np.multiply(v, c3, out=_buf(scratch, "hu1", shape))  # c1 + v (2 c2 + 3 v c3)
+        hu1 *= 3.0
+        hu1 += c2
+        hu1 += c2
+        hu1 *= v
+        hu1 += c1
+        hu2 = np.multiply(v, c3, out=_buf(scratch, "hu2", shape))  # 2 (c2 + 3 v c3)
+        hu2 *= 3.0
+        hu2 += c2
+        hu2 *= 2.0
+        return val, hu1, hu2
+
     def _spline(
         self, coef: np.ndarray, k: np.ndarray, u: np.ndarray, derivatives: bool
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        nu = self.u.size
-        pos = np.minimum(u, U_MAX) * (1.0 / U_STEP)
-        j = np.minimum(pos.astype(np.intp), nu - 2)
-        v = (pos - j) * U_STEP
-        flat = k * (nu - 1) + j
-        c0, c1, c2, c3 = (np.take(coef[i], flat) for i in range(4))
-        val = c0 + v * (c1 + v * (c2 + v * c3))
-        if not derivatives:
-            return val, None, None
-        return val, c1 + v * (2.0 * c2 + 3.0 * v * c3), 2.0 * c2 + 6.0 * v * c3
+        j, v = self.cell(u)
+        return self.poly(coef, np.broadcast_to(k, u.shape), j, v, derivatives)
 
-    def logpdf_nodes(
-        self, k: np.ndarray, z: np.ndarray, derivatives: bool = False
+    def points(
+        self, z: np.ndarray, derivatives: bool = False, scratch: Scratch | None = None
+    ) -> Points:
+        """Where the points ``z`` fall in the table (shared by every node; see ``logpdf_at``).
+        With ``scratch`` the arrays live in its buffers (valid until its next use)."""
+        shape = z.shape
+        az = np.abs(z, out=_buf(scratch, "az", shape))
+        w = np.multiply(az, 1.0 / Z_SCALE, out=_buf(scratch, "w", shape))
+        u = _buf(scratch, "u", shape)
+        du = dd = None
+        if derivatives:
+            # u = asinh(w) = log(w + r), r = sqrt(1 + w^2) (only u's absolute accuracy matters:
+            # it picks the interval and the offset in it); w = z / c: du/dz = 1 / (c r) and
+            # d2u/dz2 = -w / (c^2 r^3) = -dd with dd = c w (du/dz)^3
+            r = np.multiply(w, w, out=_buf(scratch, "r", shape))
+            r += 1.0
+            np.sqrt(r, out=r)
+            np.add(w, r, out=u)
+            np.log(u, out=u)
+            du = np.multiply(r, Z_SCALE, out=_buf(scratch, "du", shape))
+            np.reciprocal(du, out=du)
+            dd = np.multiply(du, du, out=_buf(scratch, "dd", shape))
+            dd *= du
+            dd *= w
+            dd *= Z_SCALE
+        else:
+            np.arcsinh(w, out=u)
+        j, v = self.cell(u, scratch)
+        far = np.greater(u, U_MAX, out=_buf(scratch, "far", shape, np.bool_))
+        return Points(az=az, j=j, v=v, du=du, dd=dd, far=far if far.any() else None)
+
+    def logpdf_at(
+        self, k: np.ndarray, pts: Points, derivatives: bool = False, scratch: Scratch | None = None
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """``h(z) = log f(z)`` at node(s) ``k`` (broadcast with ``z``); with ``derivatives``
-        also ``dh/d|z|`` and ``d2h/d|z|^2`` (h is even in z)."""
-        az = np.abs(z)
+        """``h = log f``, ``dh/d|z|`` and ``d2h/d|z|^2`` at node(s) ``k`` (broadcast with the
+        points) for points located by :meth:`points` (``derivatives`` as there). With
+        ``scratch`` the results live in its buffers (valid until its next use)."""
         k = np.asarray(k)
-        w = az * (1.0 / Z_SCALE)
-        u = np.arcsinh(w)
-        val, hu1, hu2 = self._spline(self.pdf_coef, k, u, derivatives)
+        az = pts.az
+        val, hu1, hu2 = self.poly(self.pdf_coef, k, pts.j, pts.v, derivatives, scratch)
         a1 = a2 = None
         if derivatives:
-            assert hu1 is not None and hu2 is not None
-            # u = asinh(w), w = z / c: du/dz = 1 / (c sqrt(1 + w^2)),
-            # d2u/dz2 = -w / (c^2 (1 + w^2)^(3/2))
-            r2 = 1.0 + w * w
-            du = 1.0 / (Z_SCALE * np.sqrt(r2))
-            a1 = hu1 * du
-            a2 = hu2 * du * du - hu1 * w * du / (Z_SCALE * r2)
-        far = u > U_MAX
-        if far.any():
+            assert hu1 is not None and hu2 is not None and pts.du is not None
+            assert pts.dd is not None
+            a1 = np.multiply(hu1, pts.du, out=_buf(scratch, "a1", az.shape))
+            a2 = np.multiply(hu2, pts.du, out=_buf(scratch, "a2", az.shape))
+            a2 *= pts.du
+            hu1 *= pts.dd
+            a2 -= hu1
+        if pts.far is not None:
+            far = pts.far
             kb = np.broadcast_to(k, az.shape)[far]
             fv, f1, f2 = self._far_logpdf(kb, np.log(az[far]), derivatives)
             val[far] = fv
@@ -175,8 +323,8 @@ class SasTable:
                 zf = az[far]
                 a1[far] = f1 / zf
                 a2[far] = (f2 - f1) / (zf * zf)
-        gauss = np.broadcast_to(k == self.n_alpha - 1, az.shape)
-        if gauss.any():
+        if np.any(k == self.n_alpha - 1):
+            gauss = np.broadcast_to(k == self.n_alpha - 1, az.shape)
             zg = az[gauss]
             val[gauss] = -0.25 * zg * zg - _LOG_2SQRTPI
             if derivatives:
@@ -184,6 +332,17 @@ class SasTable:
                 a1[gauss] = -0.5 * zg
                 a2[gauss] = -0.5
         return val, a1, a2
+
+    def logpdf_nodes(
+        self, k: np.ndarray, z: np.ndarray, derivatives: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """``h(z) = log f(z)`` at node(s) ``k`` (broadcast with ``z``); with ``derivatives``
+        also ``dh/d|z|`` and ``d2h/d|z|^2`` (h is even in z)."""
+        z = np.asarray(z, dtype=np.float64)
+        k = np.asarray(k)
+        if k.ndim > z.ndim or (k.ndim and k.shape != z.shape):
+            z = np.broadcast_to(z, np.broadcast_shapes(k.shape, z.shape))
+        return self.logpdf_at(k, self.points(z, derivatives), derivatives)
 
     def _far_logpdf(
         self, k: np.ndarray, t: np.ndarray, derivatives: bool

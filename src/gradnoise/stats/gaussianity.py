@@ -17,7 +17,7 @@ from scipy.special import log_ndtr, ndtr
 
 from ..errors import InsufficientDataError
 from ._common import RNGLike, StatResult, as_generator, check_min_size
-from ._stable_common import as_columns, column_chunks, restore
+from ._stable_common import as_columns, column_chunks, rescale_columns, restore
 from .multitest import MultipleTestResult, multiple_test
 
 __all__ = [
@@ -239,6 +239,7 @@ def normality_test(
     n = cols.shape[0]
     check_min_size(n, MIN_N[method], f"normality_test(method={method!r})")
     _check_variance(cols)
+    cols, _ = rescale_columns(cols)  # |x| ~ 1e300: exact power-of-two rescaling (invariant)
     stat, pval = _test_columns(cols, method)
     mt = None
     if correction is not None:
@@ -286,6 +287,9 @@ def projection_normality_test(
     cols, _ = as_columns(x, axis)
     n, dim = cols.shape
     check_min_size(n, MIN_N[method], f"projection_normality_test(method={method!r})")
+    if dim == 0:
+        raise InsufficientDataError("x has no coordinates to project (it has zero columns)")
+    cols, _ = rescale_columns(cols, common=True)  # one power of two for all: projections mix
     gen = as_generator(rng)
     proj = np.zeros((n, n_directions))
     norm2 = np.zeros(n_directions)

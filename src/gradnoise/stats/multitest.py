@@ -7,6 +7,7 @@ from typing import Literal
 
 import numpy as np
 
+from ..errors import InsufficientDataError
 from ._common import StatResult, as_float_array
 
 
@@ -23,7 +24,15 @@ def adjust_pvalues(
         >>> adjust_pvalues(np.array([0.01, 0.04, 0.03, 0.2]), method="bh").round(3).tolist()
         [0.04, 0.053, 0.053, 0.2]
     """
-    p = np.moveaxis(as_float_array(pvalues, "pvalues"), axis, -1)
+    p = as_float_array(pvalues, "pvalues")
+    if p.ndim == 0:
+        raise ValueError(
+            "pvalues must be an array of p-values (one family along axis), got a scalar"
+        )
+    try:
+        p = np.moveaxis(p, axis, -1)
+    except np.exceptions.AxisError as exc:
+        raise ValueError(f"axis {axis} is out of range for pvalues of shape {p.shape}") from exc
     if np.isnan(p).any() or (p < 0).any() or (p > 1).any():
         raise ValueError("p-values must lie in [0, 1] and not be NaN")
     m = p.shape[-1]
@@ -77,6 +86,11 @@ def multiple_test(
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
     adj = adjust_pvalues(pvalues, method=method, axis=axis)
+    if adj.shape[axis] == 0:
+        raise InsufficientDataError(
+            f"pvalues holds no tests along axis {axis} (shape {adj.shape}); the family to "
+            "correct is empty"
+        )
     reject = adj <= level
     frac = reject.mean(axis=axis)
     return MultipleTestResult(

@@ -22,7 +22,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from ._common import StatResult, check_min_size
-from ._stable_common import as_columns, column_chunks, restore
+from ._stable_common import as_columns, column_chunks, rescale_columns, restore
 from ._stable_density import get_table
 from .stable import fit_stable
 
@@ -101,17 +101,22 @@ def compare_noise_models(
     sloc = np.atleast_1d(np.asarray(fit.loc, dtype=np.float64))
     table = get_table()
     out = {k: np.empty(m) for k in ("mu", "sd", "ll_g", "ll_s", "ks_g", "ks_s")}
+    # |x| ~ 1e300: moments on x * 2**-e (exact), mapped back by 2**e
+    cols, exps = rescale_columns(cols)
     for sl in column_chunks(cols):
+        e = exps[sl]
         block = np.array(cols[:, sl].T, dtype=np.float64, order="C")  # (mc, n)
         block.sort(axis=1)
-        mu = block.mean(axis=1) if loc is None else np.full(block.shape[0], float(loc))
+        mu = block.mean(axis=1) if loc is None else np.ldexp(np.full(block.shape[0], loc), -e)
         sd = np.sqrt(((block - mu[:, None]) ** 2).mean(axis=1))
         zg = (block - mu[:, None]) / sd[:, None]
-        out["mu"][sl], out["sd"][sl] = mu, sd
-        out["ll_g"][sl] = -0.5 * (zg * zg).sum(axis=1) - n * (np.log(sd) + 0.5 * np.log(2 * np.pi))
+        out["mu"][sl], out["sd"][sl] = np.ldexp(mu, e), np.ldexp(sd, e)
+        out["ll_g"][sl] = -0.5 * (zg * zg).sum(axis=1) - n * (
+            np.log(out["sd"][sl]) + 0.5 * np.log(2 * np.pi)
+        )
         out["ks_g"][sl] = _ks(ndtr(zg))
         a = alpha[sl][:, None]
-        zs = (block - sloc[sl][:, None]) / scale[sl][:, None]
+        zs = (block - np.ldexp(sloc[sl], -e)[:, None]) / np.ldexp(scale[sl], -e)[:, None]
         out["ll_s"][sl] = table.logpdf(zs, a).sum(axis=1) - n * np.log(scale[sl])
         out["ks_s"][sl] = _ks(table.cdf(zs, a))
     k_g, k_s = (2, 3) if loc is None else (1, 2)

@@ -12,7 +12,8 @@ Model (x >= xmin): continuous ``p(x) = (alpha-1)/xmin (x/xmin)**-alpha``; discre
 * :func:`power_law_test` — CSN's semi-parametric bootstrap p-value (§4.1), re-fitting xmin in
   every replicate; reject the power law when ``p <= 0.1``.
 * :func:`compare_tails` — log-likelihood ratio against an alternative fitted on the same tail
-  (CSN §5, Appendix C): Vuong's normalised test, or the chi-square test when nested.
+  (CSN §5, Appendix C): Vuong's normalised test, or the chi-square test when nested; discrete
+  data against the alternatives normalised over the integers (CSN Table 2.1).
 
 Every function takes one sample (1-D) or a batch (N-D array, samples along ``axis``) and returns
 one frozen result whose fields are scalars or arrays of the batch shape; batched equals looped.
@@ -31,13 +32,21 @@ and against the ``powerlaw`` package in the tests).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Literal
 
 import numpy as np
 from scipy import special, stats
 
-from ..errors import InsufficientDataError
-from ._common import RNGLike, StatResult, as_float_array, as_generator, check_finite
+from ..errors import InsufficientDataError, DataError
+from ._common import (
+    RNGLike,
+    StatResult,
+    as_float_array,
+    as_generator,
+    check_finite,
+    pow2_exponents,
+)
 from ._powerlaw_alt import (
     fit_lognormal_tail,
     fit_se_tail,
@@ -45,6 +54,7 @@ from ._powerlaw_alt import (
     log_expint,
     tn_log_partition,
 )
+from ._powerlaw_discrete import discrete_alternative
 from ._powerlaw_scan import Candidates, Unique, _Model, make_candidates, scan, unique_batch
 from ._powerlaw_zeta import log_hurwitz, sample_discrete
 
@@ -56,6 +66,8 @@ __all__ = [
     "fit_power_law",
     "power_law_test",
 ]
+
+_DISCRETE_MAX = 2.0**53
 
 Alternative = Literal["lognormal", "exponential", "truncated_power_law", "stretched_exponential"]
 _ALTERNATIVES = ("lognormal", "exponential", "truncated_power_law", "stretched_exponential")
@@ -122,7 +134,8 @@ class TailComparison(StatResult):
             stretched exponential with beta -> 0, truncated power law with lambda = 0): both fits
             coincide, ``R = 0`` and ``pvalue = 1``.
         params: the alternative's MLE (``mu``, ``sigma``; ``lambda``; ``alpha``, ``lambda``;
-            ``beta``, ``lambda``), in x units.
+            ``beta``, ``lambda``), in x units (a rate ``lambda`` beyond float64, for data of
+            magnitude below ~1e-300, is reported as ``inf``).
         xmin, alpha, n_tail: the power-law fit that defines the tail.
         loglik_power_law, loglik_alternative: the two log-likelihoods summed over the tail.
     """
@@ -146,10 +159,19 @@ class TailComparison(StatResult):
 # --------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class _Batch:
-    xs: np.ndarray  # flat, each sample sorted
+    xs: np.ndarray  # flat, each sample sorted (and scaled by 2**-exps, see _prepare)
     off: np.ndarray  # (B + 1,)
     shape: tuple[int, ...]  # batch shape (() for one sample)
     n_dropped: np.ndarray  # (B,)
+    exps: np.ndarray  # (B,) power-of-two exponents of the rescaling (0: values as given)
+
+    def scaled(self, values: np.ndarray) -> np.ndarray:
+        """Per-sample values in x units -> the rescaled units of ``xs``."""
+        return np.ldexp(values, -self.exps) if self.exps.any() else values
+
+    def unscaled(self, values: np.ndarray) -> np.ndarray:
+        """Per-sample values in the rescaled units -> x units."""
+        return np.ldexp(values, self.exps) if self.exps.any() else values
 
     @property
     def size(self) -> int:
@@ -180,7 +202,13 @@ def _prepare(x: Any, axis: int | None, nonpositive: str, discrete: bool, name: s
         assert axis is not None
         arr = np.moveaxis(arr, axis, -1)
         shape = arr.shape[:-1]
-        mat = arr.reshape(-1, arr.shape[-1])
+        mat = arr.reshape(math.prod(shape), arr.shape[-1])
+    if mat.size == 0:
+        raise InsufficientDataError(
+            f"{name} is empty (shape {np.shape(x)}): "
+            + ("no values along the sample axis" if mat.shape[0] else "a batch of no samples")
+            + "; pass at least min_tail values per sample (along axis)"
+        )
     check_finite(mat, name)
     if nonpositive not in ("raise", "drop"):
         raise ValueError(f"nonpositive must be 'raise' or 'drop', got {nonpositive!r}")
@@ -199,6 +227,12 @@ def _prepare(x: Any, axis: int | None, nonpositive: str, discrete: bool, name: s
                 f"discrete=True needs integer values, but {name} has {int(frac.sum())} "
                 "non-integer value(s); round explicitly or use discrete=False"
             )
+        if mat.max() >= _DISCRETE_MAX:
+            raise DataError(
+                f"discrete=True needs integers below 2**53 = {_DISCRETE_MAX:.4g} (float64 holds "
+                f"every integer only up to there), but {name} reaches {mat.max():.4g}; fit such "
+                "magnitudes with discrete=False (a continuous power law)"
+            )
     if nbad.any():
         srt = np.sort(np.where(bad, np.inf, mat), axis=1)
         keep = np.arange(mat.shape[1])[None, :] < (mat.shape[1] - nbad)[:, None]
@@ -209,7 +243,19 @@ def _prepare(x: Any, axis: int | None, nonpositive: str, discrete: bool, name: s
         counts = np.full(mat.shape[0], mat.shape[1])
     off = np.zeros(mat.shape[0] + 1, dtype=np.int64)
     np.cumsum(counts, out=off[1:])
-    return _Batch(xs=xs, off=off, shape=shape, n_dropped=nbad.astype(np.int64))
+    exps = np.zeros(mat.shape[0], dtype=np.int64)
+    if not discrete and xs.size:
+        # values of extreme magnitude (~1e300, ~1e-300) are rescaled per sample by an exact
+        # power of two (alpha, KS and likelihood ratios are scale-free; xmin and the
+        # alternatives' parameters are mapped back), keeping the sample's smallest value normal
+        has = counts > 0
+        first, last = off[:-1][has], off[1:][has] - 1
+        e = pow2_exponents(xs[last])
+        _, e_lo = np.frexp(xs[first])
+        exps[has] = np.where(e > 0, np.minimum(e, e_lo + 1000), e)
+        if exps.any():
+            xs = np.ldexp(xs, -np.repeat(exps, counts))
+    return _Batch(xs=xs, off=off, shape=shape, n_dropped=nbad.astype(np.int64), exps=exps)
 
 
 def _per_sample(value: Any, batch: _Batch, name: str) -> np.ndarray:
@@ -314,11 +360,14 @@ def _options(
             raise ValueError("xmin must be finite and > 0")
         if discrete and np.any(fixed != np.floor(fixed)):
             raise ValueError("discrete=True needs an integer xmin")
+        fixed = batch.scaled(fixed)
     elif xmin_range is not None:
         if len(xmin_range) != 2:
             raise ValueError("xmin_range must be a (low, high) pair; use None for no bound")
         lo = None if xmin_range[0] is None else _per_sample(xmin_range[0], batch, "xmin_range")
         hi = None if xmin_range[1] is None else _per_sample(xmin_range[1], batch, "xmin_range")
+        lo = None if lo is None else batch.scaled(lo)
+        hi = None if hi is None else batch.scaled(hi)
     a_lo = a_hi = None
     if alpha_range is not None:
         if len(alpha_range) != 2:
@@ -429,7 +478,7 @@ def _make_fit(fit: _FitArrays, batch: _Batch, discrete: bool, **extra: Any) -> A
     shape = batch.shape
     kw = {
         "alpha": _out(fit.alpha, shape),
-        "xmin": _out(fit.xmin, shape),
+        "xmin": _out(batch.unscaled(fit.xmin), shape),
         "n_tail": _out(fit.n_tail, shape, int),
         "n": _out(np.diff(batch.off), shape, int),
         "ks": _out(fit.ks, shape),
@@ -585,8 +634,9 @@ def _draw_block(
     a, xm = fit.alpha[s], fit.xmin[s]
     if discrete:
         vals[tail] = sample_discrete(a, xm, ut)
-    else:
-        vals[tail] = xm * ut ** (-1.0 / (a - 1.0))
+    else:  # draws beyond float64 (alpha near 1) are kept at its largest value
+        with np.errstate(over="ignore"):
+            vals[tail] = np.minimum(xm * ut ** (-1.0 / (a - 1.0)), np.finfo(np.float64).max)
     if body.size:
         idx = np.minimum((u[~tail] * body.size).astype(np.int64), body.size - 1)
         vals[~tail] = body[idx]
@@ -628,8 +678,16 @@ def compare_tails(
     ``p = erfc(|R| / sqrt(2 n sd^2))`` (CSN eq. 5.4). The power law is nested in the truncated
     power law (lam = 0), so there ``p = P(chi2_1 >= 2|R|)`` (CSN Appendix C, as the ``powerlaw``
     package); ``nested_pvalue="half_chi2"`` halves it, the asymptotic law when the null sits on
-    the boundary lam = 0 (Self & Liang 1987). Discrete data: the exact zeta power law against the
-    geometric distribution (``exponential``); the other alternatives are continuous only.
+    the boundary lam = 0 (Self & Liang 1987).
+
+    Discrete data (``discrete=True``): the exact zeta power law against each alternative's
+    discrete version, its basic form normalised over the integers ``k >= xmin`` (CSN Table 2.1):
+    the geometric distribution (``exponential``), ``exp(-(ln k - mu)^2 / (2 sigma^2)) / k``,
+    ``k^-alpha e^(-lam k)`` and ``k^(beta-1) exp(-(lam k)^beta)``, each fitted by exact maximum
+    likelihood (normalising sums to double precision, see ``_powerlaw_discrete``). The
+    ``powerlaw`` package normalises its discrete truncated power law the same way but rounds a
+    continuous lognormal and stretched exponential instead (``F(k + 1/2) - F(k - 1/2)``): a
+    different model, whose ratios differ slightly (benchmarks/powerlaw.py).
 
     Returns:
         :class:`TailComparison` (positive ``loglik_ratio``: the power law fits better).
@@ -638,11 +696,6 @@ def compare_tails(
         raise ValueError(f"alternative must be one of {_ALTERNATIVES}, got {alternative!r}")
     if nested_pvalue not in ("chi2", "half_chi2"):
         raise ValueError(f"nested_pvalue must be 'chi2' or 'half_chi2', got {nested_pvalue!r}")
-    if discrete and alternative != "exponential":
-        raise NotImplementedError(
-            f"discrete data: only the exponential (geometric) alternative is implemented, "
-            f"not {alternative!r}; fit discrete=False if a continuous approximation is acceptable"
-        )
     batch = _prepare(x, axis, nonpositive, discrete)
     opt = _options(
         batch,
@@ -684,6 +737,10 @@ def compare_tails(
             lam = 1.0 / excess
             ll_alt = np.log(lam)[seg] - lam[seg] * (xt - xm)
         params = {"lambda": lam}
+    elif discrete:  # lognormal, truncated power law, stretched exponential on the integers
+        ll_alt, params, boundary = discrete_alternative(
+            alternative, z, seg, starts, nt, fit.xmin, alpha
+        )
     elif alternative == "lognormal":
         z2bar = np.add.reduceat(z * z, starts) / nt
         e1, e2, boundary = fit_lognormal_tail(zbar, z2bar)
@@ -731,6 +788,14 @@ def compare_tails(
         pval = special.erfc(np.abs(norm) / np.sqrt(2.0))
     pval = np.where(same, 1.0, pval)
     ll_pl_sum = np.add.reduceat(ll_pl, starts)
+    if batch.exps.any():  # back from the rescaled units (x 2**-e) to x units
+        shift = batch.exps * math.log(2.0)
+        ll_pl_sum = ll_pl_sum - nt * shift  # a density in x is 2**-e times that in x 2**-e
+        if "lambda" in params:  # 1/x units; beyond float64 (x below ~1e-300) it is inf
+            with np.errstate(over="ignore"):
+                params["lambda"] = batch.scaled(params["lambda"])
+        if "mu" in params:
+            params["mu"] = params["mu"] + shift  # ln x units
     shape = batch.shape
     return TailComparison(
         alternative=alternative,
@@ -740,7 +805,7 @@ def compare_tails(
         nested=nested,
         boundary=_out(boundary, shape, bool),
         params={k: _out(np.asarray(v, dtype=np.float64), shape) for k, v in params.items()},
-        xmin=_out(fit.xmin, shape),
+        xmin=_out(batch.unscaled(fit.xmin), shape),
         alpha=_out(fit.alpha, shape),
         n_tail=_out(fit.n_tail, shape, int),
         loglik_power_law=_out(ll_pl_sum, shape),

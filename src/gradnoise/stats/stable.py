@@ -16,6 +16,7 @@ its standard deviation divided by sqrt(2).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -23,10 +24,11 @@ import numpy as np
 
 from ..errors import InsufficientDataError
 from ._common import RNGLike, StatResult, as_generator, check_min_size
-from ._stable_common import as_columns, column_chunks, restore
+from ._stable_common import as_columns, column_chunks, rescale_columns, restore
 from ._stable_density import get_table
 from ._stable_mcculloch import QUANTILES, mcculloch_from_quantiles, sample_quantiles
 from ._stable_mle import fit_sas_mle
+from ._stable_skew import fit_stable_mle_skewed
 
 Parameterization = Literal["S0", "S1"]
 
@@ -246,9 +248,13 @@ def fit_stable(
             see ``_stable_mcculloch``). Fastest; consistent; alpha in about [0.59, 2].
         ``"cf"``: empirical characteristic-function regression (Koutrouvelis 1980; grid of
             Kogon & Williams 1998), started from McCulloch.
-        ``"mle"``: maximum likelihood for the symmetric law (``symmetric=True`` only), on a
-            tabulated SαS log-density (alpha nodes 0.50..2.00 step 0.01, Zolotarev's integral;
-            see ``_stable_mle``). Its estimates lie in [0.5, 2].
+        ``"mle"``: maximum likelihood. Symmetric (default): on a tabulated SαS log-density
+            (alpha nodes 0.50..2.00 step 0.01, Zolotarev's integral), batched over columns
+            (``_stable_mle``: 100,000 columns of 1,000 in about 8 s here). ``symmetric=False``:
+            alpha, beta, scale and the S0 location by L-BFGS-B on the exact density
+            (Zolotarev's integral per value, ``_stable_skew``), one column at a time (about a
+            second per column of 1,000 values): for modest numbers of columns. Estimates of
+            alpha lie in [0.5, 2].
 
     ``symmetric=True`` fixes beta = 0 (SαS, the model of Battash et al.). ``loc=None`` estimates
     the location; with ``symmetric=True`` a number fixes it (e.g. ``loc=0.0`` for
@@ -263,11 +269,6 @@ def fit_stable(
     _check_parameterization(parameterization)
     if method not in _MIN_N:
         raise ValueError(f"method must be 'mcculloch', 'cf' or 'mle', got {method!r}")
-    if method == "mle" and not symmetric:
-        raise NotImplementedError(
-            "method='mle' fits the symmetric law only (symmetric=True); use method='mcculloch' "
-            "or 'cf' for skewed fits"
-        )
     if loc is not None:
         if not symmetric:
             raise ValueError(
@@ -279,10 +280,14 @@ def fit_stable(
     cols, out_shape = as_columns(x, axis)
     n, m = cols.shape
     check_min_size(n, _MIN_N[method], f"fit_stable(method={method!r})")
+    # extreme magnitudes (|x| ~ 1e300 or 1e-300) are fitted on x * 2**-e and mapped back exactly
+    # (scale and location are equivariant; the log-likelihood shifts by -n e ln 2)
+    cols, exps = rescale_columns(cols)
     res = {k: np.empty(m) for k in ("alpha", "beta", "scale", "loc0", "loglik")}
     for sl in column_chunks(cols):
         block = cols[:, sl]
-        q = sample_quantiles(_sorted_block(block), QUANTILES)
+        rows = _sorted_block(block)
+        q = sample_quantiles(rows, QUANTILES)
         iqr_zero = q[3] - q[1] <= 0
         if iqr_zero.any():
             bad = np.flatnonzero(iqr_zero)[:5] + (sl.start or 0)
@@ -293,14 +298,18 @@ def fit_stable(
             )
         alpha, beta, scale, zeta = mcculloch_from_quantiles(q, symmetric)
         if loc is not None:
-            zeta = np.full_like(zeta, float(loc))
+            zeta = np.ldexp(np.full_like(zeta, float(loc)), -exps[sl])
         if method != "mcculloch":
             if method == "cf":
                 alpha, beta, scale, cf_loc = _cf_fit(block, alpha, scale, zeta, symmetric)
                 zeta = cf_loc if loc is None else zeta
+            elif symmetric:
+                alpha, scale, zeta, ll = fit_sas_mle(rows, alpha, scale, zeta, loc is None)
+                res["loglik"][sl] = ll
             else:
-                block64 = block.astype(np.float64, copy=False)
-                alpha, scale, zeta, ll = fit_sas_mle(block64, alpha, scale, zeta, loc is None)
+                alpha, beta, scale, zeta, ll = fit_stable_mle_skewed(
+                    block, alpha, beta, scale, zeta
+                )
                 res["loglik"][sl] = ll
         res["alpha"][sl], res["beta"][sl], res["scale"][sl], res["loc0"][sl] = (
             alpha,
@@ -308,6 +317,10 @@ def fit_stable(
             scale,
             zeta,
         )
+    if exps.any():
+        res["scale"] = np.ldexp(res["scale"], exps)
+        res["loc0"] = np.ldexp(res["loc0"], exps)
+        res["loglik"] -= n * math.log(2.0) * exps
     if loc is not None:
         loc_out = np.full(m, float(loc))
     else:
@@ -338,19 +351,30 @@ def _check_sas_args(alpha: Any, scale: Any) -> tuple[np.ndarray, np.ndarray]:
     return a, sc
 
 
+def _standardised(x: Any, loc: Any, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(z, zf)``: ``z = (x - loc) / scale`` (NaN or +-inf where ``x`` is), and ``zf`` the same
+    with non-finite entries set to 0, for the table (callers fill in the limits)."""
+    with np.errstate(invalid="ignore"):
+        z = (np.asarray(x, dtype=np.float64) - np.asarray(loc, dtype=np.float64)) / scale
+    return z, np.where(np.isfinite(z), z, 0.0)
+
+
 def sas_logpdf(x: Any, alpha: Any, scale: Any = 1.0, loc: Any = 0.0) -> np.ndarray:
     """log-density of SαS(alpha, scale, loc) (beta = 0), from the cached table (broadcast).
 
     ``log f(x) = l_alpha(|x - loc| / scale) - log(scale)``; relative accuracy ~1e-7 at the alpha
     nodes 0.50, 0.51, ..., 2.00 and ~1e-4 (up to ~1e-2 at rare far-tail points for alpha near 2)
-    between them."""
+    between them. ``x = +-inf`` gives ``-inf`` and NaN gives NaN (as scipy's ``logpdf``)."""
     a, sc = _check_sas_args(alpha, scale)
-    z = (np.asarray(x, dtype=np.float64) - np.asarray(loc, dtype=np.float64)) / sc
-    return get_table().logpdf(z, a) - np.log(sc)
+    z, zf = _standardised(x, loc, sc)
+    out = get_table().logpdf(zf, a) - np.log(sc)
+    return np.where(np.isfinite(z), out, np.where(np.isnan(z), np.nan, -np.inf))
 
 
 def sas_cdf(x: Any, alpha: Any, scale: Any = 1.0, loc: Any = 0.0) -> np.ndarray:
-    """Distribution function of SαS(alpha, scale, loc), from the cached table (abs. error ~1e-6)."""
+    """Distribution function of SαS(alpha, scale, loc), from the cached table (abs. error ~1e-6).
+    ``x = -inf`` gives 0, ``+inf`` 1 and NaN NaN."""
     a, sc = _check_sas_args(alpha, scale)
-    z = (np.asarray(x, dtype=np.float64) - np.asarray(loc, dtype=np.float64)) / sc
-    return get_table().cdf(z, a)
+    z, zf = _standardised(x, loc, sc)
+    out = get_table().cdf(zf, a)
+    return np.where(np.isfinite(z), out, np.where(np.isnan(z), np.nan, (z > 0) * 1.0))

@@ -14,9 +14,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..errors import InsufficientDataError
+from ..errors import InsufficientDataError, DataError
 from ._common import StatResult, check_min_size
-from ._stable_common import as_columns, column_chunks, restore
+from ._stable_common import as_columns, column_chunks, rescale_columns, restore
 
 __all__ = ["TailIndexResult", "simsekli_block_size", "tail_index"]
 
@@ -90,15 +90,40 @@ def _check_block(n: int, block_size: int | None, what: str) -> int:
 
 
 def _mohammadi(cols: np.ndarray, m: int, eps: float) -> np.ndarray:
-    """1/alpha = (mean_i log|Y_i| - mean_k log|X_k|) / log m, Y_i = sum of block i (per column)."""
+    """1/alpha = (mean_i log|Y_i| - mean_k log|X_k|) / log m, Y_i = sum of block i (per column).
+
+    Columns of extreme magnitude are rescaled by 2**-e together with ``eps`` (the estimate is
+    unchanged: ``log(|x| + eps) = e log 2 + log(|x| 2**-e + eps 2**-e)`` and the ``e log 2``
+    cancel), so block sums of values near 1e308 do not overflow."""
     n, d = cols.shape
     nb = n // m
     out = np.empty(d)
+    cols, exps = rescale_columns(cols)
     for sl in column_chunks(cols):
         block = cols[:, sl].astype(np.float64, copy=False)
-        log_x = np.log(np.abs(block) + eps).mean(axis=0)
+        eps_c = np.ldexp(eps, -exps[sl])
         y = block.reshape(nb, m, -1).sum(axis=1)
-        log_y = np.log(np.abs(y) + eps).mean(axis=0)
+        if eps == 0:
+            zero = ~np.all(block != 0, axis=0) | ~np.all(y != 0, axis=0)
+            if zero.any():
+                raise DataError(
+                    f"eps=0 but {int(zero.sum())} column(s) of x (e.g. "
+                    f"{(np.flatnonzero(zero)[:5] + (sl.start or 0)).tolist()}) hold exact zeros "
+                    "(or block sums equal to 0), whose logarithm is -inf; pass eps > 0 (the "
+                    "default adds np.spacing(1) inside the logs, as Simsekli et al.)"
+                )
+        log_x = np.log(np.abs(block) + eps_c).mean(axis=0)
+        log_y = np.log(np.abs(y) + eps_c).mean(axis=0)
+        if eps > 0:
+            with np.errstate(divide="ignore"):  # eps_c underflows to 0 beside |x| ~ 1e308
+                swamped = log_x - np.log(eps_c) < math.log(2.0)  # geometric mean |x| < eps
+            if swamped.any():
+                raise DataError(
+                    f"eps = {eps:.3g} is as large as the typical |x| in {int(swamped.sum())} "
+                    f"column(s) of x (e.g. {(np.flatnonzero(swamped)[:5] + (sl.start or 0)).tolist()}"
+                    "): the estimate would measure eps, not x. Pass eps=0 (exact for any "
+                    "magnitude when x has no zeros), a smaller eps, or rescale x"
+                )
         inv = (log_y - log_x) / math.log(m)
         with np.errstate(divide="ignore"):
             out[sl] = 1.0 / inv
@@ -119,7 +144,16 @@ def _hill(cols: np.ndarray, k: int) -> np.ndarray:
                 f"{int((thresh <= 0).sum())} column(s); too many zeros for k={k}"
             )
         top = part[:, n - k :].astype(np.float64)
-        out[sl] = k / (np.log(top).sum(axis=1) - k * np.log(thresh))
+        denom = (np.log(top) - np.log(thresh)[:, None]).sum(axis=1)
+        if (denom <= 0).any():
+            bad = np.flatnonzero(denom <= 0)[:5] + (sl.start or 0)
+            raise InsufficientDataError(
+                f"Hill estimator: the k+1 = {k + 1} largest |x| are all equal in "
+                f"{int((denom <= 0).sum())} column(s) (e.g. {bad.tolist()}; constant or heavily "
+                "tied values), so the estimate is infinite there; use a larger k or drop those "
+                "columns"
+            )
+        out[sl] = k / denom
     return out
 
 
@@ -180,14 +214,14 @@ def tail_index(
         check_min_size(n, 4, "tail_index(method='mohammadi')")
         what = "pooled sample" if pooled else "tail_index(method='mohammadi')"
         m = _check_block(n, block_size, what)
-        zero_cols = np.zeros(d, dtype=bool)
+        const = np.zeros(d, dtype=bool)
         for sl in column_chunks(cols):
-            zero_cols[sl] = ~np.any(cols[:, sl] != 0, axis=0)
-        if zero_cols.any():
-            raise ValueError(
-                f"{int(zero_cols.sum())} column(s) of x are identically zero (e.g. "
-                f"{np.flatnonzero(zero_cols)[:5].tolist()}); their tail index is undefined. "
-                "Drop them explicitly"
+            const[sl] = np.all(cols[:, sl] == cols[:1, sl], axis=0)
+        if const.any():
+            raise InsufficientDataError(
+                f"{int(const.sum())} column(s) of x are constant (all values equal, e.g. columns "
+                f"{np.flatnonzero(const)[:5].tolist()}); their tail index is undefined (the "
+                "block-sum estimate would be 1 for any non-zero constant). Drop them explicitly"
             )
         alpha = _mohammadi(cols, m, eps)
         return TailIndexResult(
