@@ -8,7 +8,7 @@ import scipy.integrate
 import scipy.linalg
 import scipy.stats
 
-from gradnoise.errors import InsufficientDataError, DataError
+from gradnoise.errors import DataError, InsufficientDataError
 from gradnoise.spectra import covariance as covariance_module
 from gradnoise.spectra import (
     covariance_spectrum,

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from gradnoise.errors import InsufficientDataError, DataError
+from gradnoise.errors import DataError, InsufficientDataError
 from gradnoise.selection import ParamSelection
 from gradnoise.variance import (
     gradient_variance,

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InsufficientDataError, DataError
+from .errors import DataError, InsufficientDataError
 from .selection import ParamSelection
 from .stats._common import (
     StatResult,

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from gradnoise.errors import InsufficientDataError, DataError
+from gradnoise.errors import DataError, InsufficientDataError
 from gradnoise.spectra.covariance import covariance_spectrum, gram_matrix, gram_spectrum
 from gradnoise.stats import (
     adjust_pvalues,

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InsufficientDataError, DataError
+from ..errors import DataError, InsufficientDataError
 
 RNGLike = np.random.Generator | int | None
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InsufficientDataError, DataError
+from ..errors import DataError, InsufficientDataError
 from ._common import as_float_array, pow2_exponents
 
 # Process columns in blocks of about this many values (keeps float64 temporaries ~100 MB).

@@ -38,7 +38,7 @@ from typing import Any, Literal
 import numpy as np
 from scipy import special, stats
 
-from ..errors import InsufficientDataError, DataError
+from ..errors import DataError, InsufficientDataError
 from ._common import (
     RNGLike,
     StatResult,

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..errors import InsufficientDataError, DataError
+from ..errors import DataError, InsufficientDataError
 from ._common import StatResult, check_min_size
 from ._stable_common import as_columns, column_chunks, rescale_columns, restore
 
