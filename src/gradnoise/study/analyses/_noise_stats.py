@@ -84,12 +84,15 @@ def sgn_from_per_sample(
 
 def _per_coordinate_alpha(x: np.ndarray) -> tuple[np.ndarray, int]:
     """Mohammadi alpha per column on the first K' rows, K' = K or K - 1 (so that a block size
-    m >= 2 with >= 2 blocks exists; Simsekli's m = largest divisor of K' <= sqrt(K'))."""
+    m >= 2 with >= 2 blocks exists; Simsekli's m = largest divisor of K' <= sqrt(K')). Columns
+    constant on those K' rows have no tail index and are left out."""
     k = x.shape[0]
     for kk in (k, k - 1):
         m = simsekli_block_size(kk) if kk >= 1 else 1
         if m >= 2 and kk // m >= 2:
-            return np.asarray(tail_index(x[:kk]).alpha, dtype=np.float64), kk
+            rows = x[:kk]
+            rows = rows[:, ~constant_columns(rows)]
+            return np.asarray(tail_index(rows).alpha, dtype=np.float64), kk
     raise ValueError(f"{k} noise samples are too few for a per-coordinate Mohammadi estimate")
 
 
