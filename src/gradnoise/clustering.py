@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Sampler, TensorDataset
 
-from .capture import full_grad, layer_io, minibatch_grads, per_sample_grads
+from .capture import full_grad, minibatch_grads, per_sample_grads
 from .capture._common import (
     DataArg,
     ParamsArg,
@@ -66,10 +66,13 @@ from .capture._common import (
     require_examples,
     resolve_selection,
 )
-from .capture.audit import ModelAudit, audit_data, owner_modules
+from .capture._dist import unwrap
+from .capture._passes import columns_of, structured_pass
+from .capture._verify import verify_chunk
+from .capture.audit import ModelAudit, audit_data, demote, owner_modules
 from .capture.layers import _conv_geometry
 from .capture.per_sample import LayerIO
-from .errors import NonFiniteGradientError
+from .errors import NonFiniteGradientError, UnsupportedLayerError
 from .selection import ParamSelection
 from .stats._common import RNGLike, StatResult, as_generator
 from .variance import gradient_variance, normalized_gradient_variance
@@ -377,7 +380,8 @@ class GradientClustering:
             )
         if chunk_size < 1 or min_size < 0:
             raise ValueError("chunk_size must be >= 1 and min_size >= 0")
-        self.model, self.loss_fn = model, loss_fn
+        self.model, self.loss_fn = unwrap(model), loss_fn
+        model = self.model
         self.num_clusters = int(num_clusters)
         self.weighted, self.min_size = bool(weighted), int(min_size)
         self.chunk_size, self.dtype, self.dropout = int(chunk_size), dtype, dropout
@@ -446,6 +450,13 @@ class GradientClustering:
                 fallback.append(j)
                 self.layout[name] = "full"
         self.hooked = list(hooked.values())
+        hooked_ids = {id(m) for m in self.hooked}
+        self.checked = [
+            col
+            for col in columns_of(self.selection, self.tensors)
+            if id(owners[col.name][0]) in hooked_ids and result.path(col.name) == "structured"
+        ]
+        self.chunks = 0
         self.fallback_selection: ParamSelection | None = None
         if fallback:
             self.fallback_selection = ParamSelection(
@@ -473,15 +484,40 @@ class GradientClustering:
             raise ValueError("inputs contain NaN or Inf; remove or impute them before clustering")
         records: dict[nn.Module, list[LayerIO]] = {}
         if self.hooked:
-            for io in layer_io(self.model, self.loss_fn, x, y, self.hooked):
-                if not bool(torch.isfinite(io.grad_output).all()) or (
-                    io.inputs.is_floating_point() and not bool(torch.isfinite(io.inputs).all())
+            found = structured_pass(
+                self.model, self.loss_fn, x, y, self.hooked, [c.tensor for c in self.checked]
+            )
+            self.chunks += 1
+            assert self.audit is not None
+            failed, reason = verify_chunk(
+                self.model,
+                self.loss_fn,
+                x,
+                y,
+                found,
+                self.checked,
+                owner_modules(self.model),
+                self.audit,
+                self.chunks,
+            )
+            if failed:
+                names = [col.name for col in failed]
+                demote(self.model, self.audit, names, "loop", reason)
+                raise UnsupportedLayerError(
+                    f"the layer rules of {', '.join(map(repr, names[:4]))} stopped being exact "
+                    f"while clustering ({reason}); the model's forward changed since this "
+                    "GradientClustering was planned: create a new one (it will give these "
+                    "parameters full centres)"
+                )
+            for module, inp, g in found.calls:
+                if not bool(torch.isfinite(g).all()) or (
+                    inp.is_floating_point() and not bool(torch.isfinite(inp).all())
                 ):
                     raise NonFiniteGradientError(
                         f"non-finite (NaN/Inf) layer input or output gradient in "
-                        f"{type(io.module).__name__} while clustering"
+                        f"{type(module).__name__} while clustering"
                     )
-                records.setdefault(io.module, []).append(io)
+                records.setdefault(module, []).append(LayerIO(module, inp, g))
         full = None
         if self.fallback_selection is not None:
             full = per_sample_grads(self.model, self.loss_fn, x, y, params=self.fallback_selection)

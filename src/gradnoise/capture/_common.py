@@ -136,10 +136,17 @@ def model_device(model: nn.Module, device: torch.device | str | None) -> torch.d
 
 
 def check_batchnorm(model: nn.Module) -> None:
-    """Refuse BatchNorm that normalises with batch statistics: in training mode, or built with
-    ``track_running_stats=False`` (batch statistics in eval mode too). Either couples the
-    examples of a batch, so per-example gradients are undefined."""
+    """Refuse the layers that couple the examples of a batch by construction: BatchNorm that
+    normalises with batch statistics (training mode, or ``track_running_stats=False``, batch
+    statistics in eval mode too) and ``Embedding(scale_grad_by_freq=True)`` (gradients scaled by
+    token counts over the batch). Couplings of other layers are found by the audit."""
     for name, module in model.named_modules():
+        if isinstance(module, (nn.Embedding, nn.EmbeddingBag)) and module.scale_grad_by_freq:
+            raise UnsupportedLayerError(
+                f"layer {name!r} ({type(module).__name__}) has scale_grad_by_freq=True: its "
+                "gradient is scaled by token counts over the whole batch, so per-example "
+                "gradients do not add up to the minibatch gradient. Set scale_grad_by_freq=False."
+            )
         if not isinstance(module, _BATCHNORM):
             continue
         if module.training:
@@ -199,6 +206,21 @@ def select_example(outputs: Any, i: int) -> Any:
         f"cannot split the model's output of type {type(outputs).__name__} into examples; return "
         "a tensor, or a tuple/list/dict/dataclass of tensors with the examples along dim 0"
     )
+
+
+def tensor_leaves(value: Any) -> list[Tensor]:
+    """The tensors in a model's output: a tensor, or nested tuples/lists/dicts/dataclasses."""
+    if isinstance(value, Tensor):
+        return [value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        items: Any = [getattr(value, f.name) for f in dataclasses.fields(value)]
+    elif isinstance(value, Mapping):
+        items = list(value.values())
+    elif isinstance(value, (tuple, list)):
+        items = list(value)
+    else:
+        return []
+    return [t for item in items for t in tensor_leaves(item)]
 
 
 def _has_tensor(value: Any) -> bool:

@@ -25,7 +25,7 @@ from torch.func import functional_call, grad, vmap
 
 from ..errors import NonFiniteGradientError
 from ..selection import ParamSelection
-from ._common import example_loss, per_example_losses
+from ._common import example_loss, per_example_losses, tensor_leaves
 
 
 @dataclass(frozen=True, eq=False)
@@ -117,6 +117,7 @@ class Pass:
     calls: list[tuple[nn.Module, Any, Tensor]]
     grads: list[Tensor | None]
     losses: Tensor
+    outputs: list[Tensor]  # the model's output tensors, detached
 
 
 def structured_pass(
@@ -144,7 +145,7 @@ def structured_pass(
         (module, inp, torch.zeros_like(probe) if g is None else g)
         for (module, inp, probe), g in zip(probes.records, grads[:k], strict=True)
     ]
-    return Pass(calls, grads[k:], losses.detach())
+    return Pass(calls, grads[k:], losses.detach(), [t.detach() for t in tensor_leaves(outputs)])
 
 
 def call_shapes(calls: Sequence[tuple[nn.Module, Any, Tensor]], module: nn.Module) -> list:
@@ -186,25 +187,44 @@ def loop_rows(
 
     Returns the ``[c]`` per-example losses.
     """
-    tensors = [c.tensor for c in columns]
-    losses = []
-    for i in range(x.shape[0]):
-        with torch.enable_grad():
-            loss = per_example_losses(loss_fn, model(x[i : i + 1]), y[i : i + 1])
-            check_losses(loss, model)
-            grads = torch.autograd.grad(loss.sum(), tensors, allow_unused=True) if tensors else ()
-        losses.append(loss.detach())
-        for col, g in zip(columns, grads, strict=True):
-            if g is None:
-                dest[i, col.cols].zero_()
-            else:
-                dest[i, col.cols].copy_(flat_selected(_dense(g), col.index))
+    losses = [
+        example_alone(model, loss_fn, x[i : i + 1], y[i : i + 1], columns, dest[i])[1]
+        for i in range(x.shape[0])
+    ]
     for col in columns:
         if not all_finite(dest[:, col.cols]):
             raise NonFiniteGradientError(
                 f"non-finite (NaN/Inf) per-example gradient in parameter {col.name!r}"
             )
     return torch.cat(losses) if losses else x.new_zeros(0)
+
+
+def example_alone(
+    model: nn.Module,
+    loss_fn: Any,
+    x: Tensor,
+    y: Tensor,
+    columns: Sequence[Column],
+    row: Tensor,
+) -> tuple[list[Tensor], Tensor]:
+    """One example (a batch of one) by itself: writes its gradient into ``row`` at each column's
+    place and returns its output tensors (detached) and its loss ``[1]``."""
+    tensors = [c.tensor for c in columns]
+    with torch.enable_grad():
+        outputs = model(x)
+        loss = per_example_losses(loss_fn, outputs, y)
+        check_losses(loss, model)
+        grads = (
+            torch.autograd.grad(loss.sum(), tensors, allow_unused=True)
+            if tensors and loss.requires_grad
+            else [None] * len(tensors)
+        )
+    for col, g in zip(columns, grads, strict=True):
+        if g is None:
+            row[col.cols].zero_()
+        else:
+            row[col.cols].copy_(flat_selected(_dense(g), col.index))
+    return [t.detach() for t in tensor_leaves(outputs)], loss.detach()
 
 
 def _dense(g: Tensor) -> Tensor:
@@ -255,6 +275,7 @@ __all__ = [
     "call_shapes",
     "check_losses",
     "columns_of",
+    "example_alone",
     "flat_selected",
     "layer_input",
     "loop_rows",

@@ -28,7 +28,9 @@ checks of :func:`gradnoise.per_sample_grads` guard what a probe cannot see.
 
 from __future__ import annotations
 
+import copy
 import math
+import random
 import warnings
 import weakref
 from collections.abc import Iterator, Sequence
@@ -36,6 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -49,7 +52,14 @@ from ..errors import (
     UnsupportedLayerError,
 )
 from ..selection import ParamSelection
-from ._common import DropoutChoice, dataset_size, fetch, in_float32, per_example_losses
+from ._common import (
+    DropoutChoice,
+    dataset_size,
+    fetch,
+    in_float32,
+    per_example_losses,
+    tensor_leaves,
+)
 from ._passes import (
     Column,
     FuncRows,
@@ -92,6 +102,8 @@ class ModelAudit:
         switched: modules run in eval mode under ``dropout="eval"``.
         probe_size: examples in the probe batch.
         notes: anything else worth knowing (e.g. a loss that is not a mean of per-example losses).
+        func_error: why ``torch.func`` cannot compute this model's per-example gradients ("" when
+            it reproduced the loop on the probe, or was not needed).
     """
 
     routes: tuple[ParamRoute, ...]
@@ -99,7 +111,7 @@ class ModelAudit:
     switched: tuple[str, ...]
     probe_size: int
     notes: tuple[str, ...] = ()
-    func_ok: bool = True
+    func_error: str = ""
     _switch: tuple[nn.Module, ...] = field(default=(), repr=False, compare=False)
     # per structured layer (by id): its calls' (input shape[1:], output shape[1:]) on the probe
     _calls: dict[int, list[Any]] = field(default_factory=dict, repr=False, compare=False)
@@ -219,7 +231,6 @@ class _Watch(TorchDispatchMode):
         self.stack, self.params, self.batch = stack, params, batch
         self.uses: dict[str, list[nn.Module | None]] = {}
         self.random: list[tuple[nn.Module | None, str]] = []
-        self.shared_random = False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
@@ -232,9 +243,6 @@ class _Watch(TorchDispatchMode):
         out = func(*args, **kwargs)
         if _draws_random(func, args, kwargs):
             self.random.append((top, str(func.overloadpacket)))
-            first = next((t for t in tree_leaves(out) if isinstance(t, Tensor)), None)
-            if first is None or first.dim() == 0 or first.shape[0] != self.batch:
-                self.shared_random = True  # one draw for the whole batch, not one per example
         return out
 
 
@@ -242,7 +250,6 @@ class _Watch(TorchDispatchMode):
 class _Trace:
     uses: dict[str, list[nn.Module | None]]
     random: list[tuple[nn.Module | None, str]]
-    shared_random: bool
 
 
 def _trace(model: nn.Module, loss_fn: Any, x: Tensor, y: Tensor) -> _Trace:
@@ -277,7 +284,7 @@ def _trace(model: nn.Module, loss_fn: Any, x: Tensor, y: Tensor) -> _Trace:
             f"the forward modifies parameter(s) {', '.join(map(repr, changed))} in place, so "
             "gradients would refer to parameters that no longer exist; remove the in-place update"
         )
-    return _Trace(watch.uses, watch.random, watch.shared_random)
+    return _Trace(watch.uses, watch.random)
 
 
 def _forward(model: nn.Module, x: Tensor) -> Any:
@@ -301,19 +308,19 @@ def _forward(model: nn.Module, x: Tensor) -> Any:
 def _restore_buffers(model: nn.Module, saved: dict[str, tuple[Tensor, Tensor]]) -> list[str]:
     written = []
     current = dict(model.named_buffers())
-    for name, (obj, copy) in saved.items():
+    for name, (obj, saved_value) in saved.items():
         now = current.get(name)
-        if now is obj and torch.equal(now, copy):
+        if now is obj and torch.equal(now, saved_value):
             continue
         written.append(name)
         prefix, _, attr = name.rpartition(".")
         owner = model.get_submodule(prefix)
         with torch.no_grad():
             if now is obj:
-                obj.copy_(copy)
+                obj.copy_(saved_value)
             else:
                 owner._buffers[attr] = obj
-                obj.copy_(copy)
+                obj.copy_(saved_value)
     return written
 
 
@@ -363,6 +370,7 @@ def _signature(
     return (
         level,
         dropout,
+        int(x.shape[0]),
         tuple(
             (id(m), m.training, len(m._forward_hooks), len(m._forward_pre_hooks))
             for m in model.modules()
@@ -382,9 +390,13 @@ def _signature(
 
 def _loss_key(loss_fn: Any) -> tuple[Any, ...]:
     """What identifies a loss for the cache: a loss *module* by its type, settings and tensors
-    (``nn.CrossEntropyLoss()`` built anew at every call hits the cache), anything else by id."""
+    (``nn.CrossEntropyLoss()`` built anew at every call hits the cache), any other callable by
+    identity (a weak reference: a new lambda that reuses a freed one's id is another loss)."""
     if not isinstance(loss_fn, nn.Module):
-        return (type(loss_fn), id(loss_fn))
+        try:
+            return (type(loss_fn), weakref.ref(loss_fn))
+        except TypeError:  # not weakly referable: never cached (a fresh object each time)
+            return (type(loss_fn), object())
     simple = tuple(
         sorted(
             (k, v)
@@ -426,8 +438,13 @@ def audit(
         if x.device.type == "cuda"
         else []
     )
-    with torch.random.fork_rng(devices=devices):
-        result = _run(model, loss_fn, x, y, selection, tensors, dropout, level)
+    python_state, numpy_state = random.getstate(), np.random.get_state()  # noqa: NPY002
+    try:
+        with torch.random.fork_rng(devices=devices):
+            result = _run(model, loss_fn, x, y, selection, tensors, dropout, level)
+    finally:  # the probe's forwards must not move the user's random streams
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)  # noqa: NPY002
     entry = _CACHE.setdefault(model, {})
     if len(entry) >= _CACHE_ENTRIES:
         entry.pop(next(iter(entry)))
@@ -465,16 +482,93 @@ def _run(
 ) -> ModelAudit:
     k = int(x.shape[0])
     trace = _trace(model, loss_fn, x, y)
-    random = tuple(f"{_where(model, m)}: {op}" for m, op in _dedupe(trace.random))
-    switch: tuple[nn.Module, ...] = ()
+    random_ops = tuple(f"{_where(model, m)}: {op}" for m, op in _dedupe(trace.random))
+    switch = _randomness(model, loss_fn, x, y, trace, random_ops, dropout)
+    if switch is None:  # dropout="sample" with randomness that module.training does not control
+        routes = tuple(
+            ParamRoute(n, "loop", "random numbers that module.training does not switch off")
+            for n in (selection.names if level == "per_sample" else ())
+        )
+        note = "coupling between examples not checked: the randomness cannot be switched off"
+        return ModelAudit(routes, random_ops, (), k, (note,), "random forward")
+    switched = tuple(_where(model, m) for m in switch)
     notes: list[str] = []
+    with _switched_off(switch):
+        proof = _Proof(model, loss_fn, x, y, selection, tensors)
+        proof.check_coupling()
+        note = _decomposition_note(model, loss_fn, x, y)
+        if note:
+            notes.append(note)
+        if level == "batch":
+            return ModelAudit((), random_ops, switched, k, tuple(notes), "", switch)
+        owners = owner_modules(model)
+        structured = {
+            col.name: proof.rule(trace, owners[col.name][0], owners[col.name][1], col)
+            for col in proof.columns
+            if rule_for(*owners[col.name]) is not None
+        }
+        if dropout == "sample" and random_ops:
+            sample = "dropout='sample' draws one mask per example: torch.func for every parameter"
+            structured = {n: why or sample for n, why in structured.items()}
+        general = [c for c in proof.columns if structured.get(c.name, "no layer rule") != ""]
+        func_error = proof.func(general) if general else ""
+        ruled = [c for c in proof.columns if structured.get(c.name) == ""]
+        width = sum(c.cols.stop - c.cols.start for c in ruled)
+        if general and not func_error and width < SPLIT_FRACTION * selection.num_columns:
+            # a torch.func pass is needed anyway and the rules would cover few coordinates: one
+            # pass for everything is cheaper than a structured pass plus a torch.func pass
+            if not proof.func(ruled):
+                few = "few coordinates on layer rules: one torch.func pass is cheaper than two"
+                structured = {n: why or few for n, why in structured.items()}
+        calls = proof.calls(owners, [owners[n][0] for n, why in structured.items() if why == ""])
+    routes = []
+    fallen = []
+    for col in proof.columns:
+        why = structured.get(col.name)
+        if why == "":
+            routes.append(ParamRoute(col.name, "structured"))
+            continue
+        reason = why if why is not None else _no_rule_reason(model, col.name)
+        if func_error:
+            routes.append(ParamRoute(col.name, "loop", f"{reason}; {func_error}"))
+            fallen.append(col.name)
+        else:
+            routes.append(ParamRoute(col.name, "func", reason))
+    if fallen:
+        warnings.warn(
+            f"gradnoise: per-example gradients of {_names(fallen)} use the per-example loop "
+            f"(one backward per example), because {func_error}",
+            PerSampleFallbackWarning,
+            stacklevel=4,
+        )
+    return ModelAudit(
+        tuple(routes), random_ops, switched, k, tuple(notes), func_error, switch, calls
+    )
+
+
+def _randomness(
+    model: nn.Module,
+    loss_fn: Any,
+    x: Tensor,
+    y: Tensor,
+    trace: _Trace,
+    random_ops: tuple[str, ...],
+    dropout: DropoutChoice,
+) -> tuple[nn.Module, ...] | None:
+    """The modules to run in eval mode so that the forward is deterministic (``()``: it is), or
+    None under ``dropout="sample"`` when no such set exists. Raises under "error" (random) and
+    under "eval" (randomness that module.training does not control).
+
+    Torch's random operations are seen in the trace; randomness from Python's ``random`` or numpy
+    (LayerDrop written with ``random.random()``) only by running the same batch twice."""
+    switch: tuple[nn.Module, ...] = ()
     if trace.random:
         if dropout == "error":
             raise UnsupportedLayerError(
-                f"the forward draws random numbers in {'; '.join(random)}, so gradients would "
-                "be random. Choose explicitly: dropout='eval' (run those modules in eval mode "
-                "while measuring), dropout='sample' (an independent mask per example), or call "
-                "model.eval()."
+                f"the forward draws random numbers in {'; '.join(random_ops)}, so gradients "
+                "would be random. Choose explicitly: dropout='eval' (run those modules in eval "
+                "mode while measuring), dropout='sample' (an independent mask per example), or "
+                "call model.eval()."
             )
         switch = tuple(dict.fromkeys(m for m, _ in trace.random if m is not None))
         with _switched_off(switch):
@@ -483,90 +577,236 @@ def _run(
             where = "; ".join(f"{_where(model, m)}: {op}" for m, op in _dedupe(left))
             if dropout == "eval":
                 raise UnsupportedLayerError(
-                    f"dropout='eval' cannot switch off the random numbers drawn in {where}: they "
-                    "do not follow module.training (e.g. F.dropout(x, p, training=True), or "
-                    "torch.randn in a forward or in the loss). Make them follow self.training, or "
-                    "use dropout='sample'."
+                    f"dropout='eval' cannot switch off the random numbers drawn in {where}: "
+                    "they do not follow module.training (e.g. F.dropout(x, p, training=True), or "
+                    "torch.randn in a forward or in the loss). Make them follow self.training, "
+                    "or use dropout='sample'."
                 )
-            routes = tuple(
-                ParamRoute(
-                    n,
-                    "loop",
-                    f"random operations that module.training does not switch off ({where})",
-                )
-                for n in (selection.names if level == "per_sample" else ())
-            )
-            notes.append("coupling between examples not checked: randomness cannot be switched off")
-            return ModelAudit(routes, random, (), k, tuple(notes), False, switch)
-    switched = tuple(_where(model, m) for m in switch)
-    columns = columns_of(selection, tensors)
+            return None
     with _switched_off(switch):
-        loop = torch.zeros(k, selection.num_columns, dtype=tensors[0].dtype, device=x.device)
+        if _deterministic(model, x):
+            return switch
+    if dropout == "error":
+        raise UnsupportedLayerError(
+            f"the forward of {type(model).__name__} gives different outputs for the same inputs "
+            "although it draws no random numbers from torch (Python's random or numpy, e.g. a "
+            "LayerDrop), so gradients would be random. Choose dropout='eval' (the model in eval "
+            "mode while measuring) or dropout='sample' (one draw per example), or call "
+            "model.eval()."
+        )
+    if dropout == "sample":
+        return None
+    every = tuple(model.modules())
+    with _switched_off(every):
+        if _deterministic(model, x):
+            return every
+    raise UnsupportedLayerError(
+        f"the forward of {type(model).__name__} gives different outputs for the same inputs even "
+        "with every module in eval mode (randomness from Python's random or numpy that "
+        "module.training does not control); use dropout='sample'"
+    )
+
+
+def _deterministic(model: nn.Module, x: Tensor) -> bool:
+    """Do two forwards of the same batch give the same outputs?"""
+    with torch.no_grad():
+        first = tensor_leaves(_forward(model, x))
+        second = tensor_leaves(_forward(model, x))
+    if len(first) != len(second):
+        return False
+    for a, b in zip(first, second, strict=True):
+        if a.shape != b.shape:
+            return False
+        if not a.is_floating_point():
+            if not torch.equal(a, b):
+                return False
+            continue
+        finite = torch.isfinite(a)
+        if not torch.equal(finite, torch.isfinite(b)):
+            return False
+        if not torch.equal(a[~finite].nan_to_num(), b[~finite].nan_to_num()):
+            return False  # the same infinities (NaN at the same places)
+        if not relative_gap(a[finite], b[finite]) <= probe_tolerance(a.dtype):
+            return False
+    return True
+
+
+class _ProjectionLoss(nn.Module):
+    """The audit's own loss, ``l_i = <r_i, f(x_i)>`` with fixed random ``r_i``, over the model's
+    floating outputs that hold the examples along dim 0. Its gradients are non-zero wherever the
+    outputs depend on a parameter, whatever the user's targets (a probe whose targets are all
+    ignored has zero loss and would prove nothing)."""
+
+    def __init__(self, keep: list[bool]) -> None:
+        super().__init__()
+        self.keep = keep
+
+    def forward(self, outputs: Any, r: Tensor) -> Tensor:
+        leaves = [t for t, k in zip(tensor_leaves(outputs), self.keep, strict=True) if k]
+        n = r.shape[0]
+        flat = torch.cat([t.reshape(n, -1).to(r.dtype) for t in leaves], 1)
+        return (flat * r).sum()
+
+
+class _Proof:
+    """The probe computed one example at a time and batched, with the audit's projection loss,
+    on the model -- or, for a low-precision model, on a float64 copy of it (the routes do not
+    depend on the dtype; the comparisons then do not drown in rounding)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Any,
+        x: Tensor,
+        y: Tensor,
+        selection: ParamSelection,
+        tensors: Sequence[Tensor],
+    ) -> None:
+        self.real = model
+        low = tensors[0].dtype not in (torch.float32, torch.float64)
+        self.model = copy.deepcopy(model).double() if low else model
+        self.x = x.double() if low and x.is_floating_point() else x
+        named = dict(self.model.named_parameters())
+        self.columns = columns_of(selection, [named[n] for n in selection.names])
+        self.names = {id(m): n for n, m in self.model.named_modules()}
+        self.k = k = int(x.shape[0])
+        with torch.no_grad():
+            leaves = tensor_leaves(_forward(self.model, self.x))
+        keep = [t.is_floating_point() and t.dim() > 0 and t.shape[0] == k for t in leaves]
+        if any(keep):
+            width = sum(t[0].numel() for t, on in zip(leaves, keep, strict=True) if on)
+            gen = torch.Generator().manual_seed(20261204)
+            r = torch.randn(k, width, generator=gen, dtype=torch.float64)
+            dtype = next(self.model.parameters()).dtype
+            self.loss_fn: Any = _ProjectionLoss(keep)
+            self.y = r.to(self.x.device, dtype)
+        else:  # no output with the examples along dim 0: the user's loss
+            self.loss_fn, self.y = loss_fn, y
+        self.loop = torch.zeros(
+            k, selection.num_columns, dtype=self.columns[0].tensor.dtype, device=x.device
+        )
         try:
-            single = loop_rows(model, loss_fn, x, y, columns, loop)
+            self.single = loop_rows(
+                self.model, self.loss_fn, self.x, self.y, self.columns, self.loop
+            )
         except (RuntimeError, ValueError, IndexError, TypeError) as err:
             raise UnsupportedLayerError(
-                f"computing one example's loss alone (a batch of one) failed: {_short(err)}. "
+                f"computing one example alone (a batch of one) failed: {_short(err)}. "
                 "Per-example gradients need the model and loss_fn to accept a batch of one example"
             ) from err
-        candidates = _candidates(model, selection) if level == "per_sample" else {}
-        modules = list(dict.fromkeys(m for m, _ in candidates.values()))
+
+    def check_coupling(self) -> None:
+        """Refuse a model whose batched computation is not the sum of one-example computations."""
+        candidates = [
+            m
+            for m in self.model.modules()
+            if rule_for(m, "weight") is not None or rule_for(m, "bias") is not None
+        ]
         try:
-            batched = structured_pass(model, loss_fn, x, y, modules, tensors)
-            rule_error = ""
+            self.batched = structured_pass(
+                self.model,
+                self.loss_fn,
+                self.x,
+                self.y,
+                candidates,
+                [c.tensor for c in self.columns],
+            )
+            self.rule_error = ""
         except (TypeError, RuntimeError) as err:
-            batched = structured_pass(model, loss_fn, x, y, (), tensors)
-            rule_error = f"recording its layer failed ({_short(err)})"
-        _check_coupling(model, loss_fn, x, y, selection, columns, batched, loop, single)
-        note = _decomposition_note(model, loss_fn, x, y)
-        if note:
-            notes.append(note)
-        if level == "batch":
-            return ModelAudit((), random, switched, k, tuple(notes), True, switch)
-        structured = {}
-        for col in columns:
-            if col.name in candidates:
-                module, pname = candidates[col.name]
-                structured[col.name] = rule_error or _prove_rule(
-                    model, trace, batched, module, pname, col, loop, k
+            self.batched = structured_pass(
+                self.model, self.loss_fn, self.x, self.y, (), [c.tensor for c in self.columns]
+            )
+            self.rule_error = f"recording its layer failed ({_short(err)})"
+        if self.k < 2:
+            return
+        loop = self.loop
+        tol = probe_tolerance(loop.dtype)
+        gap = relative_gap(self.batched.losses.to(self.single.dtype), self.single)
+        if not gap <= tol:
+            raise UnsupportedLayerError(_forward_coupling(self.model, self.x, gap))
+        bad = []
+        for col, g in zip(self.columns, self.batched.grads, strict=True):
+            total = loop[:, col.cols].sum(0)
+            value = (
+                torch.zeros_like(total)
+                if g is None
+                else flat_selected(g.to_dense() if g.is_sparse else g, col.index)
+            )
+            if not relative_gap(value, total, _floor(loop)) <= tol:
+                bad.append(col.name)
+        if bad:
+            raise UnsupportedLayerError(
+                f"the batch gradient of parameter(s) {_names(bad)} is not the sum of the "
+                "per-example gradients (the backward couples the examples), so per-example "
+                "gradients do not add up to the minibatch gradient; remove the coupling"
+            )
+
+    def rule(self, trace: _Trace, real: nn.Module, pname: str, col: Column) -> str:
+        """'' when the layer rule is exact for this parameter on the probe, else the reason."""
+        where = _where(self.real, real)
+        foreign = [m for m in trace.uses.get(col.name, []) if m is not real]
+        if foreign:
+            return f"also used outside {where}: in {_where(self.real, foreign[0])}"
+        if self.rule_error:
+            return self.rule_error
+        module = self.model.get_submodule(_module_name(self.real, real))
+        calls = [(inp, g) for m, inp, g in self.batched.calls if m is module]
+        if calls and not trace.uses.get(col.name):
+            return f"not read by the forward of {where}"
+        k = self.k
+        for inp, g in calls:
+            if (
+                not isinstance(inp, Tensor)
+                or inp.dim() == 0
+                or inp.shape[0] != k
+                or g.shape[0] != k
+            ):
+                return (
+                    f"the input or output of {where} does not hold the examples along dim 0 (e.g. "
+                    "a time-first sequence, or a reshape that folds examples together)"
                 )
-        if dropout == "sample" and trace.shared_random:
-            shared = "random draws shared by the whole batch need one draw per example"
-            structured = {n: why or shared for n, why in structured.items()}
-        general = [c for c in columns if structured.get(c.name, "no layer rule") != ""]
-        func_reason = _prove_func(model, loss_fn, x, y, general, loop) if general else ""
-        ruled = [c for c in columns if structured.get(c.name) == ""]
-        width = sum(c.cols.stop - c.cols.start for c in ruled)
-        if general and not func_reason and width < SPLIT_FRACTION * selection.num_columns:
-            # a torch.func pass is needed anyway and the rules would cover few coordinates: one
-            # pass for everything is cheaper than a structured pass plus a torch.func pass
-            if not _prove_func(model, loss_fn, x, y, ruled, loop):
-                few = "few coordinates on layer rules: one torch.func pass is cheaper than two"
-                structured = {n: why or few for n, why in structured.items()}
-    routes = []
-    fallen = []
-    for col in columns:
-        why = structured.get(col.name)
-        if why == "":
-            routes.append(ParamRoute(col.name, "structured"))
-            continue
-        reason = why if why is not None else _no_rule_reason(model, col.name)
-        if func_reason:
-            routes.append(ParamRoute(col.name, "loop", f"{reason}; {func_reason}"))
-            fallen.append(col.name)
-        else:
-            routes.append(ParamRoute(col.name, "func", reason))
-    if fallen:
-        warnings.warn(
-            f"gradnoise: per-example gradients of {_names(fallen)} use the per-example loop "
-            f"(one backward per example), because {func_reason}",
-            PerSampleFallbackWarning,
-            stacklevel=4,
-        )
-    calls = {id(m): call_shapes(batched.calls, m) for m in modules}
-    return ModelAudit(
-        tuple(routes), random, switched, k, tuple(notes), not func_reason, switch, calls
-    )
+        rule = rule_for(module, pname)
+        rows = torch.zeros_like(self.loop[:, col.cols])
+        try:
+            for r, (inp, g) in enumerate(calls):
+                rule.compute(module, pname, inp, g, col.index, rows, r > 0)
+        except (RuntimeError, ValueError, IndexError) as err:
+            return f"the {type(module).__name__} rule failed ({_short(err)})"
+        gap = relative_gap(rows, self.loop[:, col.cols], _floor(self.loop))
+        if not gap <= probe_tolerance(rows.dtype):
+            return (
+                f"the {type(module).__name__} rule differs from the one-example-at-a-time "
+                f"gradient (relative gap {gap:.1e})"
+            )
+        return ""
+
+    def func(self, columns: list[Column]) -> str:
+        """'' when ``vmap(grad)`` reproduces the loop on the probe for ``columns``, else why not."""
+        rows = torch.zeros_like(self.loop)
+        try:
+            FuncRows(self.model, self.loss_fn, columns, random=False).fill(self.x, self.y, rows)
+        except Exception as err:  # any failure to trace means: use the loop (and say why)
+            return f"torch.func cannot trace the model ({_short(err)})"
+        for col in columns:
+            gap = relative_gap(rows[:, col.cols], self.loop[:, col.cols], _floor(self.loop))
+            if not gap <= probe_tolerance(rows.dtype):
+                return f"torch.func differs from the per-example loop on {col.name!r} ({gap:.1e})"
+        return ""
+
+    def calls(self, owners: Any, modules: list[nn.Module]) -> dict[int, list[Any]]:
+        """Per structured layer of the real model (by id): its calls' shapes on the probe."""
+        out = {}
+        for real in dict.fromkeys(modules):
+            module = self.model.get_submodule(_module_name(self.real, real))
+            out[id(real)] = call_shapes(self.batched.calls, module)
+        return out
+
+
+def _module_name(model: nn.Module, module: nn.Module) -> str:
+    for name, m in model.named_modules():
+        if m is module:
+            return name
+    raise KeyError("module not in model")
 
 
 def _dedupe(items: list[tuple[nn.Module | None, str]]) -> list[tuple[nn.Module | None, str]]:
@@ -584,16 +824,6 @@ def _names(names: Sequence[str]) -> str:
 def _short(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0][:200] if text else ''}"
-
-
-def _candidates(model: nn.Module, selection: ParamSelection) -> dict[str, tuple[nn.Module, str]]:
-    owners = owner_modules(model)
-    out = {}
-    for name in selection.names:
-        module, pname = owners[name]
-        if rule_for(module, pname) is not None:
-            out[name] = (module, pname)
-    return out
 
 
 def _no_rule_reason(model: nn.Module, name: str) -> str:
@@ -630,106 +860,6 @@ def _floor(loop: Tensor) -> float:
     return FLOOR * float(loop.abs().max()) if loop.numel() else 0.0
 
 
-def _prove_rule(
-    model: nn.Module,
-    trace: _Trace,
-    batched: Any,
-    module: nn.Module,
-    pname: str,
-    col: Column,
-    loop: Tensor,
-    k: int,
-) -> str:
-    """'' when the layer rule is exact for this parameter on the probe, else the reason."""
-    where = _where(model, module)
-    foreign = [m for m in trace.uses.get(col.name, []) if m is not module]
-    if foreign:
-        return f"also used outside {where}: in {_where(model, foreign[0])}"
-    calls = [(inp, g) for m, inp, g in batched.calls if m is module]
-    if calls and not trace.uses.get(col.name):
-        return f"not read by the forward of {where}"
-    for inp, g in calls:
-        if not isinstance(inp, Tensor) or inp.dim() == 0 or inp.shape[0] != k or g.shape[0] != k:
-            return (
-                f"the input or output of {where} does not hold the examples along dim 0 (e.g. a "
-                "time-first sequence, or a reshape that folds examples together)"
-            )
-    rule = rule_for(module, pname)
-    rows = torch.zeros_like(loop[:, col.cols])
-    try:
-        for r, (inp, g) in enumerate(calls):
-            rule.compute(module, pname, inp, g, col.index, rows, r > 0)
-    except (RuntimeError, ValueError, IndexError) as err:
-        return f"the {type(module).__name__} rule failed ({_short(err)})"
-    gap = relative_gap(rows, loop[:, col.cols], _floor(loop))
-    if not gap <= probe_tolerance(rows.dtype):
-        return (
-            f"the {type(module).__name__} rule differs from the one-example-at-a-time gradient "
-            f"(relative gap {gap:.1e})"
-        )
-    return ""
-
-
-def _prove_func(
-    model: nn.Module, loss_fn: Any, x: Tensor, y: Tensor, columns: list[Column], loop: Tensor
-) -> str:
-    """'' when ``vmap(grad)`` reproduces the loop on the probe, else why not."""
-    rows = torch.zeros_like(loop)
-    try:
-        FuncRows(model, loss_fn, columns, random=False).fill(x, y, rows)
-    except Exception as err:  # any failure to trace means: use the loop (and say why)
-        return f"torch.func cannot trace the model ({_short(err)})"
-    for col in columns:
-        gap = relative_gap(rows[:, col.cols], loop[:, col.cols], _floor(loop))
-        if not gap <= probe_tolerance(rows.dtype):
-            return f"torch.func differs from the per-example loop on {col.name!r} ({gap:.1e})"
-    return ""
-
-
-def _check_coupling(
-    model: nn.Module,
-    loss_fn: Any,
-    x: Tensor,
-    y: Tensor,
-    selection: ParamSelection,
-    columns: list[Column],
-    batched: Any,
-    loop: Tensor,
-    single: Tensor,
-) -> None:
-    """Refuse a model whose batched computation is not the sum of one-example computations."""
-    if x.shape[0] < 2:
-        return
-    tol = probe_tolerance(loop.dtype)
-    gap = relative_gap(batched.losses.to(single.dtype), single)
-    if not gap <= tol:
-        raise UnsupportedLayerError(_forward_coupling(model, loss_fn, x, y, gap))
-    bad = []
-    for col, g in zip(columns, batched.grads, strict=True):
-        total = loop[:, col.cols].sum(0)
-        value = (
-            torch.zeros_like(total)
-            if g is None
-            else flat_selected(g.to_dense() if g.is_sparse else g, col.index)
-        )
-        if not relative_gap(value, total, _floor(loop)) <= tol:
-            bad.append(col.name)
-    if bad:
-        owners = owner_modules(model)
-        hints = [
-            f"{owners[n][0].__class__.__name__}(scale_grad_by_freq=True) scales gradients by "
-            "token counts over the whole batch"
-            for n in bad
-            if isinstance(owners[n][0], nn.Embedding) and owners[n][0].scale_grad_by_freq
-        ]
-        raise UnsupportedLayerError(
-            f"the batch gradient of parameter(s) {_names(bad)} is not the sum of the per-example "
-            f"gradients ({'; '.join(hints) or 'the backward couples the examples'}), so "
-            "per-example gradients do not add up to the minibatch gradient. Remove the coupling "
-            "(e.g. scale_grad_by_freq=False)."
-        )
-
-
 def _first_tensor(value: Any) -> Tensor | None:
     return next((t for t in tree_leaves(value) if isinstance(t, Tensor)), None)
 
@@ -745,7 +875,7 @@ def _row0_differs(whole: Tensor | None, alone: Tensor | None, k: int) -> bool | 
     return not relative_gap(whole[:1], alone) <= probe_tolerance(whole.dtype)
 
 
-def _forward_coupling(model: nn.Module, loss_fn: Any, x: Tensor, y: Tensor, gap: float) -> str:
+def _forward_coupling(model: nn.Module, x: Tensor, gap: float) -> str:
     """Name the module whose own computation makes example 0's output depend on the batch: the
     first call (in completion order) whose input row is unchanged but whose output row changes."""
     calls: dict[int, list[tuple[nn.Module, Tensor | None, Tensor | None]]] = {0: [], 1: []}

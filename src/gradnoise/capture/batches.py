@@ -27,8 +27,10 @@ from ._common import (
     per_example_losses,
     require_examples,
     resolve_selection,
+    tensor_leaves,
 )
 from ._dist import ProcessGroupArg, shard_of, unwrap
+from ._verify import compare_outputs, examples_to_check
 from .audit import PROBE_SIZE, ModelAudit, audit_data
 
 
@@ -39,11 +41,21 @@ def _summed_grad(
     y: Tensor,
     tensors: list[Tensor],
     indices: list[Tensor | None],
+    check: int | None,
 ) -> Tensor:
-    """``sum_i grad l_i`` over the batch, flattened over the selected coordinates."""
+    """``sum_i grad l_i`` over the batch, flattened over the selected coordinates. Unless
+    ``check`` is None, two of the batch's examples are also run alone: their outputs must be
+    their rows of the batch's outputs (a coupling the audit's first examples did not show)."""
     with torch.enable_grad():
-        losses = per_example_losses(loss_fn, model(x), y)
+        outputs = model(x)
+        losses = per_example_losses(loss_fn, outputs, y)
         grads = torch.autograd.grad(losses.sum(), tensors, allow_unused=True)
+    if check is not None:
+        whole = [t.detach() for t in tensor_leaves(outputs)]
+        with torch.no_grad():
+            for k in examples_to_check(check, int(x.shape[0])):
+                alone = tensor_leaves(model(x[k : k + 1]))
+                compare_outputs(model, whole, alone, k, int(x.shape[0]))
     parts = []
     for g, p, index in zip(grads, tensors, indices, strict=True):
         if g is not None and g.is_sparse:  # Embedding(sparse=True)
@@ -121,10 +133,20 @@ def full_grad(
     total = torch.zeros(
         setup.selection.num_columns, dtype=setup.tensors[0].dtype, device=setup.device
     )
-    with setup.audit.randomness(dropout):
-        for start in range(block.start, block.stop, batch_size):
+    with setup.audit.randomness(dropout) as random:
+        for b, start in enumerate(range(block.start, block.stop, batch_size)):
             x, y = fetch(data, np.arange(start, min(start + batch_size, block.stop)), setup.device)
-            total.add_(_summed_grad(setup.model, loss_fn, x, y, setup.tensors, setup.indices))
+            total.add_(
+                _summed_grad(
+                    setup.model,
+                    loss_fn,
+                    x,
+                    y,
+                    setup.tensors,
+                    setup.indices,
+                    None if random else b,
+                )
+            )
     result = setup.shard.sum_(total) / n
     check_finite(result, setup.selection, where="in the full gradient")
     return result
@@ -164,14 +186,23 @@ def minibatch_grads(
     out = torch.zeros(
         num_batches, setup.selection.num_columns, dtype=setup.tensors[0].dtype, device=setup.device
     )
-    with setup.audit.randomness(dropout):
+    with setup.audit.randomness(dropout) as random:
         for k in range(num_batches):
             index = rng.choice(n, size=batch_size, replace=False)  # every rank draws every batch
             if not setup.shard.mine(k):
                 continue
             x, y = fetch(data, index, setup.device)
             out[k] = (
-                _summed_grad(setup.model, loss_fn, x, y, setup.tensors, setup.indices) / batch_size
+                _summed_grad(
+                    setup.model,
+                    loss_fn,
+                    x,
+                    y,
+                    setup.tensors,
+                    setup.indices,
+                    None if random else k,
+                )
+                / batch_size
             )
     setup.shard.sum_(out)
     check_finite(out, setup.selection, where="in a minibatch gradient")

@@ -40,10 +40,11 @@ from ._common import (
     resolve_selection,
 )
 from ._dist import ProcessGroupArg, Shard, shard_of, unwrap
-from ._passes import Column, FuncRows, call_shapes, columns_of, loop_rows, structured_pass
-from .audit import PROBE_SIZE, ModelAudit, audit, demote, owner_modules
+from ._passes import Column, FuncRows, columns_of, loop_rows, structured_pass
+from ._verify import verify_chunk
+from .audit import PROBE_SIZE, ModelAudit, Path, audit, demote, owner_modules
 from .layers import LAYER_RULES, _conv_geometry
-from .per_sample import _check_batch, check_rows, examples_along_dim0
+from .per_sample import _check_batch
 
 Factor = Literal["auto", "always", "never"]
 
@@ -65,7 +66,6 @@ class _Module:
 
     module: nn.Module
     factor_weight: bool = False
-    weight: Column | None = None  # the factored weight's column (batch-gradient check)
     # (pname, column in the materialised buffer)
     materialised: list[tuple[str, Column]] = field(default_factory=list)
 
@@ -92,7 +92,7 @@ class _GramPlan:
     ) -> None:
         self.model, self.loss_fn, self.device, self.factor = model, loss_fn, device, factor
         self.result = result
-        owners = owner_modules(model)
+        self.owners = owners = owner_modules(model)
         self.modules: dict[nn.Module, _Module] = {}
         self.entries: list[tuple[_Module, str, Column]] = []
         self.general: list[Column] = []
@@ -112,7 +112,6 @@ class _GramPlan:
             )
             if can_factor:
                 plan.factor_weight = True  # provisional; "auto" may revert on the first block
-                plan.weight = col
             self.entries.append((plan, pname, col))
         self.width = 0  # columns of the materialised buffer, fixed by _layout()
         self.laid_out = False
@@ -144,24 +143,26 @@ class _GramPlan:
         c = x.shape[0]
         self.blocks += 1
         records: dict[nn.Module, list[tuple[Tensor, Tensor]]] = {m: [] for m in self.modules}
-        checked = [col for _, _, col in self.entries]
-        grads: dict[str, Tensor | None] = {}
         if self.modules:  # non-finite values surface on the Gram diagonal (checked at the end)
+            checked = [col for _, _, col in self.entries]
             found = structured_pass(
                 self.model, self.loss_fn, x, y, list(self.modules), [col.tensor for col in checked]
             )
-            for module in self.modules:
-                recs = [(inp, g) for m, inp, g in found.calls if m is module]
-                if not examples_along_dim0(recs, c) or not self.result.same_calls(
-                    module, call_shapes(found.calls, module)
-                ):
-                    raise _StepAside(
-                        [col.name for p, _, col in self.entries if p.module is module],
-                        "the layer is not called as in the audited forward, or its input does "
-                        "not hold the block's examples along dim 0",
-                    )
-                records[module] = recs
-            grads = dict(zip((col.name for col in checked), found.grads, strict=True))
+            failed, reason = verify_chunk(
+                self.model,
+                self.loss_fn,
+                x,
+                y,
+                found,
+                checked,
+                self.owners,
+                self.result,
+                self.blocks,
+            )
+            if failed:
+                raise _StepAside([col.name for col in failed], reason)
+            for module, inp, g in found.calls:
+                records[module].append((inp, g))
         if not self.laid_out:
             self._decide(records, c)
             self._layout()
@@ -171,31 +172,20 @@ class _GramPlan:
         for module, plan in self.modules.items():
             recs = records[module]
             if plan.factor_weight:
-                pairs = self._factor_pairs(module, recs, c)
-                assert plan.weight is not None
-                if not _aggregate_matches(pairs, grads[plan.weight.name], plan.weight):
-                    raise _StepAside(
-                        [plan.weight.name],
-                        "the factored per-example gradients do not add up to the batch gradient",
-                    )
-                factored.append(pairs)
+                factored.append(self._factor_pairs(module, recs, c))
             rule = LAYER_RULES[type(module)]
             for pname, col in plan.materialised:
                 assert rows is not None
                 for r, (inp, g) in enumerate(recs):
                     rule.compute(module, pname, inp, g, col.index, rows[:, col.cols], r > 0)
-                if not check_rows(
-                    rows[:, col.cols], grads[col.name], col.index, self.blocks, module, recs
-                ):
-                    raise _StepAside(
-                        [col.name], "the per-example rows do not add up to the batch gradient"
-                    )
-        if self.general:
+        func = [col for col in self.general if self.result.path(col.name) == "func"]
+        loop = [col for col in self.general if self.result.path(col.name) != "func"]
+        if func:
             assert rows is not None
-            if self.result.func_ok:
-                FuncRows(self.model, self.loss_fn, self.general, False).fill(x, y, rows)
-            else:
-                loop_rows(self.model, self.loss_fn, x, y, self.general, rows)
+            FuncRows(self.model, self.loss_fn, func, False).fill(x, y, rows)
+        if loop:
+            assert rows is not None
+            loop_rows(self.model, self.loss_fn, x, y, loop, rows)
         return _Features(c, factored, rows)
 
     def _sequences(self, module: nn.Module, recs: list[tuple[Tensor, Tensor]], c: int) -> list:
@@ -346,7 +336,7 @@ def per_sample_gram(
             try:
                 return _assemble(plan, inputs, targets, n, block_size, max_memory, dev, shard)
             except _StepAside as err:
-                path = "func" if result.func_ok else "loop"
+                path: Path = "loop"  # always exact, whatever the model
                 result = demote(model, result, err.names, path, err.reason)
                 warnings.warn(
                     f"gradnoise: the layer rule of {', '.join(map(repr, err.names))} stepped "
@@ -434,34 +424,6 @@ def _moved(f: _Features, device: str | torch.device) -> _Features:
         [[(x.to(device), g.to(device)) for x, g in pairs] for pairs in f.factored],
         None if f.rows is None else f.rows.to(device),
     )
-
-
-def _aggregate_matches(
-    pairs: list[tuple[Tensor, Tensor]], batch_grad: Tensor | None, weight: Column
-) -> bool:
-    """Do the factored per-example weight gradients ``sum_s g_bs x_bs^T`` add up to the batch
-    gradient? ``sum_b`` of them is ``G^T X`` per group (rows of the weight in group order);
-    checked to ``4 max(count, 16) eps (|G|^T |X| + |b|)``, a bound on the rounding."""
-    out_rows = weight.tensor.shape[0]
-    expected = (
-        torch.zeros(out_rows, weight.tensor[0].numel(), dtype=torch.float64)
-        if batch_grad is None
-        else batch_grad.detach().to("cpu", torch.float64).reshape(out_rows, -1)
-    )
-    if not pairs:
-        return bool((expected == 0).all())
-    total = torch.cat(
-        [(g.reshape(-1, g.shape[-1]).T @ x.reshape(-1, x.shape[-1])).cpu() for x, g in pairs]
-    )
-    size = torch.cat(
-        [
-            (g.reshape(-1, g.shape[-1]).abs().T @ x.reshape(-1, x.shape[-1]).abs()).cpu()
-            for x, g in pairs
-        ]
-    )
-    count = pairs[0][0].shape[0] * pairs[0][0].shape[1]
-    tol = 4 * max(count, 16) * torch.finfo(weight.tensor.dtype).eps
-    return bool(((total - expected).abs() <= tol * (size + expected.abs())).all())
 
 
 def _checked(gram: np.ndarray) -> np.ndarray:

@@ -160,8 +160,15 @@ def _conv(
     if pname == "bias":
         _emit(dest, g.reshape(c, c_out, -1).sum(2), index, accumulate)
         return
-    # Per-example weight gradients are the weight gradient of one convolution in which the batch
-    # becomes groups: inputs [1, c*C_in, ...], output gradients [1, c*C_out, ...], groups c*G.
+    _emit(dest, conv_weight_grad(m, x, g, per_example=True).reshape(c, -1), index, accumulate)
+
+
+def conv_weight_grad(m: nn.Module, x: Tensor, g: Tensor, *, per_example: bool) -> Tensor:
+    """A convolution's weight gradient from its input ``x`` and output gradient ``g``: summed
+    over the batch, or per example (``[c, *weight.shape]``) as the weight gradient of one
+    convolution in which the examples become groups (inputs ``[1, c*C_in, ...]``, output
+    gradients ``[1, c*C_out, ...]``, ``c*G`` groups)."""
+    assert isinstance(m, _CONV + _CONV_T)
     dims = x.dim() - 2
     transposed = isinstance(m, _CONV_T)
     if transposed:
@@ -176,14 +183,17 @@ def _conv(
             )
             for d in range(dims)
         ]
-        weight_shape = (c * m.in_channels, m.out_channels // m.groups, *m.kernel_size)
     else:
         x, padding = conv_input(m, x)
         out_pad = [0] * dims
-        weight_shape = (c * c_out, m.in_channels // m.groups, *m.kernel_size)
+    c = x.shape[0] if per_example else 1
+    weight_shape = (c * m.weight.shape[0], *m.weight.shape[1:])
+    if per_example:
+        g = g.reshape(1, c * g.shape[1], *g.shape[2:])
+        x = x.reshape(1, c * x.shape[1], *x.shape[2:])
     _, value, _ = torch.ops.aten.convolution_backward(
-        g.reshape(1, c * c_out, *g.shape[2:]),
-        x.reshape(1, c * m.in_channels, *x.shape[2:]),
+        g,
+        x,
         x.new_empty(weight_shape),
         None,
         list(m.stride),
@@ -194,7 +204,7 @@ def _conv(
         m.groups * c,
         [False, True, False],
     )
-    _emit(dest, value.reshape(c, -1), index, accumulate)
+    return value.reshape(c, *m.weight.shape) if per_example else value
 
 
 def _group_norm(

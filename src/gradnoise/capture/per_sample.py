@@ -27,7 +27,12 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from ..errors import NonFiniteGradientError, PerSampleFallbackWarning, UnsupportedLayerError
+from ..errors import (
+    GradnoiseError,
+    NonFiniteGradientError,
+    PerSampleFallbackWarning,
+    UnsupportedLayerError,
+)
 from ..selection import ParamSelection
 from ._common import (
     DropoutChoice,
@@ -42,19 +47,15 @@ from ._passes import (
     Column,
     FuncRows,
     all_finite,
-    call_shapes,
     columns_of,
-    flat_selected,
     loop_rows,
     structured_pass,
 )
-from .audit import PROBE_SIZE, ModelAudit, audit, demote, owner_modules, rule_for
+from ._verify import examples_along_dim0, verify_chunk
+from .audit import PROBE_SIZE, ModelAudit, Path, audit, demote, owner_modules, rule_for
 from .layers import LAYER_RULES
 
 Backend = Literal["auto", "structured", "func", "loop"]
-
-#: Columns of each structured parameter checked against the batch gradient per chunk.
-_CHECK_SPAN = 256
 
 
 @in_float32
@@ -137,6 +138,7 @@ def per_sample_grads(
     )
     routes = _forced_routes(result, backend)
     engine = _Engine(model, loss_fn, columns_of(selection, tensors), routes, result)
+    engine.forced = backend != "auto"
     rows = shard.block(n)
     if shard.shared:
         shard.check_same_data(n, inputs[:probe].to(dev), "per_sample_grads")
@@ -158,11 +160,10 @@ def _forced_routes(result: ModelAudit, backend: Backend) -> dict[str, str]:
     if backend == "loop":
         return dict.fromkeys(routes, "loop")
     if backend == "func":
-        if not result.func_ok:
-            why = next(r.reason for r in result.routes if r.path == "loop")
+        if result.func_error:
             raise UnsupportedLayerError(
-                f"backend='func' cannot compute this model's per-example gradients: {why}. Use "
-                "backend='auto' or backend='loop'."
+                f"backend='func' cannot compute this model's per-example gradients: "
+                f"{result.func_error}. Use backend='auto' or backend='loop'."
             )
         return dict.fromkeys(routes, "func")
     refused = [r for r in result.routes if r.path != "structured"]
@@ -253,76 +254,6 @@ def layer_io(
     return [LayerIO(m, inp, g) for m, inp, g in found.calls]
 
 
-def call_scale(module: nn.Module, calls: list[tuple[Tensor, Tensor]]) -> float:
-    """``F = sum_i ||d_i|| A_i`` over a layer's calls: a bound on ``sum_i ||g_i||`` for every
-    layer rule, with ``d_i`` the output gradient and ``A_i = max(||x_i|| sqrt(K), sqrt(n_i))``
-    (``K`` the kernel size, ``n_i`` the input's size; integer inputs count ``sqrt(n_i)``).
-
-    Rounding errors of a per-example gradient scale with the terms it sums, not with its value
-    (a key projection's bias has gradient 0 by symmetry, computed as a sum of O(1) terms), so the
-    checks below allow ``tol * F`` besides the usual relative slack."""
-    kernel = 1
-    for k in getattr(module, "kernel_size", ()):
-        kernel *= int(k)
-    total = 0.0
-    for inp, g in calls:
-        c = max(1, g.shape[0])
-        d = torch.linalg.vector_norm(g.reshape(c, -1).to(torch.float64), dim=1)
-        n = inp.numel() / c
-        if inp.is_floating_point():
-            a = torch.linalg.vector_norm(inp.reshape(c, -1).to(torch.float64), dim=1)
-            a = torch.clamp(a * kernel**0.5, min=n**0.5)
-        else:
-            a = torch.full_like(d, n**0.5)
-        total += float((d * a).sum())
-    return total
-
-
-def examples_along_dim0(calls: list[tuple[Any, Tensor]], c: int) -> bool:
-    """Every call's input and output gradient have the chunk's ``c`` examples along dim 0."""
-    return all(
-        isinstance(inp, Tensor) and inp.dim() > 0 and inp.shape[0] == c and g.shape[0] == c
-        for inp, g in calls
-    )
-
-
-def check_rows(
-    rows: Tensor,
-    batch_grad: Tensor | None,
-    index: Tensor | None,
-    seed: int,
-    module: nn.Module,
-    calls: list[tuple[Tensor, Tensor]],
-) -> bool:
-    """Do per-example rows add up to the batch gradient? Checked on a span of columns.
-
-    ``||sum_i g_i - b|| <= tol (||sum_i |g_i| || + ||b|| + F sqrt(span / width))`` on the span,
-    with ``tol = 4 max(c, 16) eps`` (a bound on the rounding of two orders of summation) and
-    ``F`` from :func:`call_scale` (computed only when the first two terms do not suffice); ``seed``
-    moves the span from call to call. A layer rule that misses a use of its parameter (a tied
-    weight) fails by orders of magnitude.
-    """
-    c, width = rows.shape
-    if width == 0:
-        return True
-    span = min(width, _CHECK_SPAN)
-    start = (seed * 7919) % (width - span + 1)
-    block = rows[:, start : start + span]
-    total, size = block.sum(0), block.abs().sum(0)
-    if batch_grad is None:
-        expected = torch.zeros_like(total)
-    else:
-        dense = batch_grad.to_dense() if batch_grad.is_sparse else batch_grad
-        expected = flat_selected(dense, index)[start : start + span].to(total.dtype)
-    norm = torch.linalg.vector_norm
-    tol = 4 * max(c, 16) * torch.finfo(rows.dtype).eps
-    gap = float(norm(total - expected))
-    slack = float(norm(size)) + float(norm(expected))
-    if gap <= tol * slack:
-        return True
-    return gap <= tol * (slack + call_scale(module, calls) * (span / width) ** 0.5)
-
-
 class _Engine:
     """Fills chunks of the output along the routes of an audit, checking the structured ones."""
 
@@ -341,6 +272,7 @@ class _Engine:
         self.loop = [c for c in columns if routes[c.name] == "loop"]
         self._func_rows: FuncRows | None = None
         self._func_random: bool | None = None
+        self.forced = False
         self.chunks = 0
 
     def fill(self, x: Tensor, y: Tensor, dest: Tensor, random: bool) -> None:
@@ -351,12 +283,23 @@ class _Engine:
             if self._func_rows is None or self._func_random != random:
                 self._func_rows = FuncRows(self.model, self.loss_fn, self.func, random)
                 self._func_random = random
-            self._func_rows.fill(x, y, dest)
+            try:
+                self._func_rows.fill(x, y, dest)
+            except (RuntimeError, ValueError, TypeError, NotImplementedError) as err:
+                if isinstance(err, GradnoiseError):
+                    raise
+                why = f"torch.func cannot trace this chunk ({type(err).__name__}: {err})"
+                if self.forced:
+                    raise UnsupportedLayerError(
+                        f"backend='func': {why}; use backend='auto' or backend='loop'"
+                    ) from err
+                failed, self.func, self._func_rows = self.func, [], None
+                self._step_aside(failed, why)
+                loop_rows(self.model, self.loss_fn, x, y, failed, dest)
         if self.loop:
             loop_rows(self.model, self.loss_fn, x, y, self.loop, dest)
 
     def _structured(self, x: Tensor, y: Tensor, dest: Tensor) -> None:
-        c = int(x.shape[0])
         plan: dict[nn.Module, list[Column]] = {}
         for col in self.structured:
             plan.setdefault(self.owners[col.name][0], []).append(col)
@@ -366,65 +309,48 @@ class _Engine:
         calls: dict[nn.Module, list[tuple[Tensor, Tensor]]] = {m: [] for m in plan}
         for module, inp, g in found.calls:
             calls[module].append((inp, g))
-        failed: list[Column] = []
-        reason = ""
+        c = int(x.shape[0])
         for module, cols in plan.items():
             seen = calls[module]
-            if not examples_along_dim0(seen, c) or not self.result.same_calls(
-                module, call_shapes(found.calls, module)
-            ):
-                failed.extend(cols)
-                reason = (
-                    "the layer is not called as in the audited forward (its calls' shapes "
-                    "changed), or its input does not hold the chunk's examples along dim 0"
-                )
-                continue
+            if not examples_along_dim0(seen, c):
+                continue  # verify_chunk sends these to the loop
             if any(not all_finite(g) or not all_finite(inp) for inp, g in seen):
                 raise NonFiniteGradientError(
                     "non-finite (NaN/Inf) per-example gradient in parameter(s) "
                     + ", ".join(repr(col.name) for col in cols)
                 )
+            rule = LAYER_RULES[type(module)]
             for col in cols:
                 pname = self.owners[col.name][1]
-                rule = LAYER_RULES[type(module)]
                 block = dest[:, col.cols]
                 if not seen:  # layer unused in this forward: zero gradient
                     block.zero_()
                 for r, (inp, g) in enumerate(seen):
                     rule.compute(module, pname, inp, g, col.index, block, r > 0)
-        grads = dict(zip((col.name for col in self.structured), found.grads, strict=True))
-        for col in self.structured:
-            if col in failed:
-                continue
-            module = self.owners[col.name][0]
-            if not check_rows(
-                dest[:, col.cols], grads[col.name], col.index, self.chunks, module, calls[module]
-            ):
-                failed.append(col)
-                reason = (
-                    "the per-example rows do not add up to the batch gradient (e.g. a parameter "
-                    "also used outside its layer for some inputs)"
-                )
+        failed, reason = verify_chunk(
+            self.model,
+            self.loss_fn,
+            x,
+            y,
+            found,
+            self.structured,
+            self.owners,
+            self.result,
+            self.chunks,
+        )
         if failed:
             self._step_aside(failed, reason)
-            general = (
-                FuncRows(self.model, self.loss_fn, failed, False) if self.result.func_ok else None
-            )
-            if general is not None:
-                general.fill(x, y, dest)
-            else:
-                loop_rows(self.model, self.loss_fn, x, y, failed, dest)
+            loop_rows(self.model, self.loss_fn, x, y, failed, dest)
 
     def _step_aside(self, failed: list[Column], reason: str) -> None:
-        path = "func" if self.result.func_ok else "loop"
+        path: Path = "loop"  # always exact, whatever the model (torch.func may not trace it)
         names = [col.name for col in failed]
         self.result = demote(self.model, self.result, names, path, reason)
         self.structured = [c for c in self.structured if c not in failed]
-        (self.func if path == "func" else self.loop).extend(failed)
-        self._func_rows = None
+        self.loop.extend(failed)
         warnings.warn(
-            f"gradnoise: the layer rule of {', '.join(map(repr, names[:4]))} stepped aside in "
-            f"chunk {self.chunks}: {reason}; recomputed with the exact {path} path",
+            f"gradnoise: per-example gradients of {', '.join(map(repr, names[:4]))} stepped "
+            f"aside to the per-example loop in chunk {self.chunks}: {reason}",
             PerSampleFallbackWarning,
             stacklevel=4,
         )
