@@ -84,7 +84,7 @@ def test_a_coupling_beyond_the_probe_is_refused_at_run_time(entry):
             m, loss, (x[4:], y[4:]), batch_size=4, num_batches=1
         ),
     }
-    with pytest.raises(UnsupportedLayerError, match="other outputs alone|mixes the examples"):
+    with pytest.raises(UnsupportedLayerError, match=r"other outputs alone|mixes the examples"):
         calls[entry]()
 
 

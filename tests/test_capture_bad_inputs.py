@@ -43,6 +43,20 @@ def _mini(**kw):
     return lambda: gradnoise.minibatch_grads(_mlp(), CE, (X, Y), **kw)
 
 
+def _frozen() -> nn.Module:
+    model = _mlp()
+    model[0].weight.requires_grad_(False)
+    return model
+
+
+class _DictData(torch.utils.data.Dataset):
+    def __len__(self):
+        return 6
+
+    def __getitem__(self, i):
+        return {"x": X[i]}, Y[i]
+
+
 class _Squeeze(nn.Module):
     def __init__(self):
         super().__init__()
@@ -89,6 +103,16 @@ ROWS = [
         None,
     ),
     ("chunk size 0", _psg(chunk_size=0), ValueError, "chunk_size"),
+    ("int32 class targets", _psg(targets=Y.int()), GradnoiseError, "targets.long"),
+    (
+        "a frozen parameter selected",
+        lambda: gradnoise.per_sample_grads(
+            _frozen(), CE, X, Y, params=gradnoise.select_params(_mlp())
+        ),
+        ValueError,
+        "frozen",
+    ),
+    ("dict inputs from a Dataset", _full(data=_DictData()), GradnoiseError, "pairs of tensors"),
     (
         "one-hot targets",
         _psg(targets=torch.nn.functional.one_hot(Y, 4)),

@@ -116,6 +116,11 @@ def resolve_selection(model: nn.Module, params: ParamsArg) -> tuple[ParamSelecti
                 f"selected parameter {name!r} has shape {tuple(named[name].shape)} in the model "
                 f"but {tuple(shape)} in the selection"
             )
+        if not named[name].requires_grad:
+            raise ValueError(
+                f"selected parameter {name!r} is frozen (requires_grad=False): it has no gradient; "
+                "leave it out of the selection"
+            )
         tensors.append(named[name])
     return selection, tensors
 
@@ -175,7 +180,8 @@ def scalar_loss(value: Any) -> Tensor:
     if value.numel() != 1:
         raise ValueError(
             "loss_fn applied to a batch of one example must return a single value, got shape "
-            f"{tuple(value.shape)}; use reduction='mean', 'sum' or 'none'"
+            f"{tuple(value.shape)}; use reduction='mean' or 'sum' (with reduction='none' the "
+            "loss must still reduce one example's outputs to one value)"
         )
     return value.reshape(())
 
@@ -349,7 +355,12 @@ def _check_class_targets(loss_fn: Any, outputs: Tensor, targets: Tensor) -> None
             f"{name} got floating-point targets of shape {tuple(targets.shape)}: class indices "
             "must be integers (targets.long()); class probabilities need the outputs' shape"
         )
-    if targets.dtype not in (torch.long, torch.int32, torch.int16, torch.int8, torch.uint8):
+    if targets.dtype in (torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise DataError(
+            f"{name} needs class targets of dtype torch.long, got {targets.dtype}; pass "
+            "targets.long()"
+        )
+    if targets.dtype != torch.long:
         return
     if outputs.dim() < 2 or targets.numel() == 0:
         return
@@ -417,6 +428,12 @@ def fetch(
         if not isinstance(batch, (list, tuple)) or len(batch) != 2:
             raise TypeError("the dataset's items must be (input, target) pairs")
         x, y = batch
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+        raise DataError(
+            f"the dataset's items must be (input, target) pairs of tensors (or numbers/arrays), "
+            f"got {type(x).__name__} inputs and {type(y).__name__} targets; wrap the dataset so "
+            "that it returns the model's input tensor and its target"
+        )
     return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
