@@ -245,65 +245,34 @@ def test_mean_exit_steps_handles_censoring():
     assert se == pytest.approx(est / np.sqrt(2))
 
 
-def test_input_errors():
-    with pytest.raises(ValueError, match="n_paths"):
-        simulate_sde(
-            zero_grad, np.zeros((2, 2)), alpha=1.5, scale=1, lr=1, steps=1, rng=0, n_paths=3
-        )
-    with pytest.raises(ValueError, match="broadcast"):
-        simulate_sde(
-            zero_grad, np.zeros(3), alpha=[1.5, 1.2], scale=1, lr=1, steps=1, rng=0, n_paths=2
-        )
-    with pytest.raises(ValueError, match="alpha"):
-        simulate_sde(zero_grad, np.zeros(3), alpha=2.1, scale=1, lr=1, steps=1, rng=0, n_paths=2)
-    with pytest.raises(ValueError, match="scale"):
-        simulate_sde(zero_grad, np.zeros(3), alpha=1.5, scale=0, lr=1, steps=1, rng=0, n_paths=2)
-    with pytest.raises(ValueError, match="grad_fn returned shape"):
-        simulate_sde(
-            lambda x: x[:, 0], np.zeros(3), alpha=1.5, scale=1, lr=1, steps=1, rng=0, n_paths=2
-        )
-    with pytest.raises(ValueError, match="stop must return"):
-        simulate_sde(
-            zero_grad,
-            np.zeros(3),
-            alpha=1.5,
-            scale=1,
-            lr=1,
-            steps=1,
-            rng=0,
-            n_paths=2,
-            stop=lambda th: np.zeros((1,), bool),
-        )
-    with pytest.raises(ValueError, match="GiB"):
-        simulate_sde(
-            zero_grad, np.zeros(1000), alpha=1.5, scale=1, lr=1, steps=1000, rng=0, n_paths=10_000
-        )
-    with pytest.raises(TypeError, match="RandomState"):
-        simulate_sde(
-            zero_grad,
-            np.zeros(1),
-            alpha=1.5,
-            scale=1,
-            lr=1,
-            steps=1,
-            rng=np.random.RandomState(0),
-            n_paths=1,
-        )
+BASE = dict(
+    grad_fn=zero_grad, theta0=np.zeros(3), alpha=1.5, scale=1, lr=1, steps=1, rng=0, n_paths=2
+)
+BAD_INPUTS = [
+    (dict(theta0=np.zeros((2, 2))), ValueError, "n_paths"),
+    (dict(alpha=[1.5, 1.2]), ValueError, "broadcast"),
+    (dict(alpha=2.1), ValueError, "alpha"),
+    (dict(scale=0), ValueError, "scale"),
+    (dict(lr=-0.1), ValueError, "lr"),
+    (dict(steps=2.5), ValueError, "steps"),
+    (dict(grad_fn=lambda x: x[:, 0]), ValueError, "grad_fn returned shape"),
+    (dict(stop=lambda th: np.zeros((1,), bool)), ValueError, "stop must return"),
+    (dict(stop=lambda th: th), TypeError, "booleans"),
+    (dict(theta0=np.zeros(1000), steps=1000, n_paths=10_000), ValueError, "GiB"),
+    (dict(rng=np.random.RandomState(0)), TypeError, "RandomState"),
+    (dict(dtype=np.float16), ValueError, "dtype"),
+]
+
+
+@pytest.mark.parametrize(("change", "error", "match"), BAD_INPUTS)
+def test_input_errors(change, error, match):
+    with pytest.raises(error, match=match):
+        simulate_sde(**{**BASE, **change})
 
 
 def test_diverging_euler_scheme_warns():
     with pytest.warns(RuntimeWarning, match="non-finite"), np.errstate(all="ignore"):
-        simulate_sde(
-            quadratic(30.0),
-            np.zeros(1),
-            alpha=1.5,
-            scale=1,
-            lr=1.0,
-            steps=300,
-            rng=0,
-            n_paths=4,
-            record_every=0,
-        )
+        simulate_sde(**{**BASE, "grad_fn": quadratic(30.0), "steps": 300, "record_every": 0})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,6 +344,30 @@ def wls_slope(x, y, se_y):
     return slope, 1 / np.sqrt(sxx)
 
 
+def sigma_for(p, alpha, lr, **basin):
+    """The noise scale whose predicted per-step exit probability Lambda * lr is p (the theory's
+    Lambda grows as sigma^alpha): a way to place a test in a regime, not a check."""
+    unit = exit_time_theory(alpha, 1.0, lr, **basin).total_rate * lr
+    return (p / unit) ** (1 / alpha)
+
+
+def escape(grad, start, stop, *, alpha, sigma, lr, steps, seed, n):
+    """Simulated (mean exit step, its standard error) of n paths from ``start``."""
+    res = simulate_sde(
+        grad,
+        np.atleast_1d(np.asarray(start, dtype=float)),
+        alpha=alpha,
+        scale=sigma,
+        lr=lr,
+        steps=int(steps),
+        rng=seed,
+        n_paths=n,
+        stop=stop,
+        record_every=0,
+    )
+    return res.mean_exit_steps()
+
+
 # Largest per-step exit probability of each alpha's epsilon range (see the test's docstring).
 P_MAX = {1.2: 3.3e-3, 1.5: 1e-3, 1.8: 3.5e-4}
 
@@ -395,24 +388,21 @@ def test_mean_exit_time_is_a_power_law_in_epsilon(alpha):
     at p = 3.3e-3, -0.3% for 1.5 at 1e-3, -1.3% for 1.8 at 3.5e-4), i.e. below one standard error
     of each point here."""
     lr, h, width, n = 0.5, 1.0, 1.0, 4_000
-    unit = exit_time_theory(alpha, 1.0, lr, half_widths=width)  # rate at sigma = 1: ~ sigma^alpha
     p = P_MAX[alpha] / 8.0 ** (np.arange(4) / 3)
-    sigmas = (p / (unit.total_rate * lr)) ** (1 / alpha)
+    sigmas = sigma_for(p, alpha, lr, half_widths=width)
     means, ses, theory = [], [], []
     for i, sigma in enumerate(sigmas):
-        res = simulate_sde(
+        m, se = escape(
             quadratic(h),
-            np.zeros(1),
+            0.0,
+            Box(width),
             alpha=alpha,
-            scale=sigma,
+            sigma=sigma,
             lr=lr,
-            steps=int(2 / p[i]),
-            rng=100 + i,
-            n_paths=n,
-            stop=Box(width),
-            record_every=0,
+            steps=2 / p[i],
+            seed=100 + i,
+            n=n,
         )
-        m, se = res.mean_exit_steps()
         means.append(m * lr)
         ses.append(se * lr)
         theory.append(exit_time_theory(alpha, sigma, lr, half_widths=width).mean_exit_time)
@@ -434,26 +424,23 @@ def test_exit_time_depends_on_lr_and_sigma_through_epsilon():
 
     Regime: p = 5e-4 and 2.5e-4 per step (lr h = 0.5 and 0.25)."""
     alpha, h, width, n = 1.5, 1.0, 1.0, 4_000
-    unit = exit_time_theory(alpha, 1.0, 0.5, half_widths=width).total_rate * 0.5
-    eps = sde_amplitude(alpha, (5e-4 / unit) ** (1 / alpha), 0.5)
+    eps = sde_amplitude(alpha, sigma_for(5e-4, alpha, 0.5, half_widths=width), 0.5)
     times, ses = [], []
     for i, lr in enumerate((0.5, 0.25)):
         sigma = eps / lr ** ((alpha - 1) / alpha)
         th = exit_time_theory(alpha, sigma, lr, half_widths=width)
         assert th.epsilon[0] == pytest.approx(eps)
-        res = simulate_sde(
+        m, se = escape(
             quadratic(h),
-            np.zeros(1),
+            0.0,
+            Box(width),
             alpha=alpha,
-            scale=sigma,
+            sigma=sigma,
             lr=lr,
-            steps=int(2 * th.mean_exit_steps),
-            rng=200 + i,
-            n_paths=n,
-            stop=Box(width),
-            record_every=0,
+            steps=2 * th.mean_exit_steps,
+            seed=200 + i,
+            n=n,
         )
-        m, se = res.mean_exit_steps()
         times.append(m * lr)
         ses.append(se * lr)
         assert abs(m * lr - th.mean_exit_time) <= Z * se * lr
@@ -538,25 +525,23 @@ def test_heavy_tailed_escape_from_a_double_well_ignores_its_depth():
     p = 5e-4, -4% at 1.25e-4): a jump that lands near a weakly repelling saddle lingers there and
     a second jump can finish the exit, a correction of lower order in eps."""
     alpha, h_s, w, lr, n = 1.5, 6.0, 1.0, 0.5, 3_000
-    unit = exit_time_theory(alpha, 1.0, lr, half_widths=np.inf, lower_widths=w).total_rate * lr
-    sigma = (2.5e-4 / unit) ** (1 / alpha)
-    th = exit_time_theory(alpha, sigma, lr, half_widths=np.inf, lower_widths=w)
+    basin = dict(half_widths=np.inf, lower_widths=w)
+    sigma = sigma_for(2.5e-4, alpha, lr, **basin)
+    th = exit_time_theory(alpha, sigma, lr, **basin)
     means = []
     for i, h in enumerate((0.5, 1.0, 2.0)):
         grad, _ = glued_double_well(h, h_s, w)
-        res = simulate_sde(
+        m, se = escape(
             grad,
-            np.array([w]),
+            w,
+            Box(np.inf, w, center=w),
             alpha=alpha,
-            scale=sigma,
+            sigma=sigma,
             lr=lr,
-            steps=int(2 * th.mean_exit_steps),
-            rng=400 + i,
-            n_paths=n,
-            stop=Box(np.inf, w, center=w),
-            record_every=0,
+            steps=2 * th.mean_exit_steps,
+            seed=400 + i,
+            n=n,
         )
-        m, se = res.mean_exit_steps()
         assert abs(m - th.mean_exit_steps) <= Z * se, (h, m, se, th.mean_exit_steps)
         means.append((m, se))
     (m0, s0), (m2, s2) = means[0], means[2]
@@ -594,19 +579,17 @@ def test_gaussian_escape_is_exponential_in_the_barrier_height():
             saddle_curvature=h,
         )
         assert th.mean_exit_time == pytest.approx(np.pi / h * np.exp(barrier))
-        res = simulate_sde(
+        m, se = escape(
             grad,
-            np.array([w]),
+            w,
+            Box(np.inf, w, center=w),
             alpha=2.0,
-            scale=sigma,
+            sigma=sigma,
             lr=lr,
-            steps=int(2.5 * th.mean_exit_steps),
-            rng=500 + i,
-            n_paths=n,
-            stop=Box(np.inf, w, center=w),
-            record_every=0,
+            steps=2.5 * th.mean_exit_steps,
+            seed=500 + i,
+            n=n,
         )
-        m, se = res.mean_exit_steps()
         log_means.append(np.log(m * lr))
         ses.append(se / m)
     slope, slope_se = wls_slope(x, np.array(log_means), np.array(ses))

@@ -747,30 +747,12 @@ def _kramers_rates(
     return total
 
 
-def exit_probabilities(
-    alpha: Any,
-    scale: Any,
-    lr: float,
-    *,
-    half_widths: Any,
-    lower_widths: Any = None,
-    curvature: Any = None,
-    barrier: Any = None,
-    saddle_curvature: Any = None,
-) -> np.ndarray:
-    """P(the first exit is along coordinate j) ~ lambda_j / Lambda (:func:`exit_time_theory`).
+def exit_probabilities(alpha: Any, scale: Any, lr: float, **basin: Any) -> np.ndarray:
+    """P(the first exit is along coordinate j) ~ lambda_j / Lambda: ``exit_time_theory(alpha,
+    scale, lr, **basin).exit_probability``, with the same keywords (``half_widths``, ...).
 
     Example:
         >>> exit_probabilities([1.5, 1.5], 1.0, 0.1, half_widths=[1.0, 2.0]).round(3)
         array([0.739, 0.261])
     """
-    return exit_time_theory(
-        alpha,
-        scale,
-        lr,
-        half_widths=half_widths,
-        lower_widths=lower_widths,
-        curvature=curvature,
-        barrier=barrier,
-        saddle_curvature=saddle_curvature,
-    ).exit_probability
+    return exit_time_theory(alpha, scale, lr, **basin).exit_probability
