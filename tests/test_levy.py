@@ -154,13 +154,22 @@ def test_sde_amplitude_and_step_scale():
 
 
 def test_same_seed_same_numbers_for_any_workers():
-    kw = dict(alpha=[1.3, 1.9], scale=[0.5, 0.2], lr=0.1, steps=50, n_paths=3_000)
-    stop = Box([1.5, 0.8])
-    a = simulate_sde(quadratic(1.0), np.zeros(2), rng=7, stop=stop, record_every=10, **kw)
-    b = simulate_sde(
-        quadratic(1.0), np.zeros(2), rng=7, stop=stop, record_every=10, workers=2, **kw
+    """64 coordinates x 3,000 paths span several blocks of paths (about 2^15 coordinates each),
+    so workers=3 really runs blocks on other threads; some paths exit, some do not."""
+    d = 64
+    kw = dict(
+        alpha=np.linspace(1.3, 2.0, d),
+        scale=0.05,
+        lr=0.1,
+        steps=50,
+        n_paths=3_000,
+        stop=Box(1.5),
+        record_every=10,
     )
-    c = simulate_sde(quadratic(1.0), np.zeros(2), rng=8, stop=stop, record_every=10, **kw)
+    a = simulate_sde(quadratic(1.0), np.zeros(d), rng=7, **kw)
+    b = simulate_sde(quadratic(1.0), np.zeros(d), rng=7, workers=3, **kw)
+    c = simulate_sde(quadratic(1.0), np.zeros(d), rng=8, **kw)
+    assert 0 < a.exited.mean() < 1
     for field in ("final", "exit_step", "exit_coord", "paths"):
         np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
     assert not np.array_equal(a.final, c.final)
