@@ -32,6 +32,7 @@ TORCH_FREE = [
     "gradnoise.stats.multitest",
     "gradnoise.spectra",
     "gradnoise.variance",
+    "gradnoise.levy",
     "gradnoise.report",
     "gradnoise.study.registry",
     "gradnoise.study.context",
@@ -60,6 +61,9 @@ def test_statistics_run_without_torch():
         "assert stats.normality_test(x).pvalue.shape == (3,)\n"
         "assert spectra.covariance_spectrum(x.T).shape == (2,)\n"
         "assert variance.gradient_variance(x).total > 0\n"
+        "from gradnoise import levy\n"
+        "r = levy.simulate_sde(lambda t: t, [0.0], alpha=1.5, scale=1, lr=0.1, steps=5, rng=0, n_paths=3)\n"
+        "assert r.final.shape == (3, 1)\n"
         "assert 'torch' not in sys.modules\n"
     )
     assert proc.returncode == 0, proc.stderr
