@@ -19,7 +19,7 @@ run: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
-	$(BIN)/mypy src/gradnoise/stats
+	$(BIN)/mypy src/gradnoise/stats src/gradnoise/levy.py
 
 test: lint
 	$(BIN)/python -m pytest -q
@@ -31,7 +31,7 @@ peers: $(STAMP)
 	$(BIN)/python -m pip install --quiet --no-deps backpack-for-pytorch opacus pyhessian
 
 bench: peers
-	for b in per_sample powerlaw stable spectra variance; do $(BIN)/python benchmarks/$$b.py || exit 1; done
+	for b in per_sample powerlaw stable spectra variance levy; do $(BIN)/python benchmarks/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
