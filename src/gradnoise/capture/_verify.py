@@ -10,11 +10,12 @@ used the rules is checked, cheaply, on what its one forward and backward produce
    (computed from the layer's inputs and output gradients over the full width) equal the ordinary
    batch gradient of the same backward -- a use of the parameter outside its layer (a tied
    weight, even for a few inputs) breaks this;
-3. **one example alone**: example k of the chunk (a different one for every chunk) is run by
-   itself, one forward and one backward: its outputs must equal its row of the batch's outputs
-   (else the examples are coupled for these inputs: refused), and its gradient must equal the
-   rule's row k (a permutation of the examples, a time-first layer whose time axis has the chunk's
-   length, a coupling in the backward break this).
+3. **examples alone**: example k of the chunk (drawn anew for every chunk) is run by itself,
+   one forward and one backward: its outputs must equal its row of the batch's outputs (else the
+   examples are coupled for these inputs: refused), and its gradient must equal the rule's row k
+   (a permutation of the examples, a time-first layer whose time axis has the chunk's length, a
+   coupling in the backward break this); a second example's outputs are compared too (a forward
+   only), so that a batch-level branch triggered by one of the two shows.
 
 A parameter that fails 1–3 steps aside to the per-example loop; a failed output comparison
 raises :class:`~gradnoise.errors.UnsupportedLayerError`.
@@ -30,13 +31,10 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UnsupportedLayerError
+from ._common import tensor_leaves
 from ._passes import Column, Pass, call_shapes, example_alone, flat_selected
 from .audit import FLOOR, ModelAudit, relative_gap
 from .layers import LAYER_RULES, conv_weight_grad
-
-#: Parameters this wide or narrower are totalled from their rows; wider ones (Linear, Conv and
-#: Embedding weights) from one computation over the whole chunk.
-_ROW_TOTAL_WIDTH = 1 << 16
 
 
 def check_tolerance(dtype: torch.dtype) -> float:
@@ -101,12 +99,13 @@ def rule_total(
     index: Tensor | None,
     width: int,
 ) -> Tensor:
-    """``sum_i`` of the per-example gradients over the chunk, ``[width]``, from one computation
-    over the whole chunk where that is cheaper than the rows (wide Linear/Conv/Embedding weights:
-    the examples merged into one sequence, or the ordinary batched convolution weight gradient)."""
+    """``sum_i`` of the per-example gradients over the chunk, ``[width]``: for Linear, Conv and
+    Embedding weights from one computation over the whole chunk (the examples merged into one
+    sequence, or the ordinary batched convolution weight gradient), for the others (biases,
+    norms: elementwise rules) from their rows."""
     rule = LAYER_RULES[type(module)]
-    wide = width > _ROW_TOTAL_WIDTH and pname == "weight"
-    if wide and isinstance(module, (nn.Linear, nn.Embedding)):
+    weight = pname == "weight"
+    if weight and isinstance(module, (nn.Linear, nn.Embedding)):
         out = None
         for r, (inp, g) in enumerate(calls):
             merged_in = (
@@ -119,7 +118,7 @@ def rule_total(
                 out = torch.zeros(1, width, dtype=g.dtype, device=g.device)
             rule.compute(module, pname, merged_in, merged_g, index, out, r > 0)
         return out[0] if out is not None else torch.zeros(width)
-    if wide and hasattr(module, "kernel_size"):
+    if weight and hasattr(module, "kernel_size"):
         total = sum(conv_weight_grad(module, inp, g, per_example=False) for inp, g in calls)
         if not isinstance(total, Tensor):
             return torch.zeros(width)
@@ -199,7 +198,13 @@ def verify_chunk(
                 "the per-example gradients do not add up to the batch gradient (e.g. a parameter "
                 "also used outside its layer for some inputs)"
             )
-    for k in examples_to_check(seed, c):
+    checked = examples_to_check(seed, c)
+    if len(checked) > 1:  # the other example's outputs alone (a forward, no backward)
+        other = checked[1]
+        with torch.no_grad():
+            alone_out = tensor_leaves(model(x[other : other + 1]))
+        compare_outputs(model, found.outputs, alone_out, other, c)
+    for k in checked[:1]:
         alive = [col for col in columns if col not in failed]
         if not alive:
             break
@@ -225,11 +230,11 @@ def verify_chunk(
 
 
 def examples_to_check(seed: int, c: int) -> list[int]:
-    """Two distinct examples of a chunk of ``c`` (one if ``c == 1``), different from chunk to
-    chunk: a batch-level branch triggered by one example shows on the other, and a reordering of
-    the examples inside the model rarely fixes both."""
+    """Two distinct examples of a chunk of ``c`` (one if ``c == 1``), drawn anew for every chunk:
+    the first is run alone forwards and backwards (its outputs and its gradient row), the second
+    forwards (its outputs) -- a batch-level branch triggered by one of them shows on the other."""
     gen = torch.Generator().manual_seed(7919 * seed + c)
-    return sorted(torch.randperm(c, generator=gen)[: min(2, c)].tolist())
+    return torch.randperm(c, generator=gen)[: min(2, c)].tolist()
 
 
 def _positions(module: nn.Module, g: Tensor) -> int:
