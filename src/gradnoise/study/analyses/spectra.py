@@ -320,7 +320,13 @@ def _compute(ctx: StudyContext, opts: dict[str, Any]) -> dict[str, Any]:
     mp_info: dict[str, float] | None = None
 
     def add_gram(key: str, model: Any, targets: Any) -> np.ndarray:
-        gram = per_sample_gram(model, loss_fn, xs.to(ctx.device), targets.to(ctx.device))
+        gram = per_sample_gram(
+            model,
+            loss_fn,
+            xs.to(ctx.device),
+            targets.to(ctx.device),
+            dropout=ctx.fixed_dropout,
+        )
         grams[key] = gram
         spectra[key] = gram_spectrum(gram, centered=centered, num_params=num_params)
         arrays[key] = spectra[key]
@@ -487,7 +493,13 @@ def _batch_sweep(
     model = ctx.load_model(step)
     num_params = sum(int(p.numel()) for p in model.parameters() if p.requires_grad)
     take = torch.as_tensor(pool)
-    gram = per_sample_gram(model, ctx.loss_fn, x[take].to(ctx.device), y[take].to(ctx.device))
+    gram = per_sample_gram(
+        model,
+        ctx.loss_fn,
+        x[take].to(ctx.device),
+        y[take].to(ctx.device),
+        dropout=ctx.fixed_dropout,
+    )
     del model
     centered = opts["centered"]
     per_sample = gram_spectrum(gram, centered=centered, num_params=num_params)
@@ -533,9 +545,12 @@ def _batch_sweep(
 def _hessian(
     ctx: StudyContext, opts: Mapping[str, Any], steps: list[int], arrays: dict[str, np.ndarray]
 ) -> list[dict[str, Any]]:
+    from contextlib import nullcontext
+
     import torch
 
     from ...curvature import hessian_eigs, hessian_trace
+    from .._torch import eval_mode
 
     x, y = ctx.train_tensors
     n_train = int(x.shape[0])
@@ -546,8 +561,11 @@ def _hessian(
         index = np.sort(ctx.rng("spectra-hessian-examples").choice(n_train, count, replace=False))
     arrays["hessian_index"] = index
     dtype = torch.float64 if opts["hessian_dtype"] == "float64" else torch.float32
-    xh = x[torch.as_tensor(index)].to(ctx.device, dtype)
-    yh = y[torch.as_tensor(index)].to(ctx.device)
+
+    def cast(t: Any) -> Any:  # floating inputs/targets follow the model; token ids stay integers
+        return t.to(ctx.device, dtype) if t.is_floating_point() else t.to(ctx.device)
+
+    xh, yh = cast(x[torch.as_tensor(index)]), cast(y[torch.as_tensor(index)])
     at: list[int | None] = list(steps) if opts["hessian_at"] == "all" else [steps[0], steps[-1]]
     at = list(dict.fromkeys(at))
     if steps[0] != 0:
@@ -555,7 +573,7 @@ def _hessian(
     out = []
     for step in ctx.progress.track(at, "spectra: Hessian top-k (Lanczos)"):
         model = (ctx.build_model() if step is None else ctx.load_model(step)).to(dtype)
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model) if ctx.dropout != "error" else nullcontext():
             loss = float(ctx.loss_fn(model(xh), yh))
         k = min(opts["hessian_k"], sum(int(p.numel()) for p in model.parameters()))
         with warnings.catch_warnings():
@@ -569,6 +587,7 @@ def _hessian(
                 rng=ctx.seed_for(f"spectra-lanczos-{step}"),
                 tol=opts["hessian_tol"],
                 blas_threads=1,
+                dropout=ctx.fixed_dropout,
             )
         key = "init" if step is None else f"step_{step}"
         arrays[f"hessian_{key}"] = eigs.eigenvalues
@@ -606,6 +625,7 @@ def _hessian(
                 num_matvecs=opts["hessian_trace"],
                 rng=ctx.seed_for(f"spectra-trace-{step}"),
                 blas_threads=1,
+                dropout=ctx.fixed_dropout,
             )
             row["trace"] = float(tr.estimate)
             row["trace_stderr"] = float(tr.stderr)

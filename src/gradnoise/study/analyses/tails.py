@@ -248,7 +248,9 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
     for step in ctx.progress.track(steps, "tails: gradients at checkpoints"):
         model = ctx.load_model(step)
         layer_names, offsets = _param_layout(model)
-        full_t = full_grad(model, ctx.loss_fn, (x, y), batch_size=s["full_batch_size"])
+        full_t = full_grad(
+            model, ctx.loss_fn, (x, y), batch_size=s["full_batch_size"], dropout=ctx.dropout
+        )
         mb_t = minibatch_grads(
             model,
             ctx.loss_fn,
@@ -256,6 +258,7 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
             batch_size=cfg.batch_size,
             num_batches=s["dim_vectors"],
             seed=ctx.seed_for(f"tails-dim-{step}"),
+            dropout=ctx.dropout,
         )
         full = full_t.cpu().numpy().astype(np.float64)
         mb = mb_t.cpu().numpy().astype(np.float64)
@@ -283,7 +286,9 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
         if sgn_stored:
             # G exactly as the recorder computed it (gradient_noise: full_grad in batches of
             # 256 over the selection), to recover g_B = xi + G and its exact zeros
-            g_sel = full_grad(model, ctx.loss_fn, (x, y), batch_size=256, params=sel)
+            g_sel = full_grad(
+                model, ctx.loss_fn, (x, y), batch_size=256, params=sel, dropout=ctx.dropout
+            )
             noise = stored[step][: s["sgn_batches"]].astype(np.float32)
             g_b = noise + g_sel.cpu().numpy()[None, :]
         else:
@@ -296,6 +301,7 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
                 num_batches=s["sgn_batches"],
                 seed=ctx.seed_for(f"tails-sgn-{step}"),
                 params=sel,
+                dropout=ctx.dropout,
             )
             noise = (g_b_t - g_sel).cpu().numpy()
             g_b = g_b_t.cpu().numpy()
