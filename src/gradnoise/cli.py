@@ -137,6 +137,31 @@ def report(
 
 
 @app.command()
+def analyze(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory of 'gradnoise run'")],
+    analyses: Annotated[
+        str | None,
+        typer.Option(help="comma-separated analyses to run again (default: all that can)"),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="a TOML file of [options.<analysis>] tables"),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+) -> None:
+    """Re-run analyses of a stored run with new options (no retraining); re-render its report."""
+    from .study.analyze import analyze as run_analyze
+    from .study.config import read_options
+
+    with _errors():
+        options = read_options(config) if config is not None else None
+        names = None if analyses is None else [a.strip() for a in analyses.split(",")]
+        with _progress(quiet) as progress:
+            path = run_analyze(run_dir, names, options, progress=progress)
+    typer.echo(str(path))
+
+
+@app.command()
 def reproduce(
     name: Annotated[str | None, typer.Argument(help="preset name; omit to list presets")] = None,
     out: Annotated[

@@ -118,6 +118,24 @@ def check_forward(
     return out
 
 
+def user_splits(train_data: Any, test_data: Any, num_classes: int | None) -> Any:
+    """A probe's data as the study's :class:`~gradnoise.datasets.DataSplits` (tensors in
+    memory; ``num_classes`` None for targets that are not class labels)."""
+    from .datasets import DataSplits, as_tensors
+
+    train_data, _ = _unwrap_data(train_data, None)
+    test_data, _ = _unwrap_data(test_data, None)
+    tensors = torch.utils.data.TensorDataset
+    x, y = as_tensors(train_data)
+    return DataSplits(
+        describe(train_data),
+        tensors(x, y),
+        tensors(*as_tensors(test_data)) if test_data is not None else None,
+        tuple(x.shape[1:]),
+        num_classes,
+    )
+
+
 def _as_steps(checkpoints: Any) -> tuple[int, ...]:
     if isinstance(checkpoints, (int, np.integer)) and not isinstance(checkpoints, bool):
         checkpoints = [checkpoints]
@@ -211,7 +229,7 @@ class Probe:
         scalars: Sequence[str] = (),
         tensorboard: Any = False,
     ) -> None:
-        from .datasets import DataSplits, as_tensors
+        from .datasets import as_tensors
 
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -228,7 +246,6 @@ class Probe:
             )
         spec = OptimizerSpec.from_optimizer(optimizer) if optimizer is not None else None
         x, y = as_tensors(train_data)
-        test_tensors = as_tensors(test_data) if test_data is not None else None
         steps = _as_steps(checkpoints)
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         outputs = check_forward(model, loss_fn, x, y, device, f"model {type(model).__name__}")
@@ -259,14 +276,7 @@ class Probe:
         from .study._torch import accuracy
 
         classes = accuracy(outputs, y[:2].to(device)) is not None
-        tensors = torch.utils.data.TensorDataset
-        data = DataSplits(
-            describe(train_data),
-            tensors(x, y),
-            tensors(*test_tensors) if test_tensors is not None else None,
-            tuple(x.shape[1:]),
-            int(outputs.shape[1]) if classes else None,
-        )
+        data = user_splits(train_data, test_data, int(outputs.shape[1]) if classes else None)
         self._setup(
             config,
             Path(out),
@@ -346,6 +356,7 @@ class Probe:
         self.analyses = check_study(config)
         check_run_dir(run_dir)
         self.model, self.config, self.run_dir, self.source = model, config, run_dir, source
+        self.user_model = source == "probe" or model_factory is not None
         self._shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
         self.ctx = StudyContext(
             config=config,
@@ -664,6 +675,7 @@ class Probe:
                 "last_step": final_step if final_step is not None else self.last_step,
                 "missed_checkpoints": missed,
                 "dropout": ctx.dropout,
+                "user_model": self.user_model,
                 "loss": describe(ctx.loss_fn),
             },
             "analyses": {},

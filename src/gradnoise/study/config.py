@@ -145,21 +145,7 @@ class StudyConfig:
         ``[options.<analysis>]`` tables (either layout) or ``[study.options.<analysis>]``.
         Errors name the file and the setting.
         """
-        path = Path(path)
-        try:
-            with open(path, "rb") as f:
-                raw = tomllib.load(f)
-        except FileNotFoundError as err:
-            raise ConfigError(
-                f"study config {path} does not exist; check the --config path"
-            ) from err
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(
-                f"{path} is not valid TOML ({err}); see the README's example"
-            ) from err
-        except (OSError, UnicodeDecodeError) as err:
-            reason = getattr(err, "strerror", None) or err
-            raise ConfigError(f"cannot read study config {path}: {reason}") from err
+        raw = _read_toml(path, "study config")
         try:
             return cls.from_mapping(raw)
         except ConfigError as err:
@@ -188,6 +174,38 @@ class StudyConfig:
             fields = raw
         check_keys("", fields, (f.name for f in dataclasses.fields(cls)))
         return cls(**fields)
+
+
+def _read_toml(path: str | Path, what: str) -> dict[str, Any]:
+    """A TOML file's contents; errors name the file (``what``: e.g. ``"study config"``)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError as err:
+        raise ConfigError(f"{what} {path} does not exist; check the --config path") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path} is not valid TOML ({err}); see the README's example") from err
+    except (OSError, UnicodeDecodeError) as err:
+        reason = getattr(err, "strerror", None) or err
+        raise ConfigError(f"cannot read {what} {path}: {reason}") from err
+
+
+def read_options(path: str | Path) -> dict[str, dict[str, Any]]:
+    """The ``[options.<analysis>]`` tables of a TOML file (``gradnoise analyze --config``); any
+    other setting is refused (re-analysing cannot change how the run was trained)."""
+    raw = _read_toml(path, "options file")
+    stray = sorted(set(raw) - {"options"})
+    if stray:
+        raise ConfigError(
+            f"{path}: only [options.<analysis>] tables apply to a stored run; {stray} would "
+            "change how it was trained"
+        )
+    try:
+        options = _check_field("options", raw.get("options", {}))
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
+    return options
 
 
 def _check_field(name: str, value: Any) -> Any:

@@ -300,6 +300,7 @@ def _run_study(
     else:
         model, factory = _user_model(user_model, config.seed)
         model = model.to(torch.device(config.device))
+        config = config.replace(model=type(model).__name__)
     loss_fn = user_loss if user_loss is not None else builtin_loss(config.loss)
     if callable(user_optimizer) and not isinstance(user_optimizer, str):
         optimizer = user_optimizer(model.parameters())
