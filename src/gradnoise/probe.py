@@ -249,6 +249,11 @@ class Probe:
         steps = _as_steps(checkpoints)
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         outputs = check_forward(model, loss_fn, x, y, device, f"model {type(model).__name__}")
+        from .capture import audit_model
+        from .study._torch import preserved_rng
+
+        with preserved_rng():  # refuse now what every capture would refuse at a checkpoint
+            audit_model(model, loss_fn, x[:4].to(device), y[:4].to(device), dropout=dropout)
         hp = spec.hyperparameters if spec is not None else {}
         momentum = hp.get("momentum") if spec is not None and spec.kind == "plain" else 0.0
         config = StudyConfig(
