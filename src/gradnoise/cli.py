@@ -97,6 +97,10 @@ def run(
         ),
     ] = None,
     out: Annotated[Path | None, typer.Option(help="run directory (default runs/<id>)")] = None,
+    tensorboard: Annotated[
+        Path | None,
+        typer.Option(help="write headline scalars along training to this TensorBoard directory"),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
     """Train a model while recording gradients, analyse them and write runs/<id>/report.html."""
@@ -119,7 +123,7 @@ def run(
             analyses=None if analyses is None else tuple(analyses.split(",")),
         )
         with _progress(quiet) as progress:
-            run_dir = run_study(cfg, out, progress=progress)
+            run_dir = run_study(cfg, out, progress=progress, tensorboard=tensorboard)
     console.print(f"[green]done[/green]: {escape(str(run_dir / 'report.html'))}", soft_wrap=True)
     typer.echo(str(run_dir))
 

@@ -626,10 +626,14 @@ class Probe:
             with preserved_rng(), exact_float32(), pinned_threads(self.config.threads):
                 if final_step is not None:
                     final_step = int(final_step)
+                    headline: dict[str, float] = {}
                     if final_step in self.checkpoint_steps:
-                        self._checkpoint(final_step)
+                        headline.update(self._checkpoint(final_step))
                     for hook in self.hooks:
                         hook(self.ctx, final_step, self.model)
+                    headline.update(self._measured(final_step))
+                    if self.tensorboard is not None:
+                        self._tensorboard(final_step, headline)
                 return self._write(final_step)
         finally:
             self.close()

@@ -72,7 +72,12 @@ class OptimizerSpec:
 
     @classmethod
     def from_optimizer(cls, optimizer: Any) -> OptimizerSpec:
-        """The spec of a live ``torch.optim.Optimizer`` (or of anything with ``param_groups``)."""
+        """The spec of a live ``torch.optim.Optimizer`` (or of anything with ``param_groups``).
+
+        Wrappers that hold the real optimizer as ``.optimizer`` (accelerate's
+        ``AcceleratedOptimizer``, Lightning's ``LightningOptimizer``) are looked through."""
+        while hasattr(getattr(optimizer, "optimizer", None), "param_groups"):
+            optimizer = optimizer.optimizer
         groups = getattr(optimizer, "param_groups", None)
         if not isinstance(groups, list) or not groups or not isinstance(groups[0], Mapping):
             raise ConfigError(
