@@ -50,6 +50,29 @@ from .study.optim import OptimizerSpec
 #: loss and accuracy that a user's loop may not report (add it: analyses=(..., "training"))
 PROBE_ANALYSES = ("gradients", "tails", "noise_model", "spectra", "variance")
 INITIAL = "initial.pt"
+#: analysis options for a smoke run of a few hundred examples (seconds, not statistics: few
+#: bootstrap replicates, samples and fits); ``options=QUICK_OPTIONS`` in the examples' --tiny
+QUICK_OPTIONS: dict[str, dict[str, Any]] = {
+    "tails": {"n_boot": 0, "sgn_batches": 16, "matched_samples": 5, "min_tail": 20},
+    "spectra": {
+        "examples": 32,
+        "bootstrap": 0,
+        "batch_sizes": [8],
+        "sweep_batches": 16,
+        "sweep_pool": 64,
+        "hessian_k": 3,
+        "hessian_examples": 32,
+    },
+    "noise_model": {
+        "sgn_samples": 32,
+        "coords": 100,
+        "fit_coords": 20,
+        "batch_sizes": [16],
+        "directions": 10,
+        "arm_steps": 3,
+    },
+    "variance": {"every": 4, "draws": 4, "comparator_draws": 4, "num_clusters": 8},
+}
 DROPOUT = ("error", "eval", "sample")
 #: analyses that need at least one checkpoint's capture
 NEEDS_CHECKPOINTS = ("gradients", "tails", "noise_model", "spectra")
@@ -693,9 +716,18 @@ class Probe:
 
         for analysis in self.analyses:
             t = time.perf_counter()
-            summary["analyses"][analysis.name] = run_analysis(
-                get_analysis(analysis.name), ctx, missed
-            )
+            try:
+                results = run_analysis(get_analysis(analysis.name), ctx, missed)
+            except Exception as err:
+                if self.source != "probe":  # gradnoise run: the error stops the command
+                    raise
+                # a user's long run keeps its other analyses and report; the section says why
+                reason = " ".join(f"{type(err).__name__}: {err}".split())[:500]
+                warnings.warn(
+                    ProbeWarning(f"the {analysis.name!r} analysis failed ({reason})"), stacklevel=3
+                )
+                results = {"unavailable": f"the analysis failed ({reason})"}
+            summary["analyses"][analysis.name] = results
             timings[f"analysis_{analysis.name}_s"] = time.perf_counter() - t
         write_json(self.run_dir / SUMMARY, summary)
         self.recorder.update_metadata(summary_file=SUMMARY)

@@ -472,6 +472,29 @@ def run_preset(
     return out
 
 
+def headlines(run_dir: str | Path) -> dict[str, Any]:
+    """A finished run's headline numbers: the final test loss and accuracy and each analysis's
+    headline (the columns of a preset's comparison table), read from ``summary.json``."""
+    run_dir = Path(run_dir)
+    summary = read_json(run_dir / SUMMARY, SUMMARY_KEYS)
+    final = summary["final"]
+    return {
+        "final test loss": final.get("test_loss"),
+        "final test accuracy": final.get("test_acc"),
+        **_headlines(run_dir, summary),
+    }
+
+
+def _headlines(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    line: dict[str, Any] = {}
+    with _stored(run_dir, "the headline numbers"):
+        for name, results in summary["analyses"].items():
+            headline = get_analysis(name).headline
+            if headline is not None and "unavailable" not in results:
+                line.update(headline(results))
+    return line
+
+
 def render_index(out: str | Path) -> Path:
     """``index.html`` of a preset directory: a comparison table and links to each run's report."""
     out = Path(out)
@@ -480,12 +503,8 @@ def render_index(out: str | Path) -> Path:
     headlines: list[dict[str, Any]] = []
     for key in index["runs"]:
         summary = read_json(out / str(key) / SUMMARY, SUMMARY_KEYS)
-        line: dict[str, Any] = {}
+        line = _headlines(out / str(key), summary)
         with _stored(out / str(key), "the comparison table's row"):
-            for name, results in summary["analyses"].items():
-                headline = get_analysis(name).headline
-                if headline is not None and "unavailable" not in results:
-                    line.update(headline(results))
             cfg = summary["config"]
             rows.append(
                 [

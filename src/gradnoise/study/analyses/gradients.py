@@ -187,10 +187,21 @@ def render(view: RunView) -> Section:
     return Section("gradients", "Gradient norms and distributions", tables=[table], figures=figures)
 
 
+def headline(results: dict[str, Any]) -> dict[str, Any]:
+    """Norms at the last checkpoint for a comparison table."""
+    last = results["checkpoints"][-1]
+    return {
+        "||G|| (last checkpoint)": last["full_grad_norm"],
+        "SGN / ||G|| (last checkpoint)": last["sgn_to_full_ratio"],
+        "max/median ||g_i|| (last checkpoint)": last["per_sample_norm_max_over_median"],
+    }
+
+
 ANALYSIS = Analysis(
     "gradients",
     "Gradient norms and distributions",
     compute,
     render,
     description="per-sample, minibatch, full-gradient and SGN norms; value CCDFs",
+    headline=headline,
 )

@@ -542,6 +542,14 @@ def _batch_sweep(
     }
 
 
+def _double_backward_attention() -> Any:
+    """Scaled-dot-product attention on the math kernel while Hessian-vector products run: the
+    fused CPU and GPU kernels (flash, memory-efficient) have no double backward."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(SDPBackend.MATH)
+
+
 def _hessian(
     ctx: StudyContext, opts: Mapping[str, Any], steps: list[int], arrays: dict[str, np.ndarray]
 ) -> list[dict[str, Any]]:
@@ -576,7 +584,7 @@ def _hessian(
         with torch.no_grad(), eval_mode(model) if ctx.dropout != "error" else nullcontext():
             loss = float(ctx.loss_fn(model(xh), yh))
         k = min(opts["hessian_k"], sum(int(p.numel()) for p in model.parameters()))
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _double_backward_attention():
             # a non-converged eigenpair is recorded below (converged / residuals), not raised
             warnings.filterwarnings("ignore", message="lanczos_eigs:", category=RuntimeWarning)
             eigs = hessian_eigs(
@@ -618,15 +626,16 @@ def _hessian(
             "gap_fit": fit_spectrum(gaps, [1, int(gaps.size)]),
         }
         if opts["hessian_trace"]:
-            tr = hessian_trace(
-                model,
-                ctx.loss_fn,
-                (xh, yh),
-                num_matvecs=opts["hessian_trace"],
-                rng=ctx.seed_for(f"spectra-trace-{step}"),
-                blas_threads=1,
-                dropout=ctx.fixed_dropout,
-            )
+            with _double_backward_attention():
+                tr = hessian_trace(
+                    model,
+                    ctx.loss_fn,
+                    (xh, yh),
+                    num_matvecs=opts["hessian_trace"],
+                    rng=ctx.seed_for(f"spectra-trace-{step}"),
+                    blas_threads=1,
+                    dropout=ctx.fixed_dropout,
+                )
             row["trace"] = float(tr.estimate)
             row["trace_stderr"] = float(tr.stderr)
         out.append(row)
