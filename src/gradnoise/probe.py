@@ -70,6 +70,7 @@ QUICK_OPTIONS: dict[str, dict[str, Any]] = {
         "batch_sizes": [16],
         "directions": 10,
         "arm_steps": 3,
+        "pass_batch_size": 8,
     },
     "variance": {"every": 4, "draws": 4, "comparator_draws": 4, "num_clusters": 8},
 }

@@ -85,9 +85,10 @@ class GradNoiseCallback(Callback):
                 "GradNoiseCallback needs the loss of a batch, loss_fn(module(x), y): pass "
                 "loss_fn=... or give the LightningModule a loss_fn attribute"
             )
-        data = self.train_data if self.train_data is not None else trainer.train_dataloader
+        loader = trainer.train_dataloader
+        data = self.train_data if self.train_data is not None else loader
         options = dict(self.probe_options)
-        batch_size = options.pop("batch_size", None) or getattr(data, "batch_size", None)
+        batch_size = options.pop("batch_size", None) or getattr(loader, "batch_size", None)
         if batch_size is None:
             raise ConfigError("GradNoiseCallback: pass batch_size= (the dataloader's batch size)")
         optimizers = trainer.optimizers

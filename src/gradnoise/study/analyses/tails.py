@@ -192,6 +192,15 @@ def _pick_examples(res: Any, count: int, rng: np.random.Generator) -> list[int]:
     return sorted(int(j) for j in rng.choice(pool, size=min(count, pool.size), replace=False))
 
 
+def _legend_or_note(ax: Any) -> None:
+    """A legend, or a note that no sample was testable (a short run: fewer values than
+    ``min_tail``)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no testable sample", ha="center", va="center", transform=ax.transAxes)
+
+
 def compute(ctx: StudyContext) -> dict[str, Any]:
     import torch
 
@@ -594,7 +603,7 @@ def render(view: RunView) -> Section:
             ylabel="samples",
             title="Dimension-wise (parameter tensor × checkpoint)",
         )
-        ax_dim.legend(fontsize=7)
+        _legend_or_note(ax_dim)
         it_alpha = {
             fam: _finite(arrays[f"{fam}/alpha"])
             for fam in ("iter_grad", "iter_sgn", "dim_minibatch_matched")
@@ -620,7 +629,7 @@ def render(view: RunView) -> Section:
             ylabel="density",
             title="Per coordinate (and size-matched dim-wise)",
         )
-        ax_it.legend(fontsize=7)
+        _legend_or_note(ax_it)
         figures.append(
             Figure(
                 save_figure(fig, view.figure_path("alpha")),
