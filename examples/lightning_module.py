@@ -54,13 +54,19 @@ class DigitsClassifier(L.LightningModule):
         return [opt], [{"scheduler": sched, "interval": "step"}]
 
 
-def train(steps: int, out: Path, tiny: bool = False, seed: int = 0) -> dict:
+def train(
+    steps: int,
+    out: Path | None,
+    tiny: bool = False,
+    seed: int = 0,
+    analyses: tuple[str, ...] = ("gradients", "tails", "noise_model", "spectra", "variance"),
+) -> dict:
     L.seed_everything(seed, verbose=False)
     data = gradnoise.load_dataset("digits", seed=seed)
     x, y = gradnoise.datasets.as_tensors(data.train)
     callback = GradNoiseCallback(
-        out,
-        analyses=("gradients", "tails", "noise_model", "spectra", "variance"),
+        out or "unused",
+        analyses=analyses,
         checkpoints=[0, steps // 2, steps],
         train_data=(x[:128], y[:128]) if tiny else (x, y),
         test_data=gradnoise.datasets.as_tensors(data.test),
@@ -72,7 +78,7 @@ def train(steps: int, out: Path, tiny: bool = False, seed: int = 0) -> dict:
     trainer = L.Trainer(
         max_steps=steps,
         accumulate_grad_batches=2,
-        callbacks=[callback],
+        callbacks=[callback] if out is not None else [],
         accelerator="cpu",
         logger=False,
         enable_checkpointing=False,
@@ -81,6 +87,8 @@ def train(steps: int, out: Path, tiny: bool = False, seed: int = 0) -> dict:
     )
     loader = DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True)
     trainer.fit(DigitsClassifier(32 if tiny else 128), loader)
+    if out is None:
+        return {}
     return {"report": str(callback.report), **headlines(out)}
 
 

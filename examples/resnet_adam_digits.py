@@ -59,7 +59,20 @@ def make_data() -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, 
     return gradnoise.datasets.as_tensors(data.train), gradnoise.datasets.as_tensors(data.test)
 
 
-def train(steps: int, out: Path | None, tiny: bool = False, seed: int = 0) -> dict:
+def train(
+    steps: int,
+    out: Path | None,
+    tiny: bool = False,
+    seed: int = 0,
+    analyses: tuple[str, ...] = (
+        "training",
+        "gradients",
+        "tails",
+        "noise_model",
+        "spectra",
+        "variance",
+    ),
+) -> dict:
     """Train ``steps`` Adam steps; with ``out``, a probe follows the run. Returns headlines."""
     torch.manual_seed(seed)
     (x, y), test = make_data()
@@ -78,7 +91,7 @@ def train(steps: int, out: Path | None, tiny: bool = False, seed: int = 0) -> di
             batch_size=32,
             optimizer=opt,
             checkpoints=[0, steps // 2, steps],
-            analyses=("training", "gradients", "tails", "noise_model", "spectra", "variance"),
+            analyses=analyses,
             options=QUICK_OPTIONS if tiny else {},
             scalars=("train_acc",),
             per_sample_examples=32 if tiny else 256,

@@ -76,7 +76,20 @@ class TinyLM(nn.Module):
         return logits.transpose(1, 2)  # [B, V, T] for nn.CrossEntropyLoss
 
 
-def train(steps: int, out: Path | None, tiny: bool = False, seed: int = 0) -> dict:
+def train(
+    steps: int,
+    out: Path | None,
+    tiny: bool = False,
+    seed: int = 0,
+    analyses: tuple[str, ...] = (
+        "training",
+        "gradients",
+        "tails",
+        "noise_model",
+        "spectra",
+        "variance",
+    ),
+) -> dict:
     """Train ``steps`` AdamW steps with a warm-up/cosine schedule; with ``out``, a probe follows
     the run. Returns headline numbers."""
     torch.manual_seed(seed)
@@ -101,7 +114,7 @@ def train(steps: int, out: Path | None, tiny: bool = False, seed: int = 0) -> di
             optimizer=opt,
             dropout="eval",
             checkpoints=[0, steps // 2, steps],
-            analyses=("training", "gradients", "tails", "noise_model", "spectra", "variance"),
+            analyses=analyses,
             options=QUICK_OPTIONS if tiny else {},
             per_sample_examples=32 if tiny else 256,
             noise_batches=16 if tiny else 64,
