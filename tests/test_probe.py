@@ -455,7 +455,7 @@ def test_analyses_without_data_say_so_in_the_report(tmp_path):
     "case, error, match",
     [
         ("loss returns a vector", ConfigError, "the loss is not a scalar"),
-        ("inputs of the wrong width", DataError, "cannot consume the data"),
+        ("inputs of the wrong width", DataError, "does not accept the inputs"),
         ("no batch size", ConfigError, "batch_size= "),
         ("unknown dropout choice", ConfigError, "dropout must be one of"),
         ("dropout without a choice", UnsupportedLayerError, "dropout='eval'"),

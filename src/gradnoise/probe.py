@@ -108,11 +108,17 @@ def copy_model(model: nn.Module, state: Mapping[str, Any] | None = None) -> nn.M
 
 
 def check_forward(
-    model: nn.Module, loss_fn: Any, x: Tensor, y: Tensor, device: Any, what: str
+    model: nn.Module,
+    loss_fn: Any,
+    x: Tensor,
+    y: Tensor,
+    device: Any,
+    what: str,
+    error: type[Exception] = DataError,
 ) -> Any:
     """One forward pass and loss on two examples (gradients off, eval mode, random states kept):
     the model consumes the data's inputs and the loss of a batch is one number. Returns the
-    outputs."""
+    outputs; a failure raises ``error`` naming ``what``, the inputs' shape and dtype."""
     from .study._torch import eval_mode, preserved_rng
 
     xb, yb = x[:2].to(device), y[:2].to(device)
@@ -121,17 +127,17 @@ def check_forward(
             out = model(xb)
         except (RuntimeError, ValueError, IndexError, TypeError) as err:
             reason = " ".join(str(err).split())[:200]
-            raise DataError(
-                f"{what} cannot consume the data: the model failed on 2 examples of inputs of "
-                f"shape {tuple(x.shape[1:])} and dtype {x.dtype}: {reason}"
+            raise error(
+                f"{what} does not accept the inputs (shape {tuple(x.shape[1:])} per example, "
+                f"dtype {x.dtype}): {reason}"
             ) from err
         try:
             loss = loss_fn(out, yb)
         except (RuntimeError, ValueError, IndexError, TypeError) as err:
             reason = " ".join(str(err).split())[:200]
-            raise DataError(
-                f"the loss cannot compare the model's outputs with the targets (targets of "
-                f"shape {tuple(y.shape[1:])} and dtype {y.dtype} per example): {reason}"
+            raise error(
+                f"the loss cannot compare the outputs of {what} with the targets (shape "
+                f"{tuple(y.shape[1:])} per example, dtype {y.dtype}): {reason}"
             ) from err
     if not isinstance(loss, Tensor) or loss.numel() != 1:
         got = f"shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else type(loss).__name__
@@ -140,6 +146,15 @@ def check_forward(
             "loss with reduction='mean' or 'sum'"
         )
     return out
+
+
+def finish_training(probe: Probe, steps_done: int) -> Path | None:
+    """Finish ``probe`` after a framework's training ended at ``steps_done`` optimizer steps,
+    capturing that final state when it is a checkpoint; None when already finished."""
+    if probe.finished:
+        return None
+    last = probe.last_step
+    return probe.finish(final_step=steps_done if last is None or steps_done > last else None)
 
 
 def user_splits(train_data: Any, test_data: Any, num_classes: int | None) -> Any:

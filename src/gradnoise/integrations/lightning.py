@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..probe import PROBE_ANALYSES, Probe
+from ..probe import PROBE_ANALYSES, Probe, finish_training
 
 try:
     from lightning.pytorch.callbacks import Callback
@@ -116,11 +116,8 @@ class GradNoiseCallback(Callback):
         self._loss = 0.0
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        if self.probe is None or self.probe.finished:
-            return
-        last = self.probe.last_step
-        final = trainer.global_step if last is None or trainer.global_step > last else None
-        self.report = self.probe.finish(final_step=final)
+        if self.probe is not None and not self.probe.finished:
+            self.report = finish_training(self.probe, trainer.global_step)
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         if self.probe is not None and not self.probe.finished:

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, ProbeWarning
-from ..probe import PROBE_ANALYSES, Probe
+from ..probe import PROBE_ANALYSES, Probe, finish_training
 
 try:
     from transformers import TrainerCallback
@@ -144,8 +144,5 @@ class GradNoiseCallback(TrainerCallback):
         self.probe.step(state.global_step, lr=lr)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.probe is None or self.probe.finished:
-            return
-        last = self.probe.last_step
-        final = state.global_step if last is None or state.global_step > last else None
-        self.report = self.probe.finish(final_step=final)
+        if self.probe is not None and not self.probe.finished:
+            self.report = finish_training(self.probe, state.global_step)

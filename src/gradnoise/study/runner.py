@@ -220,19 +220,13 @@ def thread_counts() -> dict[str, Any]:
 
 
 def _check_classifier(ctx: StudyContext, model: Any) -> None:
-    """The built-in models: one output per class for two train examples."""
-    import torch
+    """The built-in models: they take the data's inputs and give one output per class."""
+    from ..probe import check_forward
+    from .context import builtin_loss
 
-    x, _ = ctx.train_tensors
-    try:
-        with torch.no_grad():
-            out = model(x[:2].to(ctx.device))
-    except (RuntimeError, ValueError, IndexError, TypeError) as err:
-        reason = " ".join(str(err).split())[:200]
-        raise ConfigError(
-            f"model {ctx.config.model!r} does not accept the inputs of {ctx.data.name!r} (shape "
-            f"{tuple(ctx.data.input_shape)}, dtype {x.dtype}): {reason}"
-        ) from err
+    x, y = ctx.train_tensors
+    what = f"model {ctx.config.model!r} on {ctx.data.name!r}"
+    out = check_forward(model, builtin_loss("cross_entropy"), x, y, ctx.device, what, ConfigError)
     if tuple(out.shape) != (min(2, len(x)), ctx.data.num_classes):
         raise ConfigError(
             f"model {ctx.config.model!r} gives outputs of shape {tuple(out.shape)} for 2 "
