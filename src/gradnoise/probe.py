@@ -461,7 +461,8 @@ class Probe:
         self.last_step: int | None = None
         self.scalar_names = scalars
         self.finished = False
-        self.step_seconds = 0.0
+        # time spent in step(): recording rows, checkpoint captures, during-training measurements
+        self.seconds = {"record_s": 0.0, "capture_s": 0.0, "measure_s": 0.0}
         self.steps_seen = 0
         self.tensorboard = _writer(tensorboard, run_dir)
 
@@ -554,14 +555,19 @@ class Probe:
                 values = self._recorded_scalars(step, scalars)
                 self.recorder.record(step, self.model, loss=loss, lr=lr, **values)
                 headline.update({k: v for k, v in values.items() if v is not None})
+            recorded = time.perf_counter()
             if step in self.checkpoint_steps and step not in self.ctx.checkpoints:
                 headline.update(self._checkpoint(step))
+            captured = time.perf_counter()
             for hook in self.hooks:
                 hook(self.ctx, step, self.model)
             headline.update(self._measured(step))
         self.last_step = step
         self.steps_seen += 1
-        self.step_seconds += time.perf_counter() - started
+        done = time.perf_counter()
+        self.seconds["record_s"] += recorded - started
+        self.seconds["capture_s"] += captured - recorded
+        self.seconds["measure_s"] += done - captured
         if self.tensorboard is not None:
             if loss is not None:
                 headline["loss"] = float(loss)
@@ -751,7 +757,8 @@ class Probe:
         report = render_run(self.run_dir)
         timings["report_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - self._t0
-        timings["probe_step_s"] = self.step_seconds
+        timings["probe_step_s"] = sum(self.seconds.values())
+        timings.update({f"probe_{k}": v for k, v in self.seconds.items()})
         write_json(
             self.run_dir / "manifest.json",
             {

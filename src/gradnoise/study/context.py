@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from .._npz import read_npz
-from ..errors import StoreError
+from ..errors import ConfigError, StoreError
 from ..store import Run, open_run
 from .config import StudyConfig
 from .optim import OptimizerSpec
@@ -174,8 +174,9 @@ class StudyContext:
         from ..models import build_model
 
         if self.data.num_classes is None:
-            raise StoreError(
-                f"the built-in model {self.config.model!r} needs a classification dataset"
+            raise ConfigError(
+                f"the built-in model {self.config.model!r} needs a classification dataset; "
+                "train your own model (run_study(model=...)) on regression targets"
             )
         return build_model(
             self.config.model,
