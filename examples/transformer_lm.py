@@ -60,6 +60,8 @@ class TinyLM(nn.Module):
         super().__init__()
         self.tok = nn.Embedding(vocab, dim)
         self.pos = nn.Embedding(length, dim)
+        for table in (self.tok, self.pos):  # logits of unit scale through the tied projection
+            nn.init.normal_(table.weight, std=dim**-0.5)
         block = nn.TransformerEncoderLayer(
             dim, heads, 4 * dim, dropout, batch_first=True, norm_first=True
         )
