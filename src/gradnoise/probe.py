@@ -27,6 +27,7 @@ random states are given back as they were after each call. The built-in trainer 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as _dt
 import math
 import platform
@@ -284,7 +285,8 @@ class Probe:
                 "Dataset or an (X, y) pair; a DataLoader gives it"
             )
         spec = OptimizerSpec.from_optimizer(optimizer) if optimizer is not None else None
-        x, y = as_tensors(train_data)
+        data = user_splits(train_data, test_data, None)
+        x, y = as_tensors(data.train)
         steps = _as_steps(checkpoints)
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         outputs = check_forward(model, loss_fn, x, y, device, f"model {type(model).__name__}")
@@ -296,7 +298,7 @@ class Probe:
         hp = spec.hyperparameters if spec is not None else {}
         momentum = hp.get("momentum") if spec is not None and spec.kind == "plain" else 0.0
         config = StudyConfig(
-            dataset=describe(train_data),
+            dataset=data.name,
             model=type(model).__name__,
             steps=max(1, steps[-1]),
             batch_size=batch_size,
@@ -319,8 +321,8 @@ class Probe:
         )
         from .study._torch import accuracy
 
-        classes = accuracy(outputs, y[:2].to(device)) is not None
-        data = user_splits(train_data, test_data, int(outputs.shape[1]) if classes else None)
+        if accuracy(outputs, y[:2].to(device)) is not None:  # class scores: a classifier
+            data = dataclasses.replace(data, num_classes=int(outputs.shape[1]))
         self._setup(
             config,
             Path(out),
