@@ -35,6 +35,8 @@ TORCH_FREE = [
     "gradnoise.report",
     "gradnoise.study.registry",
     "gradnoise.study.context",
+    "gradnoise.study.optim",
+    "gradnoise.integrations",
 ]
 
 
