@@ -110,7 +110,7 @@ def train(
             out,
             model,
             loss_fn,
-            (x[:64], y[:64]) if tiny else (x[:1024], y[:1024]),  # the sequences measured on
+            (x[:64], y[:64]) if tiny else (x[:512], y[:512]),  # the sequences measured on
             test_data=test,
             batch_size=32,
             optimizer=opt,
