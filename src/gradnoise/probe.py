@@ -78,6 +78,8 @@ QUICK_OPTIONS: dict[str, dict[str, Any]] = {
 DROPOUT = ("error", "eval", "sample")
 #: analyses that need at least one checkpoint's capture
 NEEDS_CHECKPOINTS = ("gradients", "tails", "noise_model", "spectra")
+#: the default checkpoint steps (as in the issue's signature): name your own run's
+CHECKPOINTS = (0, 500, 1000)
 
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:
@@ -218,8 +220,10 @@ class Probe:
             targets) on it every ``eval_every`` recorded steps, in eval mode.
         analyses: the analyses run at :meth:`finish` (``gradnoise info`` lists them).
         checkpoints: the training steps at which the model is saved and per-sample gradients,
-            SGN and the full gradient are captured. A step never reached is reported at
-            :meth:`finish` (warning and report).
+            SGN and the full gradient are captured (default 0, 500 and 1000: name your run's).
+            The last one also sizes the defaults of analysis options that depend on the run's
+            length (the variance analysis measures every ``last // 10`` steps). A step never
+            reached is reported at :meth:`finish` (warning and report).
         record_every: record the minibatch gradient every k steps.
         select: the coordinates followed along training: None (``track_coords`` seeded random
             coordinates of all trainable parameters), name glob(s), or a
@@ -254,7 +258,7 @@ class Probe:
         *,
         test_data: Any = None,
         analyses: Sequence[str] = PROBE_ANALYSES,
-        checkpoints: Sequence[int] | int = (0,),
+        checkpoints: Sequence[int] | int = CHECKPOINTS,
         record_every: int = 1,
         select: Any = None,
         options: Mapping[str, Mapping[str, Any]] | None = None,

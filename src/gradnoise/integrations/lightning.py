@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..probe import PROBE_ANALYSES, Probe, finish_training
+from ..probe import CHECKPOINTS, PROBE_ANALYSES, Probe, finish_training
 
 try:
     from lightning.pytorch.callbacks import Callback
@@ -65,7 +65,7 @@ class GradNoiseCallback(Callback):
         out: str | Path,
         *,
         analyses: Sequence[str] = PROBE_ANALYSES,
-        checkpoints: Sequence[int] | int = (0,),
+        checkpoints: Sequence[int] | int = CHECKPOINTS,
         loss_fn: Any = None,
         train_data: Any = None,
         **probe_options: Any,

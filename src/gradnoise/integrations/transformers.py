@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, ProbeWarning
-from ..probe import PROBE_ANALYSES, Probe, finish_training
+from ..probe import CHECKPOINTS, PROBE_ANALYSES, Probe, finish_training
 
 try:
     from transformers import TrainerCallback
@@ -93,7 +93,7 @@ class GradNoiseCallback(TrainerCallback):
         out: str | Path,
         *,
         analyses: Sequence[str] = PROBE_ANALYSES,
-        checkpoints: Sequence[int] | int = (0,),
+        checkpoints: Sequence[int] | int = CHECKPOINTS,
         loss_fn: Any = None,
         train_data: Any = None,
         dropout: str = "eval",
