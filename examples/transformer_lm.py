@@ -30,13 +30,14 @@ from gradnoise.study import headlines
 
 
 def make_corpus(
-    sequences: int, length: int, vocab: int, seed: int = 0
+    sequences: int, length: int, vocab: int, seed: int = 0, grammar: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token sequences from a seeded random grammar: a sparse first-order Markov chain (each
-    token has 3 likely successors) with a copy rule (a marker token repeats the token 4 places
-    back). Returns inputs and next-token targets, both ``[N, length]`` int64."""
-    rng = np.random.default_rng(seed)
-    successors = rng.integers(1, vocab, size=(vocab, 3))
+    """Token sequences from a random grammar (fixed by ``grammar``; ``seed`` draws the
+    sequences): a sparse first-order Markov chain (each token has 3 likely successors) with a
+    copy rule (a marker token is followed by the token 3 places before it). Returns inputs and
+    next-token targets, both ``[N, length]`` int64."""
+    successors = np.random.default_rng(grammar).integers(1, vocab, size=(vocab, 3))
+    rng = np.random.default_rng([grammar, seed])
     marker = 0
     tokens = np.empty((sequences, length + 1), dtype=np.int64)
     tokens[:, 0] = rng.integers(1, vocab, size=sequences)
@@ -97,7 +98,7 @@ def train(
     torch.manual_seed(seed)
     vocab, length = 32, 8 if tiny else 32
     x, y = make_corpus(640 if tiny else 4096, length, vocab, seed=seed)
-    test = make_corpus(128 if tiny else 512, length, vocab, seed=seed + 1)
+    test = make_corpus(128 if tiny else 512, length, vocab, seed=seed + 1)  # same grammar
     dim, layers = (16, 1) if tiny else (64, 2)
     model = TinyLM(vocab, length, dim, heads=2 if tiny else 4, layers=layers, dropout=0.1)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
