@@ -114,6 +114,29 @@ def test_lightning_callback_with_gradient_accumulation(tmp_path):
     _rerenders(tmp_path / "run")
 
 
+def test_lightning_callback_under_ddp_writes_on_rank_0_only(tmp_path):
+    """Two CPU processes (gloo): rank 0 runs the probe and writes the run, rank 1 none; the
+    minibatch of the study is the global one (8 per rank x 2)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("lightning_ddp_script.py")
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"rank 0: probe True, report {tmp_path / 'run' / 'report.html'}" in proc.stdout
+    assert "rank 1: probe False, report None" in proc.stdout
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["config"]["batch_size"] == 16 and summary["checkpoints"] == [0, 6]
+    assert gradnoise.open_run(tmp_path / "run").steps.tolist() == list(range(6))
+
+
 def test_transformers_callback_on_a_tiny_gpt2(tmp_path):
     """A GPT-2 built from a config (tied embeddings, dropout; no download) trains 6 steps with
     Trainer; the probe measures per sequence with the causal-LM loss."""

@@ -16,8 +16,9 @@ then every micro-batch of a gradient-accumulation window has been back-propagate
 is the optimizer's, for a minibatch of ``batch_size x accumulate_grad_batches x world_size``)
 and mixed precision's loss scaling has been undone; ``on_after_backward`` would see the partial
 sum of one micro-batch and, under fp16, scaled gradients. ``on_before_backward`` adds up the
-window's loss. Under DDP only global rank 0 runs the probe and writes the run; the other ranks
-train as usual.
+window's loss. Under DDP only global rank 0 runs the probe and writes the run (the recorded
+gradient is the all-reduced one; the loss column is rank 0's own); the other ranks train as
+usual and wait in the next all-reduce while rank 0 captures a checkpoint.
 """
 
 from __future__ import annotations
