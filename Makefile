@@ -7,18 +7,20 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: run test lint bench peers clean
 
-$(STAMP): pyproject.toml
+# constraints.txt holds torch==2.13.0 for every install: the test extra brings Lightning and
+# transformers, whose newest releases would otherwise be free to pull another torch.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/gradnoise run
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
 	$(BIN)/mypy src/gradnoise/stats src/gradnoise/levy.py
 
 test: lint
@@ -27,7 +29,7 @@ test: lint
 # Peer tools, only for benchmarks and oracles. backpack-for-pytorch declares torchvision, which
 # would pull a multi-GB CUDA torch: install it (and opacus, pyhessian) without dependencies.
 peers: $(STAMP)
-	$(BIN)/python -m pip install --quiet einops unfoldNd opt_einsum powerlaw
+	$(BIN)/python -m pip install --quiet -c constraints.txt einops unfoldNd opt_einsum powerlaw
 	$(BIN)/python -m pip install --quiet --no-deps backpack-for-pytorch opacus pyhessian
 
 bench: peers

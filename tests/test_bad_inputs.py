@@ -133,7 +133,12 @@ CONFIG_ROWS: list[Row] = [
         ConfigError,
         ("more than once",),
     ),
-    ("loss-mse", lambda t: _config(loss="mse"), ConfigError, ("loss", "cross_entropy")),
+    (
+        "loss-unknown",
+        lambda t: _config(loss="hinge"),
+        ConfigError,
+        ("loss", "cross_entropy", "mse"),
+    ),
     ("dataset-empty", lambda t: _config(dataset=""), ConfigError, ("dataset", "non-empty")),
     ("model-not-string", lambda t: _config(model=3), ConfigError, ("model", "string")),
     ("model-options-list", lambda t: _config(model_options=[1]), ConfigError, ("model_options",)),

@@ -36,6 +36,8 @@ TORCH_FREE = [
     "gradnoise.report",
     "gradnoise.study.registry",
     "gradnoise.study.context",
+    "gradnoise.study.optim",
+    "gradnoise.integrations",
 ]
 
 

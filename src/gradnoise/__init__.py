@@ -22,6 +22,9 @@ _LAZY = {
     "select_params": "gradnoise.capture",
     "audit_model": "gradnoise.capture",
     "Recorder": "gradnoise.recorder",
+    # the whole study inside any training loop (issue: bring your own model)
+    "Probe": "gradnoise.probe",
+    "analyze": "gradnoise.study.analyze",
     "open_run": "gradnoise.store",
     "ParamSelection": "gradnoise.selection",
     "load_dataset": "gradnoise.datasets",

@@ -86,6 +86,7 @@ def run(
     steps: Annotated[int | None, typer.Option(help="SGD steps")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="minibatch size")] = None,
     lr: Annotated[float | None, typer.Option(help="learning rate")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="sgd | adam | adamw")] = None,
     seed: Annotated[int | None, typer.Option(help="seed of everything")] = None,
     analyses: Annotated[str | None, typer.Option(help="comma-separated analyses to run")] = None,
     device: Annotated[str | None, typer.Option(help="torch device, e.g. cpu or cuda")] = None,
@@ -97,6 +98,10 @@ def run(
         ),
     ] = None,
     out: Annotated[Path | None, typer.Option(help="run directory (default runs/<id>)")] = None,
+    tensorboard: Annotated[
+        Path | None,
+        typer.Option(help="write headline scalars along training to this TensorBoard directory"),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
     """Train a model while recording gradients, analyse them and write runs/<id>/report.html."""
@@ -113,13 +118,14 @@ def run(
             steps=steps,
             batch_size=batch_size,
             lr=lr,
+            optimizer=optimizer,
             seed=seed,
             device=device,
             threads=threads,
             analyses=None if analyses is None else tuple(analyses.split(",")),
         )
         with _progress(quiet) as progress:
-            run_dir = run_study(cfg, out, progress=progress)
+            run_dir = run_study(cfg, out, progress=progress, tensorboard=tensorboard)
     console.print(f"[green]done[/green]: {escape(str(run_dir / 'report.html'))}", soft_wrap=True)
     typer.echo(str(run_dir))
 
@@ -133,6 +139,31 @@ def report(
 
     with _errors():
         path = render_run(run_dir)
+    typer.echo(str(path))
+
+
+@app.command()
+def analyze(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory of 'gradnoise run'")],
+    analyses: Annotated[
+        str | None,
+        typer.Option(help="comma-separated analyses to run again (default: all that can)"),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="a TOML file of [options.<analysis>] tables"),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+) -> None:
+    """Re-run analyses of a stored run with new options (no retraining); re-render its report."""
+    from .study.analyze import analyze as run_analyze
+    from .study.config import read_options
+
+    with _errors():
+        options = read_options(config) if config is not None else None
+        names = None if analyses is None else [a.strip() for a in analyses.split(",")]
+        with _progress(quiet) as progress:
+            path = run_analyze(run_dir, names, options, progress=progress)
     typer.echo(str(path))
 
 

@@ -62,3 +62,19 @@ class LossDecompositionWarning(UserWarning):
 
 class NonFiniteInputError(GradnoiseError, ValueError, FloatingPointError):
     """Inputs hold NaN or Inf (a bad input value, and the cause of non-finite gradients)."""
+
+
+class MissingDataError(GradnoiseError, LookupError):
+    """An analysis lacks what it needs from the run (no checkpoint reached, no step recorded,
+    no measurement taken); the report says so in the analysis's section."""
+
+
+class ProbeError(GradnoiseError, RuntimeError):
+    """A :class:`gradnoise.Probe` used wrongly (``step`` before ``backward``, steps out of order,
+    parameters that changed shape, ...): the message names the problem; every step recorded
+    before stays readable in the run's store."""
+
+
+class ProbeWarning(UserWarning):
+    """Something a probe's run lacks that the user asked for (e.g. a checkpoint step never
+    reached); the report says it too."""

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .capture import gradient_noise, per_sample_grads
+from .capture import full_grad, gradient_noise, per_sample_grads
 from .capture._common import DataArg, ParamsArg, resolve_selection
 from .errors import NonFiniteGradientError, StoreError
 from .selection import as_int
@@ -221,6 +221,25 @@ class Recorder:
             values,
             {"batch_size": batch_size, "num_batches": num_batches, "seed": seed},
         )
+
+    def record_full(
+        self,
+        step: int,
+        model: nn.Module,
+        loss_fn: Any,
+        data: DataArg,
+        *,
+        batch_size: int = 256,
+        **kwargs: Any,
+    ) -> str:
+        """Store the full gradient ``G`` over ``data`` at ``step`` (snapshot ``full``, ``[1, C]``).
+
+        ``kwargs`` go to :func:`gradnoise.full_grad` (``dropout``...).
+        """
+        values = full_grad(
+            model, loss_fn, data, batch_size=batch_size, params=self.selection, **kwargs
+        )
+        return self._snapshot("full", step, values[None, :], {"batch_size": batch_size})
 
     def update_metadata(self, **entries: Any) -> None:
         """Store extra JSON-safe metadata with the run."""

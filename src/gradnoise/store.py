@@ -739,6 +739,12 @@ class Run:
         """SGN snapshots ``{step: [K, C]}`` (minibatch minus full gradient at fixed parameters)."""
         return self.snapshots("noise")
 
+    @property
+    def full(self) -> dict[int, np.ndarray]:
+        """Full-gradient snapshots ``{step: [1, C]}`` (the exact mean gradient G at fixed
+        parameters)."""
+        return self.snapshots("full")
+
     def __repr__(self) -> str:
         kinds = sorted({s["kind"] for s in self.snapshot_index()})
         return (

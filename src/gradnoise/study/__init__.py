@@ -15,6 +15,7 @@ __all__ = [
     "StudyContext",
     "available_analyses",
     "get_analysis",
+    "headlines",
     "register_analysis",
     "render_run",
     "run_study",
@@ -22,7 +23,7 @@ __all__ = [
 
 
 def __getattr__(name: str):  # the runner imports torch; load it on first use only
-    if name in ("run_study", "render_run"):
+    if name in ("run_study", "render_run", "headlines"):
         from . import runner
 
         return getattr(runner, name)

@@ -11,9 +11,14 @@ from typing import Any
 import tomllib
 
 from ..errors import ConfigError
-from .options import INT64_MAX, check_keys, choice, integer, number, sequence, table
+from .optim import BUILTIN, check_optimizer_options
+from .options import INT64_MAX, check_keys, choice, int_list, integer, number, sequence, table
 
 DEFAULT_ANALYSES = ("training", "gradients", "tails", "noise_model", "spectra", "variance")
+#: ``loss`` values: the built-in losses, and ``custom`` for a loss_fn object (Python API only)
+LOSSES = ("cross_entropy", "mse", "custom")
+#: ``optimizer`` values: the built-in trainer's, and ``custom`` for an optimizer object
+OPTIMIZERS = (*BUILTIN, "custom")
 MAX_STEPS = 10**9  # a larger number is a typo: 1e9 SGD steps take days even on a tiny model
 MAX_THREADS = 1024
 
@@ -26,14 +31,23 @@ class StudyConfig:
         dataset: ``digits``, ``mnist1d`` or a path to an ``.npz`` file with ``X`` and ``y``.
         model: ``mlp``, ``lenet``, ``resnet`` or ``transformer``; ``model_options`` are passed on
             (e.g. ``{"widths": [256, 256]}``).
-        steps, batch_size, lr, momentum, weight_decay: plain minibatch SGD on the train split.
+        steps, batch_size, lr, momentum, weight_decay: minibatch training on the train split
+            (``momentum`` is SGD's).
         seed: one seed for data split, initialisation, minibatch order and every analysis.
-        loss: ``cross_entropy`` (classification).
+        loss: ``cross_entropy`` (classification) or ``mse`` (regression: float targets of the
+            model's output shape). ``custom``: a ``loss_fn`` object given to ``run_study`` or
+            :class:`gradnoise.Probe` (see the run's ``manifest.json``).
+        optimizer: ``sgd``, ``adam`` or ``adamw`` (``torch.optim``'s classes), with
+            ``optimizer_options`` for the rest of their settings (SGD: ``nesterov``,
+            ``dampening``; Adam/AdamW: ``betas``, ``eps``, ``amsgrad``). ``custom``: an optimizer
+            given to ``run_study`` or :class:`gradnoise.Probe` (its class and hyper-parameters
+            are in ``summary.json["optimizer"]``).
         record_every: record the minibatch gradient every k steps.
         track_coords: number of coordinates followed along training (seeded random subset; 0 or
             a number >= P means all).
         checkpoints: number of evenly spaced checkpoints (first is step 0, last is ``steps``) at
-            which per-sample gradients and SGN are captured and the model is saved.
+            which per-sample gradients and SGN are captured and the model is saved, or the list
+            of checkpoint steps (each in ``0..steps``).
         per_sample_examples: train examples (fixed seeded subset) whose per-sample gradients
             are captured at each checkpoint.
         noise_batches: minibatches (of ``batch_size``) of SGN drawn at each checkpoint.
@@ -62,7 +76,7 @@ class StudyConfig:
     loss: str = "cross_entropy"
     record_every: int = 1
     track_coords: int = 5000
-    checkpoints: int = 3
+    checkpoints: int | tuple[int, ...] = 3
     per_sample_examples: int = 256
     noise_batches: int = 64
     eval_every: int = 10
@@ -70,18 +84,38 @@ class StudyConfig:
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     device: str = "cpu"
     threads: int = 1
+    optimizer: str = "sgd"
+    optimizer_options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = _check_field(f.name, getattr(self, f.name))
             object.__setattr__(self, f.name, value)
-        if self.checkpoints > self.steps + 1:
+        if isinstance(self.checkpoints, tuple):
+            late = [s for s in self.checkpoints if s > self.steps]
+            if late:
+                raise ConfigError(
+                    f"checkpoints {late} lie after the last step ({self.steps}); each must be in "
+                    f"0..{self.steps}"
+                )
+        elif self.checkpoints > self.steps + 1:
             raise ConfigError(
                 f"checkpoints ({self.checkpoints}) cannot exceed steps + 1 ({self.steps + 1})"
             )
+        if self.optimizer in BUILTIN:
+            options = check_optimizer_options(self.optimizer, self.optimizer_options, self.momentum)
+            object.__setattr__(self, "optimizer_options", options)
+        elif self.optimizer_options:
+            raise ConfigError(
+                f"optimizer_options are for the built-in optimizers ({', '.join(BUILTIN)}); "
+                f"a {self.optimizer} optimizer brings its own settings"
+            )
 
     def checkpoint_steps(self) -> list[int]:
-        """Evenly spaced steps from 0 to ``steps`` (inclusive), ``checkpoints`` of them."""
+        """The checkpoint steps: the given list, or ``checkpoints`` evenly spaced steps from 0 to
+        ``steps`` (inclusive)."""
+        if isinstance(self.checkpoints, tuple):
+            return list(self.checkpoints)
         if self.checkpoints == 1:
             return [self.steps]
         return sorted(
@@ -94,6 +128,9 @@ class StudyConfig:
         d["analyses"] = list(self.analyses)
         d["model_options"] = dict(self.model_options)
         d["options"] = {k: dict(v) for k, v in self.options.items()}
+        d["optimizer_options"] = dict(self.optimizer_options)
+        if isinstance(self.checkpoints, tuple):
+            d["checkpoints"] = list(self.checkpoints)
         return d
 
     def replace(self, **changes: Any) -> StudyConfig:
@@ -108,21 +145,7 @@ class StudyConfig:
         ``[options.<analysis>]`` tables (either layout) or ``[study.options.<analysis>]``.
         Errors name the file and the setting.
         """
-        path = Path(path)
-        try:
-            with open(path, "rb") as f:
-                raw = tomllib.load(f)
-        except FileNotFoundError as err:
-            raise ConfigError(
-                f"study config {path} does not exist; check the --config path"
-            ) from err
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(
-                f"{path} is not valid TOML ({err}); see the README's example"
-            ) from err
-        except (OSError, UnicodeDecodeError) as err:
-            reason = getattr(err, "strerror", None) or err
-            raise ConfigError(f"cannot read study config {path}: {reason}") from err
+        raw = _read_toml(path, "study config")
         try:
             return cls.from_mapping(raw)
         except ConfigError as err:
@@ -153,6 +176,38 @@ class StudyConfig:
         return cls(**fields)
 
 
+def _read_toml(path: str | Path, what: str) -> dict[str, Any]:
+    """A TOML file's contents; errors name the file (``what``: e.g. ``"study config"``)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError as err:
+        raise ConfigError(f"{what} {path} does not exist; check the --config path") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path} is not valid TOML ({err}); see the README's example") from err
+    except (OSError, UnicodeDecodeError) as err:
+        reason = getattr(err, "strerror", None) or err
+        raise ConfigError(f"cannot read {what} {path}: {reason}") from err
+
+
+def read_options(path: str | Path) -> dict[str, dict[str, Any]]:
+    """The ``[options.<analysis>]`` tables of a TOML file (``gradnoise analyze --config``); any
+    other setting is refused (re-analysing cannot change how the run was trained)."""
+    raw = _read_toml(path, "options file")
+    stray = sorted(set(raw) - {"options"})
+    if stray:
+        raise ConfigError(
+            f"{path}: only [options.<analysis>] tables apply to a stored run; {stray} would "
+            "change how it was trained"
+        )
+    try:
+        options = _check_field("options", raw.get("options", {}))
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
+    return options
+
+
 def _check_field(name: str, value: Any) -> Any:
     """One field's value, type-checked against its default's type, range-checked, normalised."""
     default = _DEFAULTS[name]
@@ -160,8 +215,15 @@ def _check_field(name: str, value: Any) -> Any:
         if not isinstance(value, str) or not value.strip():
             raise ConfigError(f"{name} must be a non-empty string, got {value!r}")
         if name == "loss":
-            choice("", name, value, ("cross_entropy",))
+            choice("", name, value, LOSSES)
+        if name == "optimizer":
+            choice("", name, value, OPTIMIZERS)
         return value
+    if name == "checkpoints" and not isinstance(value, int):
+        steps = sorted(set(int_list("", name, value, 0)))
+        if not steps:
+            raise ConfigError("checkpoints is an empty list: name at least one step")
+        return tuple(steps)
     if isinstance(default, int):
         low, high = _INT_RANGES[name]
         return integer("", name, value, low, high)
@@ -187,7 +249,7 @@ def _check_field(name: str, value: Any) -> Any:
         return tuple(names)
     if name == "options":
         return {k: table("", f"[options.{k}]", v) for k, v in table("", name, value).items()}
-    return table("", name, value)  # model_options
+    return table("", name, value)  # model_options, optimizer_options
 
 
 # (minimum, maximum) of the integer fields

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from .._npz import read_npz
-from ..errors import StoreError
+from ..errors import ConfigError, StoreError
 from ..store import Run, open_run
 from .config import StudyConfig
+from .optim import OptimizerSpec
 
 if TYPE_CHECKING:
     from ..datasets import DataSplits
@@ -57,6 +58,20 @@ def read_json(path: Path, required: Mapping[str, type]) -> dict[str, Any]:
     return data
 
 
+def builtin_loss(name: str) -> Any:
+    """The built-in loss ``name`` of :class:`StudyConfig` (``cross_entropy`` or ``mse``)."""
+    import torch
+
+    if name == "cross_entropy":
+        return torch.nn.CrossEntropyLoss()
+    if name == "mse":
+        return torch.nn.MSELoss()
+    raise StoreError(
+        f"loss {name!r} is an object that was given to the run (run_study(loss_fn=...) or a "
+        "Probe): pass the same loss_fn again"
+    )
+
+
 def derive_seed(seed: int, name: str) -> int:
     """A 63-bit seed derived from the study seed and a stream name (stable across runs)."""
     ss = np.random.SeedSequence([int(seed), zlib.crc32(name.encode())])
@@ -87,15 +102,27 @@ class Progress:
 class StudyContext:
     """Live access for an analysis's ``compute``: config, data, checkpoints, store, seeded RNGs.
 
+    One context serves ``gradnoise run`` (a built-in model, loss and optimizer), a
+    :class:`gradnoise.Probe` inside a user's training loop and :func:`gradnoise.analyze`: the
+    model, loss, optimizer and dropout choice are those of the run, so analyses never assume a
+    built-in model, cross-entropy or SGD.
+
     Attributes:
         config: the study configuration.
         run_dir: the run directory (write only through :meth:`save_arrays`).
-        data: train/test splits.
+        data: train/test splits (``data.test`` may be None; ``data.num_classes`` None for data
+            that is not a classification dataset).
         checkpoints: ``{step: path of the saved state_dict}``.
         probe_index: indices (into the train split) of the examples whose per-sample gradients
             were captured at each checkpoint.
         progress: use ``ctx.progress.track(iterable, "what")`` around long loops.
         scratch: per-analysis measurements taken during training (``during_training`` hooks).
+        model_factory: a function returning the model at its initial state (None: the built-in
+            model of ``config``); checkpoints are loaded into it.
+        loss: the training loss object (None: the built-in loss named by ``config.loss``).
+        optimizer: the optimizer that trained the model (None: the built-in one of ``config``).
+        dropout: the capture choice for random operations in the forward (``"error"``,
+            ``"eval"`` or ``"sample"``; see :func:`gradnoise.per_sample_grads`).
     """
 
     config: StudyConfig
@@ -105,6 +132,10 @@ class StudyContext:
     probe_index: np.ndarray
     progress: Progress = field(default_factory=Progress)
     scratch: dict[str, Any] = field(default_factory=dict)
+    model_factory: Callable[[], Any] | None = None
+    loss: Any = None
+    optimizer: OptimizerSpec | None = None
+    dropout: str = "error"
 
     @property
     def device(self) -> Any:
@@ -114,15 +145,39 @@ class StudyContext:
 
     @property
     def loss_fn(self) -> Any:
-        """The training loss (``nn.CrossEntropyLoss()``, mean reduction)."""
-        import torch
+        """The training loss: the run's loss object, or the built-in ``config.loss``
+        (``nn.CrossEntropyLoss()`` or ``nn.MSELoss()``, mean reduction)."""
+        if self.loss is not None:
+            return self.loss
+        return builtin_loss(self.config.loss)
 
-        return torch.nn.CrossEntropyLoss()
+    @property
+    def optimizer_spec(self) -> OptimizerSpec:
+        """The optimizer's class and hyper-parameters (an unknown one when not given)."""
+        if self.optimizer is not None:
+            return self.optimizer
+        if self.config.optimizer == "custom":
+            return OptimizerSpec(None)
+        return OptimizerSpec.from_config(self.config)
+
+    @property
+    def fixed_dropout(self) -> str:
+        """The dropout choice for computations that need one fixed forward (Gram matrices,
+        Hessians, clustering): ``"sample"`` becomes ``"eval"`` there."""
+        return "eval" if self.dropout == "sample" else self.dropout
 
     def build_model(self) -> Any:
-        """A fresh model with the study's seeded initialisation (step 0)."""
+        """A fresh model at the run's initial state (the built-in model's seeded
+        initialisation, or the user's model as it was when the run started)."""
+        if self.model_factory is not None:
+            return self.model_factory().to(self.device)
         from ..models import build_model
 
+        if self.data.num_classes is None:
+            raise ConfigError(
+                f"the built-in model {self.config.model!r} needs a classification dataset; "
+                "train your own model (run_study(model=...)) on regression targets"
+            )
         return build_model(
             self.config.model,
             self.data.input_shape,
@@ -142,6 +197,17 @@ class StudyContext:
         model.load_state_dict(state)
         return model
 
+    def lr_at(self, step: int) -> float | None:
+        """The learning rate in effect at ``step``: the ``lr`` recorded at the last recorded
+        step up to ``step`` (a schedule's value), else the optimizer's, else None."""
+        run = self.run
+        if run.length:
+            lrs, steps = run.scalars["lr"], run.steps
+            known = np.flatnonzero(np.isfinite(lrs) & (steps <= step))
+            if known.size:
+                return float(lrs[known[-1]])
+        return self.optimizer_spec.lr
+
     @cached_property
     def train_tensors(self) -> tuple[Any, Any]:
         """The whole train split as ``(X, y)`` tensors."""
@@ -150,11 +216,11 @@ class StudyContext:
         return as_tensors(self.data.train)
 
     @cached_property
-    def test_tensors(self) -> tuple[Any, Any]:
-        """The whole test split as ``(X, y)`` tensors."""
+    def test_tensors(self) -> tuple[Any, Any] | None:
+        """The whole test split as ``(X, y)`` tensors (None: the run has no test data)."""
         from ..datasets import as_tensors
 
-        return as_tensors(self.data.test)
+        return None if self.data.test is None else as_tensors(self.data.test)
 
     @property
     def run(self) -> Run:
@@ -205,6 +271,19 @@ class RunView:
     def results(self) -> dict[str, Any]:
         """This analysis's entry of ``summary.json``."""
         return dict(self.summary["analyses"][self.name])
+
+    @property
+    def optimizer(self) -> OptimizerSpec:
+        """The optimizer that trained the run (``summary.json["optimizer"]``; runs written
+        before it was recorded trained with the built-in SGD of their config)."""
+        if "optimizer" in self.summary:
+            return OptimizerSpec.from_dict(self.summary["optimizer"])
+        cfg = self.summary["config"]
+        return OptimizerSpec(
+            "SGD",
+            "torch.optim",
+            {k: cfg[k] for k in ("lr", "momentum", "weight_decay") if k in cfg},
+        )
 
     @cached_property
     def run(self) -> Run:

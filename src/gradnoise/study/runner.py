@@ -7,26 +7,20 @@ import datetime as _dt
 import importlib
 import json
 import math
-import platform
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .._version import __version__
 from ..errors import ConfigError, GradnoiseError, StoreError
 from ..report import Section, render_report
 from .config import StudyConfig
 from .context import (
-    STORE,
     SUMMARY,
     SUMMARY_KEYS,
-    Progress,
     RunView,
     StudyContext,
-    derive_seed,
     read_json,
 )
 from .registry import check_study, get_analysis
@@ -64,7 +58,15 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def run_study(
-    config: StudyConfig, out: str | Path | None = None, *, progress: Any = None, dataset: Any = None
+    config: StudyConfig,
+    out: str | Path | None = None,
+    *,
+    progress: Any = None,
+    dataset: Any = None,
+    model: Any = None,
+    loss_fn: Any = None,
+    optimizer: Any = None,
+    tensorboard: Any = None,
 ) -> Path:
     """Train, record and analyse as described by ``config``; returns the run directory.
 
@@ -72,23 +74,51 @@ def run_study(
         config: the study configuration.
         out: run directory (must not exist or be empty); default ``runs/<id>``.
         progress: a ``rich.progress.Progress`` to show progress on (None: silent).
-        dataset: optional user ``torch.utils.data.Dataset`` of ``(input, label)`` pairs used
+        dataset: optional user ``torch.utils.data.Dataset`` of ``(input, target)`` pairs used
             instead of ``config.dataset``.
+        model: optional user model: a function returning a fresh ``nn.Module`` (called with
+            torch's generator seeded by ``config.seed``, so the initialisation is reproducible)
+            or a module (copied); instead of the built-in ``config.model``.
+        loss_fn: optional loss object instead of the built-in ``config.loss`` (the config
+            records ``loss = "custom"``).
+        optimizer: optional ``"sgd" | "adam" | "adamw"`` (overrides ``config.optimizer``), or a
+            function ``params -> torch.optim.Optimizer`` (recorded as ``"custom"`` with its
+            class and hyper-parameters).
+        tensorboard: a directory (or a ``SummaryWriter``) for headline scalars along training.
 
     Everything that can be checked is checked before the first training step: the analyses and
     their options, the device, the run directory (new and writable), the data, the model and
     one forward pass of it. Torch and BLAS run on ``config.threads`` threads (restored after).
 
-    Writes ``grads.zarr`` (store), ``checkpoints/``, ``analyses/*.npz``, ``summary.json``
-    (identical for identical configs), ``manifest.json`` (timings, versions, thread counts,
-    paths), ``figures/*.png`` and ``report.html``.
+    The training loop is plain minibatch training (epochs without replacement, order from the
+    seed) around a :class:`gradnoise.Probe`, which records, captures at checkpoints, runs the
+    analyses and writes ``grads.zarr`` (store), ``checkpoints/``, ``analyses/*.npz``,
+    ``summary.json`` (identical for identical configs), ``manifest.json`` (timings, versions,
+    thread counts, optimizer), ``figures/*.png`` and ``report.html``.
     """
+    if isinstance(optimizer, str):
+        config = config.replace(optimizer=optimizer)
+    elif optimizer is not None:
+        if not callable(optimizer):
+            raise ConfigError(
+                "optimizer must be 'sgd', 'adam', 'adamw' or a function params -> optimizer, "
+                f"got {type(optimizer).__name__}"
+            )
+        config = config.replace(optimizer="custom", optimizer_options={})
+    if loss_fn is not None:
+        config = config.replace(loss="custom")
+    elif config.loss == "custom":
+        raise ConfigError("loss = 'custom' needs run_study(..., loss_fn=...)")
+    if config.optimizer == "custom" and not callable(optimizer):
+        raise ConfigError("optimizer = 'custom' needs run_study(..., optimizer=<function>)")
     analyses = check_study(config)
     run_dir = Path(out) if out is not None else default_run_dir(config)
     check_run_dir(run_dir)
     check_device(config.device)
     with pinned_threads(config.threads):
-        return _run_study(config, run_dir, analyses, progress, dataset)
+        return _run_study(
+            config, run_dir, analyses, progress, dataset, model, loss_fn, optimizer, tensorboard
+        )
 
 
 def check_run_dir(run_dir: Path) -> None:
@@ -99,7 +129,7 @@ def check_run_dir(run_dir: Path) -> None:
         raise ConfigError(f"run directory {run_dir} exists and is not empty; choose another --out")
 
 
-def _create_run_dir(run_dir: Path) -> None:
+def create_run_dir(run_dir: Path) -> None:
     """Create ``run_dir`` and prove it writable (before training, not after it)."""
     probe = run_dir / ".gradnoise-write-test"
     try:
@@ -189,21 +219,14 @@ def thread_counts() -> dict[str, Any]:
     }
 
 
-def _check_forward(ctx: StudyContext, model: Any) -> None:
-    """One forward pass on two train examples: the model takes the data's inputs and gives
-    one output per class."""
-    import torch
+def _check_classifier(ctx: StudyContext, model: Any) -> None:
+    """The built-in models: they take the data's inputs and give one output per class."""
+    from ..probe import check_forward
+    from .context import builtin_loss
 
-    x, _ = ctx.train_tensors
-    try:
-        with torch.no_grad():
-            out = model(x[:2].to(ctx.device))
-    except (RuntimeError, ValueError, IndexError, TypeError) as err:
-        reason = " ".join(str(err).split())[:200]
-        raise ConfigError(
-            f"model {ctx.config.model!r} does not accept the inputs of {ctx.data.name!r} (shape "
-            f"{tuple(ctx.data.input_shape)}, dtype {x.dtype}): {reason}"
-        ) from err
+    x, y = ctx.train_tensors
+    what = f"model {ctx.config.model!r} on {ctx.data.name!r}"
+    out = check_forward(model, builtin_loss("cross_entropy"), x, y, ctx.device, what, ConfigError)
     if tuple(out.shape) != (min(2, len(x)), ctx.data.num_classes):
         raise ConfigError(
             f"model {ctx.config.model!r} gives outputs of shape {tuple(out.shape)} for 2 "
@@ -212,182 +235,123 @@ def _check_forward(ctx: StudyContext, model: Any) -> None:
         )
 
 
+def _user_model(factory: Any, seed: int) -> tuple[Any, Any]:
+    """The user's model (built with torch's generator seeded by ``seed``) and the factory that
+    rebuilds it at that initial state for the analyses."""
+    import copy
+
+    import torch
+
+    if isinstance(factory, torch.nn.Module):
+        template = copy.deepcopy(factory)
+
+        def factory() -> Any:
+            return copy.deepcopy(template)
+
+    elif not callable(factory):
+        raise ConfigError(
+            f"model must be a function returning an nn.Module, or a module; got "
+            f"{type(factory).__name__}"
+        )
+
+    def build() -> Any:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            built = factory()
+        if not isinstance(built, torch.nn.Module):
+            raise ConfigError(f"the model factory returned a {type(built).__name__}, not a module")
+        return built
+
+    return build(), build
+
+
 def _run_study(
-    config: StudyConfig, run_dir: Path, analyses: list[Any], progress: Any, dataset: Any
+    config: StudyConfig,
+    run_dir: Path,
+    analyses: list[Any],
+    progress: Any,
+    dataset: Any,
+    user_model: Any,
+    user_loss: Any,
+    user_optimizer: Any,
+    tensorboard: Any,
 ) -> Path:
     import torch
 
     from ..datasets import load_dataset
-    from ..recorder import Recorder
+    from ..probe import Probe, check_forward
+    from ._torch import accuracy
+    from .context import builtin_loss
+    from .optim import OptimizerSpec
 
-    prog = Progress(progress)
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-
-    data = load_dataset(dataset if dataset is not None else config.dataset, seed=config.seed)
-    ctx = StudyContext(
-        config=config,
-        run_dir=run_dir,
-        data=data,
-        checkpoints={},
-        probe_index=np.empty(0, dtype=np.int64),
-        progress=prog,
+    targets = {"cross_entropy": "classes", "mse": "values"}.get(config.loss, "auto")
+    data = load_dataset(
+        dataset if dataset is not None else config.dataset, seed=config.seed, targets=targets
     )
-    model = ctx.build_model()
-    n_params = sum(p.numel() for p in model.parameters())
+    if user_model is None:
+        ctx0 = StudyContext(config, run_dir, data, {}, np.empty(0, dtype=np.int64))
+        model, factory = ctx0.build_model(), None
+    else:
+        model, factory = _user_model(user_model, config.seed)
+        model = model.to(torch.device(config.device))
+        config = config.replace(model=type(model).__name__)
+    loss_fn = user_loss if user_loss is not None else builtin_loss(config.loss)
+    if callable(user_optimizer) and not isinstance(user_optimizer, str):
+        optimizer = user_optimizer(model.parameters())
+        spec = OptimizerSpec.from_optimizer(optimizer)
+    else:
+        spec = OptimizerSpec.from_config(config)
+        optimizer = spec.build(model.parameters())
+
+    def checks(ctx: StudyContext, net: Any) -> None:
+        if user_model is None and config.loss == "cross_entropy":
+            _check_classifier(ctx, net)
+        else:
+            x, y = ctx.train_tensors
+            check_forward(net, loss_fn, x, y, ctx.device, f"model {config.model!r}")
+
+    probe = Probe._for_study(
+        config,
+        run_dir,
+        model,
+        data,
+        loss=user_loss,
+        optimizer=spec if config.optimizer == "custom" else None,
+        model_factory=factory,
+        progress=progress,
+        tensorboard=tensorboard,
+        checks=checks,
+    )
+    ctx = probe.ctx
     x_train, y_train = ctx.train_tensors
     n_train = int(x_train.shape[0])
-    if n_train < config.batch_size:
-        raise ConfigError(
-            f"the train split has {n_train} examples, fewer than batch_size {config.batch_size}"
-        )
-    _check_forward(ctx, model)
-    for analysis in analyses:
-        if analysis.check is not None:
-            analysis.check(ctx, model)
-    _create_run_dir(run_dir)
-    ctx.probe_index = np.sort(
-        ctx.rng("probe").choice(
-            n_train, size=min(config.per_sample_examples, n_train), replace=False
-        )
-    )
-
-    from ..capture import select_params
-
-    coords = (
-        None if config.track_coords == 0 or config.track_coords >= n_params else config.track_coords
-    )
-    selection = select_params(model, coords=coords, seed=derive_seed(config.seed, "coords") % 2**31)
-    recorder = Recorder(
-        run_dir / STORE,
-        model,
-        select=selection,
-        every=config.record_every,
-        config=config.to_dict(),
-        seed=config.seed,
-        scalars=("grad_norm", "train_acc", "test_loss", "test_acc"),
-    )
-    loss_fn = ctx.loss_fn
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-    )
     order_rng = ctx.rng("minibatch-order")
-    checkpoint_steps = set(config.checkpoint_steps())
-    (run_dir / "checkpoints").mkdir()
-    x_test, y_test = ctx.test_tensors
-
-    def evaluate() -> tuple[float, float]:
-        with torch.no_grad():
-            logits = model(x_test.to(ctx.device))
-            targets = y_test.to(ctx.device)
-            return float(loss_fn(logits, targets)), float(
-                (logits.argmax(1) == targets).float().mean()
-            )
-
-    def checkpoint(step: int) -> None:
-        path = run_dir / "checkpoints" / f"step_{step:07d}.pt"
-        torch.save(model.state_dict(), path)
-        ctx.checkpoints[step] = path
-        probe = torch.as_tensor(ctx.probe_index)
-        recorder.record_per_sample(
-            step, model, loss_fn, x_train[probe].to(ctx.device), y_train[probe].to(ctx.device)
-        )
-        recorder.record_noise(
-            step,
-            model,
-            loss_fn,
-            (x_train, y_train),
-            batch_size=config.batch_size,
-            num_batches=config.noise_batches,
-            seed=derive_seed(config.seed, f"noise-{step}") % 2**31,
-        )
-
-    hooks = [a.during_training for a in analyses if a.during_training is not None]
     perm: np.ndarray = np.empty(0, dtype=np.int64)
     position = 0
     model.train()
-    for step in prog.track(range(config.steps), "training", total=config.steps):
-        if step in checkpoint_steps:
-            checkpoint(step)
-        if position + config.batch_size > perm.size:  # a new epoch, without replacement
-            perm, position = order_rng.permutation(n_train), 0
-        idx = torch.as_tensor(perm[position : position + config.batch_size])
-        position += config.batch_size
-        x, y = x_train[idx].to(ctx.device), y_train[idx].to(ctx.device)
-        optimizer.zero_grad(set_to_none=True)
-        logits = model(x)
-        loss = loss_fn(logits, y)
-        loss.backward()
-        if recorder.should_record(step):
-            grad_norm = float(
-                torch.sqrt(sum((p.grad.detach() ** 2).sum() for p in model.parameters()))
-            )
-            scalars: dict[str, Any] = {
-                "grad_norm": grad_norm,
-                "train_acc": float((logits.argmax(1) == y).float().mean()),
-            }
-            if step % config.eval_every == 0:
-                scalars["test_loss"], scalars["test_acc"] = evaluate()
-            recorder.record(
+    try:
+        for step in ctx.progress.track(range(config.steps), "training", total=config.steps):
+            if position + config.batch_size > perm.size:  # a new epoch, without replacement
+                perm, position = order_rng.permutation(n_train), 0
+            idx = torch.as_tensor(perm[position : position + config.batch_size])
+            position += config.batch_size
+            x, y = x_train[idx].to(ctx.device), y_train[idx].to(ctx.device)
+            optimizer.zero_grad(set_to_none=True)
+            outputs = model(x)
+            loss = loss_fn(outputs, y)
+            loss.backward()
+            acc = accuracy(outputs, y)
+            probe.step(
                 step,
-                model,
                 loss=float(loss.detach()),
                 lr=optimizer.param_groups[0]["lr"],
-                **scalars,
+                **({"train_acc": acc} if acc is not None else {}),
             )
-        for hook in hooks:
-            hook(ctx, step, model)
-        optimizer.step()
-    if config.steps in checkpoint_steps:
-        checkpoint(config.steps)
-    for hook in hooks:
-        hook(ctx, config.steps, model)
-    final_test_loss, final_test_acc = evaluate()
-    timings["train_and_capture_s"] = time.perf_counter() - t0
-
-    summary: dict[str, Any] = {
-        "config": config.to_dict(),
-        "model": {
-            "name": config.model,
-            "parameters": n_params,
-            "tracked_coordinates": selection.num_columns,
-        },
-        "data": {
-            "name": data.name,
-            "train": n_train,
-            "test": int(x_test.shape[0]),
-            "input_shape": list(data.input_shape),
-            "num_classes": data.num_classes,
-        },
-        "final": {"test_loss": final_test_loss, "test_acc": final_test_acc},
-        "checkpoints": sorted(ctx.checkpoints),
-        "analyses": {},
-    }
-    for analysis in analyses:
-        t = time.perf_counter()
-        summary["analyses"][analysis.name] = analysis.compute(ctx)
-        timings[f"analysis_{analysis.name}_s"] = time.perf_counter() - t
-    write_json(run_dir / SUMMARY, summary)
-    recorder.update_metadata(summary_file=SUMMARY)
-
-    t = time.perf_counter()
-    render_run(run_dir)
-    timings["report_s"] = time.perf_counter() - t
-    timings["total_s"] = time.perf_counter() - t0
-    write_json(
-        run_dir / "manifest.json",
-        {
-            "gradnoise": __version__,
-            "torch": torch.__version__,
-            "numpy": np.__version__,
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "timings": timings,
-            "threads_setting": config.threads,
-            "threads": thread_counts(),
-        },
-    )
+            optimizer.step()
+    except BaseException:
+        probe.close()
+        raise
+    probe.finish(final_step=config.steps)
     return run_dir
 
 
@@ -418,20 +382,41 @@ def render_run(run_dir: str | Path) -> Path:
         return render_index(run_dir)
     summary = read_json(run_dir / SUMMARY, SUMMARY_KEYS)
     sections: list[Section] = []
-    for name in summary["analyses"]:
+    for name, results in summary["analyses"].items():
         analysis = get_analysis(name)
+        if isinstance(results, dict) and "unavailable" in results:
+            sections.append(
+                Section(
+                    name,
+                    analysis.title,
+                    paragraphs=[f"Not available for this run: {results['unavailable']}."],
+                )
+            )
+            continue
         with _stored(run_dir, f"the {name!r} analysis"):
             sections.append(analysis.render(RunView(run_dir, summary, name)))
     with _stored(run_dir, "the report's header"):
         config = summary["config"]
         title = f"gradnoise study: {config['model']} on {summary['data']['name']}"
+        acc = summary["final"]["test_acc"]
         meta = {
             "parameters": summary["model"]["parameters"],
             "seed": config["seed"],
-            "final test accuracy": f"{summary['final']['test_acc']:.3f}",
+            "final test accuracy": "n/a" if acc is None else f"{acc:.3f}",
         }
+        shown = dict(config)
+        if config.get("optimizer") == "custom":  # the optimizer object's own settings instead
+            for key in ("lr", "momentum", "weight_decay", "optimizer_options"):
+                shown.pop(key, None)
+            spec = summary.get("optimizer") or {}
+            shown["optimizer"] = spec.get("class") or "not given"
+            shown["optimizer hyper-parameters"] = spec.get("hyperparameters", {})
+        if "probe" in summary:
+            missed = summary["probe"].get("missed_checkpoints")
+            if missed:
+                meta["checkpoints never reached"] = ", ".join(map(str, missed))
         flat_config = {
-            k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in config.items()
+            k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in shown.items()
         }
     return render_report(
         run_dir / "report.html", title=title, config=flat_config, sections=sections, meta=meta
@@ -481,6 +466,29 @@ def run_preset(
     return out
 
 
+def headlines(run_dir: str | Path) -> dict[str, Any]:
+    """A finished run's headline numbers: the final test loss and accuracy and each analysis's
+    headline (the columns of a preset's comparison table), read from ``summary.json``."""
+    run_dir = Path(run_dir)
+    summary = read_json(run_dir / SUMMARY, SUMMARY_KEYS)
+    final = summary["final"]
+    return {
+        "final test loss": final.get("test_loss"),
+        "final test accuracy": final.get("test_acc"),
+        **_headlines(run_dir, summary),
+    }
+
+
+def _headlines(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    line: dict[str, Any] = {}
+    with _stored(run_dir, "the headline numbers"):
+        for name, results in summary["analyses"].items():
+            headline = get_analysis(name).headline
+            if headline is not None and "unavailable" not in results:
+                line.update(headline(results))
+    return line
+
+
 def render_index(out: str | Path) -> Path:
     """``index.html`` of a preset directory: a comparison table and links to each run's report."""
     out = Path(out)
@@ -489,12 +497,8 @@ def render_index(out: str | Path) -> Path:
     headlines: list[dict[str, Any]] = []
     for key in index["runs"]:
         summary = read_json(out / str(key) / SUMMARY, SUMMARY_KEYS)
-        line: dict[str, Any] = {}
+        line = _headlines(out / str(key), summary)
         with _stored(out / str(key), "the comparison table's row"):
-            for name, results in summary["analyses"].items():
-                headline = get_analysis(name).headline
-                if headline is not None:
-                    line.update(headline(results))
             cfg = summary["config"]
             rows.append(
                 [

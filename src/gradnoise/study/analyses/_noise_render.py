@@ -530,6 +530,8 @@ def _smooth(y: np.ndarray, width: int) -> np.ndarray:
 
 def _arms(view: RunView, arms: dict[str, Any], arrays: dict[str, np.ndarray]) -> tuple:
     rows = arms["rows"]
+    if arms.get("skipped_reason"):
+        return [f"Learning-rate-decay arms not run: {arms['skipped_reason']}."], [], []
     paragraphs = [
         f"Learning-rate-decay arms: from the checkpoint at step {arms['from_step']} each arm "
         f"trains {arms['steps']} more steps (lr {arms['base_lr']}, B {arms['base_batch_size']}, "
@@ -542,7 +544,9 @@ def _arms(view: RunView, arms: dict[str, Any], arrays: dict[str, np.ndarray]) ->
         "should behave like lr-decay."
     ]
     if arms["skipped"]:
-        paragraphs.append(f"Arms skipped (batch larger than the train split): {arms['skipped']}.")
+        paragraphs.append(
+            f"Arms skipped (batch not smaller than the train split): {arms['skipped']}."
+        )
     table = Table(
         [
             "arm",
@@ -622,7 +626,8 @@ def render_section(view: RunView, title: str) -> Section:
     figures: list[Figure] = []
     notes = [
         "All SGN here is sampled at fixed parameters (checkpoints): minibatch gradient minus the "
-        "full gradient at the same parameters (methods.md §0)."
+        "full gradient at the same parameters (methods.md §0).",
+        f"Step noise and the optimizer: {view.optimizer.step_noise}",
     ]
     if "simsekli" in res:
         notes.append(
@@ -639,7 +644,7 @@ def render_section(view: RunView, title: str) -> Section:
         )
     if res.get("skipped_batch_sizes"):
         notes.append(
-            f"Batch sizes larger than the train split ({res['train_examples']}) were skipped: "
+            f"Batch sizes not smaller than the train split ({res['train_examples']}) were skipped: "
             f"{res['skipped_batch_sizes']}."
         )
     if "simsekli" in res:

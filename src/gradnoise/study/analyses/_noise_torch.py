@@ -28,7 +28,12 @@ def stratified_selection(model: Any, coords: int, rng: np.random.Generator) -> P
 
 
 def data_pass_noise(
-    model: Any, loss_fn: Any, x: torch.Tensor, y: torch.Tensor, batch_size: int
+    model: Any,
+    loss_fn: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    dropout: Any = "error",
 ) -> np.ndarray:
     """Simsekli et al.'s SGN sample (methods.md §4b(b)): one pass over the data in P = N // B
     consecutive disjoint minibatches (data order as stored; the last N - P B examples are not
@@ -48,6 +53,7 @@ def data_pass_noise(
                     y[k * batch_size : (k + 1) * batch_size],
                 ),
                 batch_size=batch_size,
+                dropout=dropout,
             )
             for k in range(p)
         ]
@@ -56,11 +62,16 @@ def data_pass_noise(
 
 
 def per_sample_and_mean(
-    model: Any, loss_fn: Any, x: torch.Tensor, y: torch.Tensor, selection: ParamSelection
+    model: Any,
+    loss_fn: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    selection: ParamSelection,
+    dropout: Any = "error",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-example gradients of the whole train split on ``selection`` (``[N, C]``, the
     parameters' dtype) and their mean, the full gradient G (``[C]``, float64)."""
-    g = per_sample_grads(model, loss_fn, x, y, params=selection, chunk_size=256)
+    g = per_sample_grads(model, loss_fn, x, y, params=selection, chunk_size=256, dropout=dropout)
     return g.cpu().numpy(), g.double().mean(0).cpu().numpy()
 
 
@@ -70,16 +81,15 @@ def train_arm(
     x: torch.Tensor,
     y: torch.Tensor,
     *,
-    lr: float,
+    optimizer: Any,
     batch_size: int,
     steps: int,
-    momentum: float,
-    weight_decay: float,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """Plain minibatch SGD as in the study (epochs without replacement, order from ``rng``);
-    returns the minibatch losses. Changes ``model`` in place."""
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    """Minibatch training of ``model`` by ``optimizer`` (built over its parameters) as in the
+    study (epochs without replacement, order from ``rng``); returns the minibatch losses.
+    Changes ``model`` in place."""
+    opt = optimizer
     n = x.shape[0]
     perm, pos = np.empty(0, dtype=np.int64), 0
     losses = np.empty(steps)
@@ -95,10 +105,3 @@ def train_arm(
         opt.step()
         losses[t] = float(loss.detach())
     return losses
-
-
-def evaluate(model: Any, loss_fn: Any, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """Loss and accuracy of ``model`` on ``(x, y)``."""
-    with torch.no_grad():
-        logits = model(x)
-        return float(loss_fn(logits, y)), float((logits.argmax(1) == y).float().mean())

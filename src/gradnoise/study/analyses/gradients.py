@@ -30,11 +30,16 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
     for step in ctx.progress.track(sorted(ctx.checkpoints), "gradient norms at checkpoints"):
         model = ctx.load_model(step)
         ps = per_sample_grads(
-            model, ctx.loss_fn, x[probe].to(ctx.device), y[probe].to(ctx.device), chunk_size=64
+            model,
+            ctx.loss_fn,
+            x[probe].to(ctx.device),
+            y[probe].to(ctx.device),
+            chunk_size=64,
+            dropout=ctx.dropout,
         )
         ps_norm = torch.linalg.vector_norm(ps, dim=1).cpu().numpy()
         del ps
-        full = full_grad(model, ctx.loss_fn, (x, y), batch_size=512)
+        full = full_grad(model, ctx.loss_fn, (x, y), batch_size=512, dropout=ctx.dropout)
         mb = minibatch_grads(
             model,
             ctx.loss_fn,
@@ -42,6 +47,7 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
             batch_size=cfg.batch_size,
             num_batches=cfg.noise_batches,
             seed=ctx.seed_for(f"gradients-{step}"),
+            dropout=ctx.dropout,
         )
         mb_norm = torch.linalg.vector_norm(mb, dim=1).cpu().numpy()
         sgn_norm = torch.linalg.vector_norm(mb - full, dim=1).cpu().numpy()
@@ -181,10 +187,21 @@ def render(view: RunView) -> Section:
     return Section("gradients", "Gradient norms and distributions", tables=[table], figures=figures)
 
 
+def headline(results: dict[str, Any]) -> dict[str, Any]:
+    """Norms at the last checkpoint for a comparison table."""
+    last = results["checkpoints"][-1]
+    return {
+        "||G|| (last checkpoint)": last["full_grad_norm"],
+        "SGN / ||G|| (last checkpoint)": last["sgn_to_full_ratio"],
+        "max/median ||g_i|| (last checkpoint)": last["per_sample_norm_max_over_median"],
+    }
+
+
 ANALYSIS = Analysis(
     "gradients",
     "Gradient norms and distributions",
     compute,
     render,
     description="per-sample, minibatch, full-gradient and SGN norms; value CCDFs",
+    headline=headline,
 )

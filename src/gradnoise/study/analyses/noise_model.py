@@ -215,13 +215,17 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
         map_shape = tuple(dict(model0.named_parameters())[map_name].shape)
         map_sel = type(selection)((map_name,), (map_shape,), (None,))
 
-    skipped = sorted({b for b in [*opts["batch_sizes"], *opts["battash_batch_sizes"]] if b > n})
+    skipped = sorted({b for b in [*opts["batch_sizes"], *opts["battash_batch_sizes"]] if b >= n})
     sim_rows, pan_rows, bat_rows, bat_layers, map_rows = [], [], [], [], []
     branch: dict[str, Any] = {}
     for step in ctx.progress.track(steps, "noise model at checkpoints"):
         model = ctx.load_model(step)
         need_gamma = bool({"panigrahi", "battash"} & set(studies)) or opts["resampled"]
-        gamma = nt.per_sample_and_mean(model, loss_fn, x, y, selection) if need_gamma else None
+        gamma = (
+            nt.per_sample_and_mean(model, loss_fn, x, y, selection, ctx.dropout)
+            if need_gamma
+            else None
+        )
         xi_cache: dict[int, np.ndarray] = {}
 
         def xi_at(b: int, gamma: Any = gamma, step: int = step, cache: Any = xi_cache) -> Any:
@@ -230,7 +234,7 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
             return cache[b]
 
         if "simsekli" in studies:
-            noise = nt.data_pass_noise(model, loss_fn, x, y, opts["pass_batch_size"])
+            noise = nt.data_pass_noise(model, loss_fn, x, y, opts["pass_batch_size"], ctx.dropout)
             resampled = xi_at(opts["pass_batch_size"]) if opts["resampled"] else None
             row, arr = ns.simsekli_stats(
                 noise, rng=ctx.rng(f"{NAME}-simsekli-control-{step}"), resampled=resampled
@@ -240,7 +244,7 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
             arrays.update({f"simsekli_{key}_{step}": v for key, v in arr.items()})
         if "panigrahi" in studies:
             for b in opts["batch_sizes"]:
-                if b > n:
+                if b >= n:  # B = N: every minibatch is the whole split, no noise
                     continue
                 row = ns.panigrahi_stats(
                     xi_at(b),
@@ -252,7 +256,7 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
                 pan_rows.append({"step": step, "batch_size": b, **row})
         if "battash" in studies:
             for b in opts["battash_batch_sizes"]:
-                if b > n:
+                if b >= n:
                     continue
                 summ, layers, arr = ns.battash_stats(
                     xi_at(b),
@@ -265,7 +269,7 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
                 bat_rows.append({"step": step, "batch_size": b, **summ})
                 bat_layers += [{"step": step, "batch_size": b, **r} for r in layers]
                 arrays.update({f"battash_{key}_{step}_{b}": v for key, v in arr.items()})
-            gamma_map = nt.per_sample_and_mean(model, loss_fn, x, y, map_sel)
+            gamma_map = nt.per_sample_and_mean(model, loss_fn, x, y, map_sel, ctx.dropout)
             xi_map = ns.sgn_from_per_sample(
                 gamma_map[0], gamma_map[1], batches(f"map-{step}", cfg.batch_size)
             )
@@ -321,24 +325,47 @@ def _arms(
     """Learning-rate-decay arms (Battash et al.; methods.md §3(b)4): from checkpoint
     ``arm_from``, train ``arm_steps`` steps with (constant) lr, B; (lr-decay) lr/gamma, B;
     (batch-increase) lr, gamma B; (lr-decay-small-batch) lr/gamma, B/gamma; then measure the
-    SGN each arm's optimizer sees (its own batch size) at its end point."""
+    SGN each arm's optimizer sees (its own batch size) at its end point. Each arm trains with a
+    fresh optimizer of the run's class and hyper-parameters (its state, e.g. Adam's moments,
+    starts empty: checkpoints hold the model only), from the lr in effect at the branch point."""
     import numpy as np
 
+    from .._torch import evaluate
     from . import _noise_stats as ns
     from . import _noise_torch as nt
 
     cfg = ctx.config
+    spec = ctx.optimizer_spec
     x, y = train
     n = int(x.shape[0])
-    xt, yt = (t.to(ctx.device) for t in ctx.test_tensors)
+    test = ctx.test_tensors
+    xt, yt = (t.to(ctx.device) for t in test) if test is not None else (None, None)
     groups = selection.layer_of_columns()
     names = list(selection.names)
     numels = [selection.numel(i) for i in range(len(names))]
-    base_step_noise = cfg.lr * branch["xi"]
-    rows, skipped = [], []
+    base_lr = ctx.lr_at(branch["step"])
+    out: dict[str, Any] = {
+        "from_step": branch["step"],
+        "steps": opts["arm_steps"],
+        "decay": opts["decay"],
+        "base_lr": base_lr,
+        "base_batch_size": cfg.batch_size,
+        "rows": [],
+        "skipped": [],
+    }
+    reason = None
+    if base_lr is None:
+        reason = "the learning rate is unknown (record lr= at each step, or give the optimizer)"
+    elif spec.name is None or not (spec.module or "").startswith("torch.optim"):
+        reason = f"the optimizer {spec.name or '(not given)'} cannot be rebuilt for the arms"
+    if reason is not None:
+        out["skipped"], out["skipped_reason"] = list(opts["arms"]), reason
+        return out
+    base_step_noise = base_lr * branch["xi"]
+    rows, skipped = out["rows"], out["skipped"]
     for arm in ctx.progress.track(opts["arms"], "learning-rate-decay arms"):
-        lr, b = _arm_settings(arm, cfg.lr, cfg.batch_size, opts["decay"])
-        if b > n:
+        lr, b = _arm_settings(arm, base_lr, cfg.batch_size, opts["decay"])
+        if b >= n:
             skipped.append(arm)
             continue
         model = ctx.load_model(branch["step"])
@@ -347,15 +374,13 @@ def _arms(
             ctx.loss_fn,
             x,
             y,
-            lr=lr,
+            optimizer=spec.build(model.parameters(), lr=lr),
             batch_size=b,
             steps=opts["arm_steps"],
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
             rng=ctx.rng(f"{NAME}-arm-order-{arm}"),
         )
         arrays[f"arm_loss_{arm}"] = losses.astype(np.float32)
-        gamma = nt.per_sample_and_mean(model, ctx.loss_fn, x, y, selection)
+        gamma = nt.per_sample_and_mean(model, ctx.loss_fn, x, y, selection, ctx.dropout)
         xi = ns.sgn_from_per_sample(
             gamma[0],
             gamma[1],
@@ -371,8 +396,8 @@ def _arms(
             rng=ctx.rng(f"{NAME}-arm-fit-{arm}"),
         )
         alpha, scale = arr["alpha"].astype(np.float64), arr["scale"].astype(np.float64)
-        train_loss, train_acc = nt.evaluate(model, ctx.loss_fn, x, y)
-        _, test_acc = nt.evaluate(model, ctx.loss_fn, xt, yt)
+        train_loss, train_acc = evaluate(model, ctx.loss_fn, x, y)
+        test_acc = evaluate(model, ctx.loss_fn, xt, yt)[1] if xt is not None else None
         tail = max(1, losses.size // 4)
         rows.append(
             {
@@ -391,15 +416,7 @@ def _arms(
                 **ns.jump_stats(base_step_noise, lr * xi),
             }
         )
-    return {
-        "from_step": branch["step"],
-        "steps": opts["arm_steps"],
-        "decay": opts["decay"],
-        "base_lr": cfg.lr,
-        "base_batch_size": cfg.batch_size,
-        "rows": rows,
-        "skipped": skipped,
-    }
+    return out
 
 
 def headline(results: dict[str, Any]) -> dict[str, Any]:

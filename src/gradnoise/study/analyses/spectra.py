@@ -320,7 +320,13 @@ def _compute(ctx: StudyContext, opts: dict[str, Any]) -> dict[str, Any]:
     mp_info: dict[str, float] | None = None
 
     def add_gram(key: str, model: Any, targets: Any) -> np.ndarray:
-        gram = per_sample_gram(model, loss_fn, xs.to(ctx.device), targets.to(ctx.device))
+        gram = per_sample_gram(
+            model,
+            loss_fn,
+            xs.to(ctx.device),
+            targets.to(ctx.device),
+            dropout=ctx.fixed_dropout,
+        )
         grams[key] = gram
         spectra[key] = gram_spectrum(gram, centered=centered, num_params=num_params)
         arrays[key] = spectra[key]
@@ -487,7 +493,13 @@ def _batch_sweep(
     model = ctx.load_model(step)
     num_params = sum(int(p.numel()) for p in model.parameters() if p.requires_grad)
     take = torch.as_tensor(pool)
-    gram = per_sample_gram(model, ctx.loss_fn, x[take].to(ctx.device), y[take].to(ctx.device))
+    gram = per_sample_gram(
+        model,
+        ctx.loss_fn,
+        x[take].to(ctx.device),
+        y[take].to(ctx.device),
+        dropout=ctx.fixed_dropout,
+    )
     del model
     centered = opts["centered"]
     per_sample = gram_spectrum(gram, centered=centered, num_params=num_params)
@@ -530,12 +542,23 @@ def _batch_sweep(
     }
 
 
+def _double_backward_attention() -> Any:
+    """Scaled-dot-product attention on the math kernel while Hessian-vector products run: the
+    fused CPU and GPU kernels (flash, memory-efficient) have no double backward."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(SDPBackend.MATH)
+
+
 def _hessian(
     ctx: StudyContext, opts: Mapping[str, Any], steps: list[int], arrays: dict[str, np.ndarray]
 ) -> list[dict[str, Any]]:
+    from contextlib import nullcontext
+
     import torch
 
     from ...curvature import hessian_eigs, hessian_trace
+    from .._torch import eval_mode
 
     x, y = ctx.train_tensors
     n_train = int(x.shape[0])
@@ -546,8 +569,11 @@ def _hessian(
         index = np.sort(ctx.rng("spectra-hessian-examples").choice(n_train, count, replace=False))
     arrays["hessian_index"] = index
     dtype = torch.float64 if opts["hessian_dtype"] == "float64" else torch.float32
-    xh = x[torch.as_tensor(index)].to(ctx.device, dtype)
-    yh = y[torch.as_tensor(index)].to(ctx.device)
+
+    def cast(t: Any) -> Any:  # floating inputs/targets follow the model; token ids stay integers
+        return t.to(ctx.device, dtype) if t.is_floating_point() else t.to(ctx.device)
+
+    xh, yh = cast(x[torch.as_tensor(index)]), cast(y[torch.as_tensor(index)])
     at: list[int | None] = list(steps) if opts["hessian_at"] == "all" else [steps[0], steps[-1]]
     at = list(dict.fromkeys(at))
     if steps[0] != 0:
@@ -555,10 +581,10 @@ def _hessian(
     out = []
     for step in ctx.progress.track(at, "spectra: Hessian top-k (Lanczos)"):
         model = (ctx.build_model() if step is None else ctx.load_model(step)).to(dtype)
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model) if ctx.dropout != "error" else nullcontext():
             loss = float(ctx.loss_fn(model(xh), yh))
         k = min(opts["hessian_k"], sum(int(p.numel()) for p in model.parameters()))
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _double_backward_attention():
             # a non-converged eigenpair is recorded below (converged / residuals), not raised
             warnings.filterwarnings("ignore", message="lanczos_eigs:", category=RuntimeWarning)
             eigs = hessian_eigs(
@@ -569,6 +595,7 @@ def _hessian(
                 rng=ctx.seed_for(f"spectra-lanczos-{step}"),
                 tol=opts["hessian_tol"],
                 blas_threads=1,
+                dropout=ctx.fixed_dropout,
             )
         key = "init" if step is None else f"step_{step}"
         arrays[f"hessian_{key}"] = eigs.eigenvalues
@@ -599,14 +626,16 @@ def _hessian(
             "gap_fit": fit_spectrum(gaps, [1, int(gaps.size)]),
         }
         if opts["hessian_trace"]:
-            tr = hessian_trace(
-                model,
-                ctx.loss_fn,
-                (xh, yh),
-                num_matvecs=opts["hessian_trace"],
-                rng=ctx.seed_for(f"spectra-trace-{step}"),
-                blas_threads=1,
-            )
+            with _double_backward_attention():
+                tr = hessian_trace(
+                    model,
+                    ctx.loss_fn,
+                    (xh, yh),
+                    num_matvecs=opts["hessian_trace"],
+                    rng=ctx.seed_for(f"spectra-trace-{step}"),
+                    blas_threads=1,
+                    dropout=ctx.fixed_dropout,
+                )
             row["trace"] = float(tr.estimate)
             row["trace_stderr"] = float(tr.stderr)
         out.append(row)

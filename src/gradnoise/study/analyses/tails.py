@@ -192,6 +192,15 @@ def _pick_examples(res: Any, count: int, rng: np.random.Generator) -> list[int]:
     return sorted(int(j) for j in rng.choice(pool, size=min(count, pool.size), replace=False))
 
 
+def _legend_or_note(ax: Any) -> None:
+    """A legend, or a note that no sample was testable (a short run: fewer values than
+    ``min_tail``)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no testable sample", ha="center", va="center", transform=ax.transAxes)
+
+
 def compute(ctx: StudyContext) -> dict[str, Any]:
     import torch
 
@@ -248,7 +257,9 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
     for step in ctx.progress.track(steps, "tails: gradients at checkpoints"):
         model = ctx.load_model(step)
         layer_names, offsets = _param_layout(model)
-        full_t = full_grad(model, ctx.loss_fn, (x, y), batch_size=s["full_batch_size"])
+        full_t = full_grad(
+            model, ctx.loss_fn, (x, y), batch_size=s["full_batch_size"], dropout=ctx.dropout
+        )
         mb_t = minibatch_grads(
             model,
             ctx.loss_fn,
@@ -256,6 +267,7 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
             batch_size=cfg.batch_size,
             num_batches=s["dim_vectors"],
             seed=ctx.seed_for(f"tails-dim-{step}"),
+            dropout=ctx.dropout,
         )
         full = full_t.cpu().numpy().astype(np.float64)
         mb = mb_t.cpu().numpy().astype(np.float64)
@@ -283,7 +295,9 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
         if sgn_stored:
             # G exactly as the recorder computed it (gradient_noise: full_grad in batches of
             # 256 over the selection), to recover g_B = xi + G and its exact zeros
-            g_sel = full_grad(model, ctx.loss_fn, (x, y), batch_size=256, params=sel)
+            g_sel = full_grad(
+                model, ctx.loss_fn, (x, y), batch_size=256, params=sel, dropout=ctx.dropout
+            )
             noise = stored[step][: s["sgn_batches"]].astype(np.float32)
             g_b = noise + g_sel.cpu().numpy()[None, :]
         else:
@@ -296,6 +310,7 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
                 num_batches=s["sgn_batches"],
                 seed=ctx.seed_for(f"tails-sgn-{step}"),
                 params=sel,
+                dropout=ctx.dropout,
             )
             noise = (g_b_t - g_sel).cpu().numpy()
             g_b = g_b_t.cpu().numpy()
@@ -588,7 +603,7 @@ def render(view: RunView) -> Section:
             ylabel="samples",
             title="Dimension-wise (parameter tensor × checkpoint)",
         )
-        ax_dim.legend(fontsize=7)
+        _legend_or_note(ax_dim)
         it_alpha = {
             fam: _finite(arrays[f"{fam}/alpha"])
             for fam in ("iter_grad", "iter_sgn", "dim_minibatch_matched")
@@ -614,7 +629,7 @@ def render(view: RunView) -> Section:
             ylabel="density",
             title="Per coordinate (and size-matched dim-wise)",
         )
-        ax_it.legend(fontsize=7)
+        _legend_or_note(ax_it)
         figures.append(
             Figure(
                 save_figure(fig, view.figure_path("alpha")),

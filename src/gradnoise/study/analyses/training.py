@@ -6,23 +6,38 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import MissingDataError
 from ...report import Figure, Section, Table
 from ...report.figures import figure, save_figure
 from ..context import RunView, StudyContext
 from ..registry import Analysis
 
 
+def _series(scalars: dict[str, np.ndarray], name: str, length: int) -> np.ndarray:
+    """A recorded scalar, all NaN when the run did not record it (a probe without test data
+    or without the user's accuracy)."""
+    return scalars.get(name, np.full(length, np.nan))
+
+
+def _mean_of_finite(values: np.ndarray) -> float | None:
+    finite = values[np.isfinite(values)]
+    return float(np.mean(finite)) if finite.size else None
+
+
 def compute(ctx: StudyContext) -> dict[str, Any]:
     run = ctx.run
+    if run.length == 0:
+        raise MissingDataError("no training step was recorded")
     s = run.scalars
     tail = max(1, min(20, run.length // 10))
-    evaluated = np.isfinite(s["test_acc"])
+    test_acc = _series(s, "test_acc", run.length)
+    evaluated = np.isfinite(test_acc)
     return {
         "recorded_steps": run.length,
-        "train_loss_first": float(s["loss"][0]),
-        "train_loss_last": float(np.mean(s["loss"][-tail:])),
-        "train_acc_last": float(np.mean(s["train_acc"][-tail:])),
-        "test_acc_best": float(np.max(s["test_acc"][evaluated])) if evaluated.any() else None,
+        "train_loss_first": _mean_of_finite(s["loss"][:1]),
+        "train_loss_last": _mean_of_finite(s["loss"][-tail:]),
+        "train_acc_last": _mean_of_finite(_series(s, "train_acc", run.length)[-tail:]),
+        "test_acc_best": float(np.max(test_acc[evaluated])) if evaluated.any() else None,
     }
 
 
@@ -33,11 +48,20 @@ def _smooth(y: np.ndarray, width: int) -> np.ndarray:
     return np.convolve(y, kernel, mode="valid")
 
 
+def _na(value: Any) -> Any:
+    return "n/a" if value is None else value
+
+
 def render(view: RunView) -> Section:
     run, res = view.run, view.results
-    s, steps = run.scalars, run.steps
+    s, steps = dict(run.scalars), run.steps
+    for name in ("train_acc", "test_acc", "test_loss"):
+        s[name] = _series(s, name, run.length)
     width = max(1, run.length // 30)
-    evaluated = np.isfinite(s["test_acc"])
+    evaluated = np.isfinite(s["test_acc"]) | np.isfinite(s["test_loss"])
+    loss_name = {"cross_entropy": "cross-entropy loss", "mse": "mean squared error"}.get(
+        view.config.get("loss", ""), "loss"
+    )
     with figure(2) as (fig, (ax_loss, ax_acc)):
         ax_loss.plot(steps, s["loss"], color="0.75", lw=0.6, label="minibatch")
         ax_loss.plot(
@@ -49,7 +73,7 @@ def render(view: RunView) -> Section:
         ax_loss.plot(
             steps[evaluated], s["test_loss"][evaluated], "o-", ms=2, color="C3", label="test"
         )
-        ax_loss.set(xlabel="step", ylabel="cross-entropy loss", yscale="log", title="Loss")
+        ax_loss.set(xlabel="step", ylabel=loss_name, yscale="log", title="Loss")
         ax_loss.legend()
         ax_acc.plot(
             steps[width - 1 :], _smooth(s["train_acc"], width), color="C0", label="minibatch"
@@ -65,17 +89,23 @@ def render(view: RunView) -> Section:
         ["quantity", "value"],
         [
             ["recorded steps", res["recorded_steps"]],
-            ["minibatch loss, first step", res["train_loss_first"]],
-            ["minibatch loss, last steps (mean)", res["train_loss_last"]],
-            ["minibatch accuracy, last steps (mean)", res["train_acc_last"]],
-            ["final test loss", final["test_loss"]],
-            ["final test accuracy", final["test_acc"]],
+            ["minibatch loss, first step", _na(res["train_loss_first"])],
+            ["minibatch loss, last steps (mean)", _na(res["train_loss_last"])],
+            ["minibatch accuracy, last steps (mean)", _na(res["train_acc_last"])],
+            ["final test loss", _na(final["test_loss"])],
+            ["final test accuracy", _na(final["test_acc"])],
         ],
     )
+    notes = []
+    if not np.isfinite(s["train_acc"]).any():
+        notes.append("No minibatch accuracy was recorded (a probe records it when given).")
+    if not evaluated.any():
+        notes.append("No test data: test loss and accuracy were not measured.")
     return Section(
         "training",
         "Training",
         tables=[table],
+        notes=notes,
         figures=[
             Figure(
                 path,

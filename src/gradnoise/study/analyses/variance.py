@@ -18,7 +18,8 @@ last step), over **all** P parameters:
   minibatches drawn without replacement from N examples; ``Var_B`` around ``G``, divisor T);
 * ``||G||``, the full-training-set loss, and everything per layer (module).
 
-The comparators of Faghri et al. (methods.md §5(a)) run on the same plain-SGD trajectory with
+The comparators of Faghri et al. (methods.md §5(a)) run on the same training trajectory (the
+run's optimizer; Faghri et al. used plain SGD) with
 :class:`gradnoise.EstimatorComparator` at every ``comparator_every``-th measurement: SG-B, SG-2B,
 SVRG (snapshot refreshed every ``snapshot_every`` steps) and Gradient Clustering (C clusters,
 re-clustered every ``recluster_every`` steps, ``cluster_iters`` passes): variance, NGV and bias
@@ -41,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import ConfigError, GradnoiseError
+from ...errors import ConfigError, MissingDataError
 from ...report import Figure, Section, Table
 from ...report.figures import figure, save_figure
 from ..context import RunView, StudyContext
@@ -193,15 +194,11 @@ def _start(ctx: StudyContext, model: Any) -> _State:
 
 
 def _train_loss(ctx: StudyContext, model: Any) -> float:
-    import torch
+    from .._torch import eval_mode, evaluate
 
     x, y = ctx.train_tensors
-    total = 0.0
-    with torch.no_grad():
-        for start in range(0, int(x.shape[0]), 1024):
-            xb, yb = x[start : start + 1024].to(ctx.device), y[start : start + 1024].to(ctx.device)
-            total += float(ctx.loss_fn(model(xb), yb)) * int(xb.shape[0])
-    return total / int(x.shape[0])
+    with eval_mode(model):
+        return evaluate(model, ctx.loss_fn, x, y, device=ctx.device, batch_size=1024)[0]
 
 
 def measure(ctx: StudyContext, model: Any, state: _State, step: int) -> dict[str, Any]:
@@ -212,7 +209,7 @@ def measure(ctx: StudyContext, model: Any, state: _State, step: int) -> dict[str
     b, n, t = ctx.config.batch_size, state.n, state.opts["draws"]
     data = ctx.train_tensors
     sel, groups = state.selection, state.groups
-    full = full_grad(model, ctx.loss_fn, data, batch_size=512, params=sel)
+    full = full_grad(model, ctx.loss_fn, data, batch_size=512, params=sel, dropout=ctx.dropout)
     g = full.detach().cpu().double().numpy()
     draws = (
         minibatch_grads(
@@ -223,6 +220,7 @@ def measure(ctx: StudyContext, model: Any, state: _State, step: int) -> dict[str
             num_batches=t,
             seed=ctx.seed_for(f"variance-{step}"),
             params=sel,
+            dropout=ctx.dropout,
         )
         .detach()
         .cpu()
@@ -257,6 +255,22 @@ def measure(ctx: StudyContext, model: Any, state: _State, step: int) -> dict[str
     }
 
 
+def _fixed_forward(ctx: StudyContext, model: Any) -> Any:
+    """The comparators need one fixed forward (clustering distances, SVRG corrections): with a
+    dropout choice, the model's random modules run in eval mode while they measure."""
+    import contextlib
+
+    if ctx.dropout == "error":
+        return contextlib.nullcontext()
+    from ...capture import audit_model
+
+    x, y = ctx.train_tensors
+    audit = audit_model(
+        model, ctx.loss_fn, x[:4].to(ctx.device), y[:4].to(ctx.device), dropout="eval"
+    )
+    return audit.randomness("eval")
+
+
 def during_training(ctx: StudyContext, step: int, model: Any) -> None:
     """Measure every ``every`` steps and after the last step; keep results in ``ctx.scratch``."""
     state: _State | None = ctx.scratch.get(NAME)
@@ -274,7 +288,8 @@ def during_training(ctx: StudyContext, step: int, model: Any) -> None:
     comp = state.comparator
     if comp is not None and (len(state.steps) - 1) % state.opts["comparator_every"] == 0:
         before, snap = comp.result, comp.snapshot
-        res = comp.measure(step)
+        with _fixed_forward(ctx, model):
+            res = comp.measure(step)
         state.cmp_steps.append(step)
         state.cmp_reclustered.append(comp.result is not before)
         state.cmp_snapshot.append(comp.snapshot is not snap)
@@ -334,7 +349,7 @@ def trend(steps: np.ndarray, values: np.ndarray, start: float) -> dict[str, Any]
 def compute(ctx: StudyContext) -> dict[str, Any]:
     state: _State | None = ctx.scratch.get(NAME)
     if state is None or not state.steps:
-        raise GradnoiseError("variance: no measurements were taken during training")
+        raise MissingDataError("no measurement was taken during training (no step was probed)")
     opts, names = state.opts, list(state.groups)
     steps = np.asarray(state.steps, dtype=np.int64)
     series = {k: np.asarray(v, dtype=np.float64) for k, v in state.series.items()}
@@ -597,7 +612,8 @@ def render(view: RunView) -> Section:
             figures.append(
                 Figure(
                     save_figure(fig, view.figure_path("estimators")),
-                    f"Estimators evaluated on the plain-SGD trajectory, {comp['draws']} draws "
+                    f"Estimators evaluated along the run's trajectory ("
+                    f"{view.optimizer.name or 'optimizer not given'}), {comp['draws']} draws "
                     f"each: SG-B (B = {b}), SG-2B, SVRG (snapshot every "
                     f"{res['options']['snapshot_every']} steps) and Gradient Clustering "
                     f"({comp['num_clusters']} clusters, re-clustered every "
@@ -694,6 +710,8 @@ def render(view: RunView) -> Section:
         "Faghri et al. estimate the mean from T independent draws and the variance from T fresh "
         "ones; here both use the same T draws (variance with divisor T - 1, NGV with divisor T "
         "and the draws' own mean).",
+        "Variance, NGV and GSNR are those of the raw minibatch gradient g_B at the measured "
+        f"parameters, whatever the optimizer. {view.optimizer.step_noise}",
     ]
     if comp:
         gc = comp["estimators"]["gc"]
