@@ -387,7 +387,10 @@ def render_section(view: RunView, title: str) -> Section:
             if res["box_auto"]
             else "given"
         )
-        + ").",
+        + f"). SGN is bounded: no minibatch's |ξ_j| exceeds max_i |g_ij − G_j| (at most "
+        f"{_f(res['sgn_bound_max'])}), so a single SGD step can cross the box in only "
+        f"{res['box_reachable_in_one_sgd_step']} coordinates, while the SαS law has unbounded "
+        "support.",
         "Found: " + _findings(res),
     ]
     tables = _escape_tables(res)

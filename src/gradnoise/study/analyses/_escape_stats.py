@@ -28,7 +28,9 @@ def wilson(successes: int, n: int, level: float = 0.95) -> tuple[float, float, f
     den = 1 + z * z / n
     mid = (p + z * z / (2 * n)) / den
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return p, max(0.0, mid - half), min(1.0, mid + half)
+    lo = 0.0 if successes == 0 else max(0.0, mid - half)
+    hi = 1.0 if successes == n else min(1.0, mid + half)
+    return p, lo, hi
 
 
 def censored_mean(

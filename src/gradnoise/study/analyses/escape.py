@@ -213,6 +213,8 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
     n_layers, p = len(names), int(net.theta.numel())
     sel = ParamSelection(tuple(names), tuple(net.shapes), (None,) * n_layers)
     per_sample, full = nt.per_sample_and_mean(model, loss_fn, x, y, sel, ctx.dropout)
+    # the largest one-example deviation |g_ij - G_j| bounds every minibatch's |xi_j|
+    sgn_bound = np.abs(per_sample - full.astype(per_sample.dtype)).max(0).astype(np.float64)
     loss_star = float(net.loss(net.theta.unsqueeze(0), x, y)[0])
     theta_norm = float(net.theta.double().norm())
     threshold = opts["loss_rise"] if opts["exit"] == "loss" else opts["radius"] * theta_norm
@@ -263,6 +265,8 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
     else:
         trace_coords = np.argsort(-s_base, kind="stable")[: opts["trace_coords"]]
     arrays["trace_coords"] = trace_coords
+    # a coordinate whose bounded SGN cannot carry a step of SGD across the box in one step
+    reachable = int(np.count_nonzero(lr_base * sgn_bound >= box))
 
     common = {
         "steps": opts["horizon"],
@@ -380,6 +384,8 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
         "box": box,
         "box_auto": opts["box"] == "auto",
         "heavy_coordinates": int(on.sum()),
+        "box_reachable_in_one_sgd_step": reachable,
+        "sgn_bound_max": float(sgn_bound.max()),
         "fits": fit_rows,
         "rows": rows,
         "sweep": sweep,
