@@ -203,12 +203,14 @@ def _figures(view: RunView, res: dict[str, Any], shares: dict[str, np.ndarray]) 
     names = res["params"]
     with figure(1, width=max(4.5, 1.0 + 0.9 * len(names)), height=3.4) as (fig, ax):
         keys = ["predicted", "sgd", "levy", "gauss"]
+        exits = {r["arm"]: r["box_exit"]["exits"] for r in res["rows"][:3]}
         width = 0.8 / len(keys)
         pos = np.arange(len(names))
         for i, key in enumerate(keys):
             ax.bar(pos + (i - 1.5) * width, shares[key], width,
                    color="0.5" if key == "predicted" else ARM_COLOR[key],
-                   label="theory λ_j/Λ" if key == "predicted" else ARM_LABEL[key])  # fmt: skip
+                   label="theory λ_j/Λ" if key == "predicted"
+                   else f"{ARM_LABEL[key]} ({exits[key]} first exits)")  # fmt: skip
         ax.set_xticks(pos, names, rotation=30, ha="right", fontsize=7)
         ax.set(ylabel="fraction of first box exits", title="Exit direction by parameter")
         ax.legend(fontsize=7)
