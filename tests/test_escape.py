@@ -270,6 +270,7 @@ def test_decay_verdict_needs_arms_and_seeds():
         ({"sgn_samples": 5}, "sgn_samples"),
         ({"level": 1.0}, "level"),
         ({"box_target": 1.5}, "box_target"),
+        ({"gauss_scale": "var"}, "gauss_scale"),
     ],
 )
 def test_bad_options_refused(options, match):

@@ -378,7 +378,12 @@ def render_section(view: RunView, title: str) -> Section:
         f"{res['from_step']} (train loss L* = {_f(res['loss_at_minimum'])}, treated as the "
         "minimum; it is a trained point, not a certified minimum), three arms start many paths: "
         "real SGD with the study's minibatches, the fitted Lévy SDE and a Gaussian SDE with the "
-        "same per-coordinate scale, both driven by the full train loss.",
+        + (
+            "SGN's per-coordinate sample variance (scale sd_j/√2)"
+            if s.get("gauss_scale") == "sd"
+            else "same per-coordinate scale σ_j"
+        )
+        + ", both driven by the full train loss.",
         f"Fits at B = {fit0['batch_size']}: median α {_f(fit0['alpha_median'])}, fraction "
         f"α < 1.9 {_f(fit0['fraction_alpha_below_1_9'])}, {fit0['unfitted']} of "
         f"{fit0['coordinates']} coordinates unfitted; {res['heavy_coordinates']} coordinates "

@@ -17,7 +17,7 @@ From checkpoint ``from_step`` (default: the last) with parameters theta*:
    epochs without replacement, its own order per path), ``levy`` (the Euler scheme of the
    per-coordinate SDE, theta_j <- theta_j - lr (d_j L + sigma_j S_j), S_j ~ SαS(alpha_j, 1), L the
    loss on the whole train split) and ``gauss`` (the same with alpha_j = 2: N(0, 2 sigma_j^2),
-   the same scale). The model runs in eval mode (no dropout) and without momentum. Measured:
+   the same scale; ``gauss_scale = "sd"``: sd_j / sqrt(2), the SGN's sample variance). The model runs in eval mode (no dropout) and without momentum. Measured:
    * basin exit (``exit``): ``"loss"``, the train loss above L(theta*) + ``loss_rise``, checked
      every ``check_every`` steps; or ``"distance"``, ||theta - theta*|| > ``radius`` ||theta*||,
      checked every step. Mean exit step (censored MLE, exact Poisson interval) and trapping
@@ -43,7 +43,7 @@ From checkpoint ``from_step`` (default: the last) with parameters theta*:
 
 Options (``[options.escape]``): ``from_step``, ``exit``, ``loss_rise``, ``radius``,
 ``lr_factors``, ``batch_sizes``, ``paths``, ``horizon``, ``check_every``, ``sgn_samples``,
-``fit_method``, ``box``, ``box_target``, ``noise_factors``, ``trace_coords``, ``arms``,
+``fit_method``, ``gauss_scale``, ``box``, ``box_target``, ``noise_factors``, ``trace_coords``, ``arms``,
 ``arm_steps``, ``arm_seeds``, ``decay``, ``level``.
 """
 
@@ -66,6 +66,7 @@ TITLE = "Escape from a minimum: SGD vs Lévy vs Gaussian SDE, and learning-rate 
 WHERE = f"[options.{NAME}]"
 EXIT_RULES = ("loss", "distance")
 FIT_METHODS = ("mcculloch", "mle")
+GAUSS_SCALES = ("sas", "sd")
 # the most per-sample gradient values (examples x parameters) the fits hold in memory
 MAX_PER_SAMPLE = 200_000_000
 
@@ -81,6 +82,7 @@ DEFAULTS: dict[str, Any] = {
     "check_every": 5,
     "sgn_samples": 256,
     "fit_method": "mcculloch",
+    "gauss_scale": "sas",
     "box": "auto",
     "box_target": 0.25,
     "noise_factors": [0.5, 1.0, 2.0, 4.0],
@@ -129,6 +131,7 @@ def resolve_options(raw: Mapping[str, Any], config: Any) -> dict[str, Any]:
     opts["decay"] = integer(WHERE, "decay", opts["decay"], 2)
     opts["sgn_samples"] = integer(WHERE, "sgn_samples", opts["sgn_samples"], 20, 100_000)
     opts["fit_method"] = choice(WHERE, "fit_method", opts["fit_method"], FIT_METHODS)
+    opts["gauss_scale"] = choice(WHERE, "gauss_scale", opts["gauss_scale"], GAUSS_SCALES)
     if opts["box"] != "auto":
         if isinstance(opts["box"], str):
             raise ConfigError(
@@ -226,15 +229,18 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
             per_sample, full, ns.draw_minibatches(ctx.rng(stream), n, b, k)
         )
 
-    fits: dict[int, tuple[Any, Any]] = {}
+    fits: dict[int, tuple[Any, Any, Any]] = {}
     fit_rows = []
     arrays: dict[str, Any] = {"group": groups.astype(np.int16)}
     for b in ctx.progress.track(opts["batch_sizes"], "SαS fits per coordinate"):
-        a, s, degenerate = ns.parameter_map(
-            sgn(b, f"{NAME}-batches-{b}"), (p,), method=opts["fit_method"]
-        )
+        xi = sgn(b, f"{NAME}-batches-{b}")
+        a, s, degenerate = ns.parameter_map(xi, (p,), method=opts["fit_method"])
         a, s = _sde_params(a, s)
-        fits[b] = (a, s)
+        # the Gaussian SDE's scale: the SαS scale, or sd / sqrt(2) (N(0, 2 scale^2) then has
+        # the SGN's sample variance); unfitted coordinates get no noise in either SDE
+        g = s if opts["gauss_scale"] == "sas" else np.where(s > 0, xi.std(0) / np.sqrt(2), 0.0)
+        fits[b] = (a, s, g)
+        del xi
         arrays[f"alpha_{b}"], arrays[f"scale_{b}"] = a.astype(np.float32), s.astype(np.float32)
         on = s > 0
         fit_rows.append(
@@ -251,7 +257,7 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
         )
 
     lr_base, b_base = lr0 * opts["lr_factors"][0], opts["batch_sizes"][0]
-    a_base, s_base = fits[b_base]
+    a_base, s_base, g_base = fits[b_base]
     if opts["box"] == "auto":
         box = es.calibrate_box(a_base, s_base, lr_base, opts["box_target"] * opts["horizon"])
     else:
@@ -285,9 +291,9 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
     ]
     for f, b, arm in ctx.progress.track(cells, "escape paths (SGD, Lévy, Gauss)"):
         lr = lr0 * f
-        a, s = fits[b]
+        a, s, g = fits[b]
         res = et.simulate(
-            net, arm, lr=lr, batch_size=b, alpha=a, scale=s,
+            net, arm, lr=lr, batch_size=b, alpha=a, scale=g if arm == "gauss" else s,
             seed=ctx.seed_for(f"{NAME}-paths-{arm}-{f}-{b}"), **common,
         )  # fmt: skip
         trapped = int(np.count_nonzero(res.basin_step < 0))
@@ -304,7 +310,7 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
                 "lr": lr,
                 "lr_factor": f,
                 "batch_size": b,
-                "eps_median": _eps_median(a_arm, s, lr),
+                "eps_median": _eps_median(a_arm, g if arm == "gauss" else s, lr),
                 "basin_exit": es.censored_mean(res.basin_step, res.end_step, level),
                 "trapping_probability": p_trap,
                 "trapping_ci": [lo, hi],
@@ -322,8 +328,9 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
     sweep = []
     for c in ctx.progress.track(opts["noise_factors"], "exit time vs eps"):
         for arm in ("levy", "gauss"):
+            sc = g_base if arm == "gauss" else s_base
             res = et.simulate(
-                net, arm, lr=lr_base, batch_size=b_base, alpha=a_base, scale=c * s_base,
+                net, arm, lr=lr_base, batch_size=b_base, alpha=a_base, scale=c * sc,
                 seed=ctx.seed_for(f"{NAME}-sweep-{arm}-{c}"), stop_at_box=True, **common,
             )  # fmt: skip
             a_arm = np.full(p, 2.0) if arm == "gauss" else a_base
@@ -332,7 +339,7 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
                 {
                     "arm": arm,
                     "noise_factor": c,
-                    "eps_median": _eps_median(a_arm, c * s_base, lr_base),
+                    "eps_median": _eps_median(a_arm, c * sc, lr_base),
                     "box_exit": es.censored_mean(res.box_step, res.end_step, level),
                     "theory_steps": float(theory[0].mean_exit_steps)
                     if theory is not None and arm == "levy"
@@ -375,6 +382,7 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
                 "check_every",
                 "sgn_samples",
                 "fit_method",
+                "gauss_scale",
                 "box_target",
                 "noise_factors",
                 "level",
