@@ -192,7 +192,6 @@ def _eps_median(alpha: Any, scale: Any, lr: float) -> float:
 
 def compute(ctx: StudyContext) -> dict[str, Any]:
     import numpy as np
-    import torch
 
     from ...selection import ParamSelection
     from . import _escape_stats as es
@@ -402,7 +401,6 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
     if opts["arms"]:
         out["decay"] = _decay_arms(ctx, opts, net, sel, (x, y), sgn, lr0, loss_star, threshold)
     ctx.save_arrays(NAME, **arrays)
-    del torch
     return out
 
 
