@@ -295,3 +295,30 @@ def test_not_in_default_study_and_preset_configs_valid():
             check_study(config)
     full = get_preset("battash-escape").configs(False, 0)
     assert {c.batch_size for c in full.values()} == {32, 512}  # small- vs large-batch minima
+
+
+@pytest.mark.slow
+def test_preset_quick_runs_at_a_minimal_size(tmp_path, monkeypatch):
+    """``gradnoise reproduce battash-escape --quick`` end to end, shrunk further (the real quick
+    size takes about 1.5 minutes): both datasets, the index page's comparison table."""
+    from typer.testing import CliRunner
+
+    from gradnoise.cli import app
+    from gradnoise.study.presets import battash_escape as preset
+
+    monkeypatch.setattr(preset, "QUICK_STEPS", {"mnist1d": 8, "digits": 8})
+    tiny = {"paths": 2, "horizon": 6, "sgn_samples": 20, "arm_steps": 2, "trace_coords": 1}
+    monkeypatch.setattr(preset, "QUICK_OPTIONS", {**OPTIONS, **tiny, "lr_factors": [1.0]})
+    monkeypatch.setattr(preset, "QUICK", {**preset.QUICK, "track_coords": 20})
+    monkeypatch.setattr(
+        preset, "MODEL", {"model": "mlp", "model_options": {"widths": [4]}, "lr": 0.1}
+    )
+    out = tmp_path / "preset"
+    result = CliRunner().invoke(
+        app, ["reproduce", "battash-escape", "--quick", "--out", str(out), "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    index = (out / "index.html").read_text()
+    assert "decay verdict" in index and "slope Lévy" in index
+    for key in ("digits", "mnist1d"):
+        assert "Verdict:" in (out / key / "report.html").read_text()
