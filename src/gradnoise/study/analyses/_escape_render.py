@@ -18,8 +18,8 @@ ARM_COLOR = {"sgd": "C0", "levy": "C3", "gauss": "C2"}
 def _f(v: Any, digits: int = 3) -> str:
     if v is None:
         return "n/a"
-    if isinstance(v, str):
-        return v
+    if isinstance(v, str):  # summary.json stores infinities as "inf"
+        return {"inf": "∞", "-inf": "-∞"}.get(v, v)
     if isinstance(v, float):
         if not math.isfinite(v):
             return "∞" if v > 0 else str(v)
@@ -342,8 +342,16 @@ def _findings(res: dict[str, Any]) -> str:
         r = base[arm]
         parts.append(
             f"{ARM_LABEL[arm]}: trapped {_ci(r['trapping_probability'], *r['trapping_ci'])}, "
-            f"first box exit {_ci(r['box_exit']['mean_steps'], r['box_exit']['ci_low'], r['box_exit']['ci_high'])} steps"
+            f"basin exit {_exit(r['basin_exit'])} steps, "
+            f"first box exit {_exit(r['box_exit'])} steps"
         )
+    sgd_trap = base["sgd"]["trapping_probability"]
+    match = [
+        f"{'inside' if lo <= sgd_trap <= hi else 'outside'} the {ARM_LABEL[arm]}'s interval"
+        for arm in ("levy", "gauss")
+        for lo, hi in [base[arm]["trapping_ci"]]
+    ]
+    parts.append(f"SGD's trapped fraction lies {match[0]} and {match[1]}")
     sl = res["slopes"]
     names = res["params"]
     pred = np.asarray(base["levy"]["predicted_first_exit_by_param"])
@@ -395,9 +403,9 @@ def render_section(view: RunView, title: str) -> Section:
             else "given"
         )
         + f"). SGN is bounded: no minibatch's |ξ_j| exceeds max_i |g_ij − G_j| (at most "
-        f"{_f(res['sgn_bound_max'])}), so a single SGD step can cross the box in only "
-        f"{res['box_reachable_in_one_sgd_step']} coordinates, while the SαS law has unbounded "
-        "support.",
+        f"{_f(res['sgn_bound_max'])}), so a single SGD step can cross the box along "
+        f"{res['box_reachable_in_one_sgd_step']} of {fit0['coordinates']} coordinates, while "
+        "the SαS law has unbounded support.",
         "Found: " + _findings(res),
     ]
     tables = _escape_tables(res)
