@@ -344,6 +344,7 @@ def _findings(res: dict[str, Any]) -> str:
             f"{ARM_LABEL[arm]}: trapped {_ci(r['trapping_probability'], *r['trapping_ci'])}, "
             f"basin exit {_exit(r['basin_exit'])} steps, "
             f"first box exit {_exit(r['box_exit'])} steps"
+            + (f" (theory {_f(r['box_exit_theory_steps'])})" if arm == "levy" else "")
         )
     sgd_trap = base["sgd"]["trapping_probability"]
     match = [
@@ -365,7 +366,7 @@ def _findings(res: dict[str, Any]) -> str:
     return (
         f"At lr {_f(base['sgd']['lr'])} and B {base['sgd']['batch_size']}: "
         + "; ".join(parts)
-        + f" (theory {_f(base['levy']['box_exit_theory_steps'])}). Exit time vs ε: simulated "
+        + ". Exit time vs ε: simulated "
         f"Lévy slope {_f(sl['levy']['slope'])} ± {_f(sl['levy']['se'])}, theory "
         f"{_f(sl['theory']['slope'])}; Gaussian {_f(sl['gauss']['slope'])} ± "
         f"{_f(sl['gauss']['se'])}. Most likely first exit by theory: {top_pred}; observed: "
