@@ -540,8 +540,13 @@ def _decay_arms(
 
 def headline(results: dict[str, Any]) -> dict[str, Any]:
     """Base-setting numbers for a preset's comparison table."""
-    line: dict[str, Any] = {}
+    line: dict[str, Any] = {
+        "L(θ*)": results["loss_at_minimum"],
+        "median α": results["fits"][0]["alpha_median"],
+    }
     base = results["rows"][:3]
+    for r in base:
+        line[f"basin exits ({r['arm']})"] = f"{r['basin_exit']['exits']}/{r['basin_exit']['paths']}"
     for r in base:
         line[f"trapped ({r['arm']})"] = r["trapping_probability"]
         line[f"box exit steps ({r['arm']})"] = r["box_exit"]["mean_steps"]
