@@ -300,7 +300,7 @@ def test_not_in_default_study_and_preset_configs_valid():
 @pytest.mark.slow
 def test_preset_quick_runs_at_a_minimal_size(tmp_path, monkeypatch):
     """``gradnoise reproduce battash-escape --quick`` end to end, shrunk further (the real quick
-    size takes about 1.5 minutes): both datasets, the index page's comparison table."""
+    size takes about 50 s of CPU): both datasets, the index page's comparison table."""
     from typer.testing import CliRunner
 
     from gradnoise.cli import app
