@@ -86,6 +86,7 @@ ESCAPE = Preset(
     "SDE vs a Gaussian SDE on the network's loss — exit times against the small-noise theory, "
     "exit directions by parameter, trapping over a horizon vs lr and batch size — and lr-decay "
     "vs batch-increase vs constant arms with a stated verdict on 'decay helps through reduced "
-    "noise'.",
+    "noise'. The full version compares minima found with B = 32 and B = 512 at equal lr and B; "
+    "they differ in training progress too (compare L(θ*)).",
     _configs,
 )
