@@ -745,12 +745,63 @@ class Run:
         parameters)."""
         return self.snapshots("full")
 
+    def to_dask(self) -> DaskRun:
+        """The store's arrays as dask arrays over its Zarr chunks (no copy, nothing read yet).
+
+        Needs ``dask[array]`` (``pip install 'gradnoise[dask]'``). The arrays are opened by path
+        (``dask.array.from_zarr``), so the workers of a ``distributed`` cluster read the chunks
+        themselves; they must see the store at the same path. The batched statistics
+        (:mod:`gradnoise.stats`) accept them and run blockwise over column blocks.
+        """
+        try:
+            import dask.array as da
+        except ImportError as err:
+            raise ImportError(
+                "Run.to_dask() needs dask: pip install 'gradnoise[dask]' (dask[array])"
+            ) from err
+
+        def array(name: str, rows: int | None = None) -> Any:
+            arr = da.from_zarr(str(self.path), component=name)
+            return arr if rows is None else arr[:rows]
+
+        snapshots: dict[str, dict[int, Any]] = {}
+        for snap in self.snapshot_index():
+            snapshots.setdefault(snap["kind"], {})[int(snap["step"])] = array(snap["name"])
+        return DaskRun(
+            grads=array("grads", self.length),
+            table=array("table", self.length),
+            snapshots=snapshots,
+        )
+
     def __repr__(self) -> str:
         kinds = sorted({s["kind"] for s in self.snapshot_index()})
         return (
             f"Run({str(self.path)!r}, steps={self.length}, "
             f"columns={self.selection.num_columns}, snapshots={kinds})"
         )
+
+
+@dataclass(frozen=True)
+class DaskRun:
+    """A store's arrays as dask arrays (see :meth:`Run.to_dask`); nothing is read until computed.
+
+    Attributes:
+        grads: ``[T, C]`` recorded minibatch gradients (committed rows only).
+        table: ``[T, 2+S]`` step, non-finite flag and scalars per row.
+        snapshots: ``{kind: {step: [n, C] array}}`` (``per_sample``, ``noise``, ``full``...).
+    """
+
+    grads: Any
+    table: Any
+    snapshots: dict[str, dict[int, Any]] = field(default_factory=dict)
+
+    @property
+    def per_sample(self) -> dict[int, Any]:
+        return self.snapshots.get("per_sample", {})
+
+    @property
+    def noise(self) -> dict[int, Any]:
+        return self.snapshots.get("noise", {})
 
 
 def open_run(path: str | Path) -> Run:
