@@ -71,6 +71,9 @@ def map_columns(
         raise TypeError(f"{name} must be numeric, got dtype {cols.dtype}")
     if cols.numblocks[0] > 1:
         cols = cols.rechunk({0: -1, 1: "auto"})
+    widths = _no_single_columns(cols.chunks[1])
+    if widths != cols.chunks[1]:
+        cols = cols.rechunk({1: widths})
     m = cols.shape[1]
     opts = dict(options)
     seeds = column_seeds(opts.pop("rng", None), m) if seeded else None
@@ -98,7 +101,6 @@ def map_columns(
         out[0, 0] = func(np.asarray(block), axis=0, **opts, **kw)
         return out
 
-    widths = cols.chunks[1]
     parts = cols.map_blocks(
         block_stat,
         chunks=((1,), (1,) * len(widths)),
@@ -107,6 +109,19 @@ def map_columns(
         name=f"gradnoise-{getattr(func, '__name__', 'stat')}",
     ).compute()[0]
     return merge_columns(list(parts), list(widths), mixed=mixed)
+
+
+def _no_single_columns(widths: tuple[int, ...]) -> tuple[int, ...]:
+    """Column block widths with blocks of one column merged into a neighbour: numpy reduces an
+    ``(n, 1)`` block along its contiguous axis (pairwise summation) but a column of a wider block
+    row by row, so a lone column could round differently from the same column in memory."""
+    out: list[int] = []
+    for w in widths:
+        if out and (w == 1 or out[-1] == 1):
+            out[-1] += w
+        else:
+            out.append(w)
+    return tuple(out)
 
 
 def merge_columns(parts: list[Any], widths: list[int], *, mixed: Collection[str] = ()) -> Any:
