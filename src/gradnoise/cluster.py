@@ -72,6 +72,9 @@ def dask_client(spec: Any, *, memory_limit: str | int | None = None) -> Iterator
                     processes=True,
                     host="127.0.0.1",
                     dashboard_address=None,
+                    # the scheduler's HTTP routes, on loopback and a free port (the default
+                    # :8787 may be taken by another cluster)
+                    scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
                     memory_limit="auto" if memory_limit is None else memory_limit,
                 )
             )

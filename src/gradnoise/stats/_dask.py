@@ -58,6 +58,7 @@ def map_columns(
             them from the concatenated per-column fields).
     """
     import dask.array as da
+    from dask.base import tokenize
 
     if x.ndim != 2:
         raise ValueError(
@@ -71,6 +72,7 @@ def map_columns(
         raise TypeError(f"{name} must be numeric, got dtype {cols.dtype}")
     if cols.numblocks[0] > 1:
         cols = cols.rechunk({0: -1, 1: "auto"})
+    fname = f"{func.__module__}.{func.__qualname__}"
     widths = _no_single_columns(cols.chunks[1])
     if widths != cols.chunks[1]:
         cols = cols.rechunk({1: widths})
@@ -106,7 +108,8 @@ def map_columns(
         chunks=((1,), (1,) * len(widths)),
         dtype=object,
         meta=np.empty((0, 0), dtype=object),
-        name=f"gradnoise-{getattr(func, '__name__', 'stat')}",
+        # unique per call: a key shared by two calls would hand one call the other's results
+        name=f"gradnoise-{fname}-{tokenize(cols.name, fname, opts, sliced, seeds)}",
     ).compute()[0]
     return merge_columns(list(parts), list(widths), mixed=mixed)
 

@@ -145,8 +145,11 @@ _MIN_N = {"mcculloch": 5, "cf": 10, "mle": 10}
 
 
 def _sorted_block(block: np.ndarray) -> np.ndarray:
-    """(m, n) ascending-sorted copy of an (n, m) column block (float32 kept float32)."""
-    t = np.ascontiguousarray(block.T)
+    """(m, n) ascending-sorted copy of an (n, m) column block (float32 kept float32). Always a
+    copy: ``ascontiguousarray`` of the transpose of an F-ordered block is the block itself,
+    which was then sorted in place (the caller's array, or a dask chunk that a later task
+    reads again)."""
+    t = np.array(block.T, order="C", copy=True)
     t.sort(axis=1)
     return t
 
