@@ -152,6 +152,12 @@ def test_bad_input_and_specs_are_named(client):
         stats.tail_index(x)
     with pytest.raises(ValueError, match="pooled=True"):
         stats.tail_index(x[:, :, 0], pooled=True)
+    const = np.random.default_rng(1).standard_normal((40, 12))
+    const[:, 9] = 1.0
+    with pytest.raises(
+        ValueError, match=r"constant.*block of columns 8:12 of the dask array: add 8"
+    ):
+        stats.normality_test(da.from_array(const, chunks=(40, 4)))
     assert parse_dask("local[3]") == ("local", 3)
     assert parse_dask("127.0.0.1:8786") == ("address", "tcp://127.0.0.1:8786")
     for bad in ("local[0]", "local", "local[2", "not an address/"):

@@ -100,7 +100,17 @@ def map_columns(
         if seeds is not None:
             kw["rng"] = seeds.block(c0, c1)
         out = np.empty((1, 1), dtype=object)
-        out[0, 0] = func(np.asarray(block), axis=0, **opts, **kw)
+        try:
+            out[0, 0] = func(np.asarray(block), axis=0, **opts, **kw)
+        except (ValueError, TypeError, ArithmeticError) as err:
+            # the message counts columns within the block: say where the block starts
+            if len(err.args) != 1 or not isinstance(err.args[0], str):
+                raise
+            where = (
+                f" [in the block of columns {c0}:{c1} of the dask array: add {c0} to column "
+                "numbers above]"
+            )
+            raise type(err)(err.args[0] + where) from err
         return out
 
     parts = cols.map_blocks(
