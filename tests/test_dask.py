@@ -217,3 +217,66 @@ def test_analyze_on_a_local_cluster_gives_the_same_summary(tmp_path):
     assert (run / "summary.json").read_bytes() == before
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["reanalyses"][-1]["dask"] == "local[2]"
+
+
+def _write_part(path, names, shapes, indices, steps, seed):
+    """One writer's shard: its own coordinates over the given steps (run on a worker too)."""
+    sel = ParamSelection(tuple(names), tuple(shapes), tuple(indices))
+    rng = np.random.default_rng(seed)
+    with RunWriter(path, sel) as writer:
+        for step in steps:
+            writer.append(step, rng.standard_normal(sel.num_columns).astype(np.float32))
+        writer.add_snapshot("noise", steps[-1], rng.standard_normal((6, sel.num_columns)))
+    return str(path)
+
+
+def test_writers_on_the_cluster_consolidate_into_one_run(client, tmp_path):
+    """Two worker processes each write their own part store (their own coordinates, the same
+    steps); consolidate_runs merges them by metadata only into one run, read like any store."""
+    from gradnoise.store import consolidate_runs
+
+    root = tmp_path / "run"
+    w = np.arange(12)
+    shards = [  # rank 0: b and the first half of w; rank 1: the rest of w
+        (["b", "w"], [(3,), (3, 4)], [None, w[:5]]),
+        (["w"], [(3, 4)], [w[5:]]),
+    ]
+    futures = [
+        client.submit(_write_part, root / "parts" / f"rank{r}", *shard, range(0, 50, 5), r)
+        for r, shard in enumerate(shards)
+    ]
+    client.gather(futures)
+    files_before = sorted(p for p in root.rglob("*") if p.is_file())
+    merged = consolidate_runs(root)
+    # metadata only: one new file, the root group's zarr.json
+    assert sorted(p for p in root.rglob("*") if p.is_file()) == sorted(
+        [*files_before, root / "zarr.json"]
+    )
+    parts = [open_run(root / "parts" / f"rank{r}") for r in range(2)]
+    assert merged.length == 10 and merged.steps.tolist() == list(range(0, 50, 5))
+    assert np.array_equal(merged.grads, np.hstack([p.grads for p in parts]))
+    assert merged.selection.names == ("b", "w") and merged.selection.num_columns == 15
+    assert merged.selection.locate([3, 8, 14]) == [("w", (0, 0)), ("w", (1, 1)), ("w", (2, 3))]
+    assert np.array_equal(merged.noise[45], np.hstack([p.noise[45] for p in parts]))
+    lazy = merged.to_dask()
+    assert np.array_equal(lazy.grads.compute(), merged.grads)
+    assert np.array_equal(lazy.noise[45].compute(), merged.noise[45])
+    assert_same(stats.tail_index(merged.grads), stats.tail_index(lazy.grads))
+    assert np.array_equal(open_run(root).read_grads(np.array([0, 14])), merged.grads[:, [0, 14]])
+    # a part ahead of the others: the merged run holds the rows every part committed
+    with RunWriter(root / "parts" / "rank1", parts[1].selection) as writer:
+        writer.append(50, np.ones(parts[1].selection.num_columns), nonfinite=False)
+    assert open_run(root).length == 10
+    # the merged run is read-only; overlapping or misaligned parts are refused
+    from gradnoise.errors import StoreError
+
+    with pytest.raises(StoreError, match="merged run"):
+        RunWriter(root, merged.selection)
+    _write_part(tmp_path / "x" / "a", ["w"], [(3, 4)], [w[:6]], range(3), 0)
+    _write_part(tmp_path / "x" / "b", ["w"], [(3, 4)], [w[4:]], range(3), 1)
+    with pytest.raises(StoreError, match="repeats or reorders"):
+        consolidate_runs(tmp_path / "m", [tmp_path / "x" / "a", tmp_path / "x" / "b"])
+    _write_part(tmp_path / "y" / "parts" / "a", ["w"], [(3, 4)], [w[:6]], range(3), 0)
+    _write_part(tmp_path / "y" / "parts" / "b", ["w"], [(3, 4)], [w[6:]], range(1, 4), 1)
+    with pytest.raises(StoreError, match="other steps"):
+        consolidate_runs(tmp_path / "y")
