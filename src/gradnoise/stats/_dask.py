@@ -43,7 +43,8 @@ def map_columns(
     """``func(x, axis=axis, **options)`` for a 2-D dask array ``x``, computed blockwise.
 
     ``x`` is rechunked so that every column is whole along ``axis``, in column blocks of about
-    dask's ``array.chunk-size`` (an array already whole along ``axis`` keeps its blocks), and
+    dask's ``array.chunk-size`` (an array already whole along ``axis`` in blocks within that size
+    keeps its blocks), and
     ``func`` runs on each block (``map_blocks``) on whatever scheduler is active (a
     ``distributed.Client`` when one is). Per-column fields of the block results (arrays whose
     first axis runs over the block's columns, also inside nested results and dicts) are
@@ -57,8 +58,10 @@ def map_columns(
         mixed: fields that mix columns (left as the first block's value: the caller recomputes
             them from the concatenated per-column fields).
     """
+    import dask
     import dask.array as da
     from dask.base import tokenize
+    from dask.utils import parse_bytes
 
     if x.ndim != 2:
         raise ValueError(
@@ -70,7 +73,9 @@ def map_columns(
     cols = da.moveaxis(x, axis, 0) if axis in (1, -1) else x
     if not np.issubdtype(cols.dtype, np.number) and cols.dtype != np.bool_:
         raise TypeError(f"{name} must be numeric, got dtype {cols.dtype}")
-    if cols.numblocks[0] > 1:
+    limit = parse_bytes(dask.config.get("array.chunk-size"))
+    widest = cols.shape[0] * max(cols.chunks[1], default=0) * cols.dtype.itemsize
+    if cols.numblocks[0] > 1 or widest > limit:  # e.g. a store's rows: one chunk, every column
         cols = cols.rechunk({0: -1, 1: "auto"})
     fname = f"{func.__module__}.{func.__qualname__}"
     widths = _no_single_columns(cols.chunks[1])
