@@ -23,6 +23,7 @@ TORCH_FREE = [
     "gradnoise",
     "gradnoise.selection",
     "gradnoise.store",
+    "gradnoise.cluster",
     "gradnoise.stats",
     "gradnoise.stats.powerlaw",
     "gradnoise.stats.stable",

@@ -26,6 +26,8 @@ _LAZY = {
     "Probe": "gradnoise.probe",
     "analyze": "gradnoise.study.analyze",
     "open_run": "gradnoise.store",
+    # one run from many writers (issue: scale)
+    "consolidate_runs": "gradnoise.store",
     "ParamSelection": "gradnoise.selection",
     "load_dataset": "gradnoise.datasets",
     "build_model": "gradnoise.models",

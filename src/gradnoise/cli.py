@@ -154,6 +154,15 @@ def analyze(
         typer.Option("--config", help="a TOML file of [options.<analysis>] tables"),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+    dask: Annotated[
+        str | None,
+        typer.Option(
+            "--dask",
+            help="run the statistics on the gradient store out of core on a Dask cluster: "
+            "local[N] (N worker processes on 127.0.0.1) or a scheduler address tcp://host:port "
+            "(needs gradnoise[dask])",
+        ),
+    ] = None,
 ) -> None:
     """Re-run analyses of a stored run with new options (no retraining); re-render its report."""
     from .study.analyze import analyze as run_analyze
@@ -163,7 +172,7 @@ def analyze(
         options = read_options(config) if config is not None else None
         names = None if analyses is None else [a.strip() for a in analyses.split(",")]
         with _progress(quiet) as progress:
-            path = run_analyze(run_dir, names, options, progress=progress)
+            path = run_analyze(run_dir, names, options, progress=progress, dask=dask)
     typer.echo(str(path))
 
 

@@ -10,6 +10,11 @@ Layout of a store directory::
                               and user scalars (NaN where not given)
     snapshots/<kind>/step_<step>  [n, C]  per-sample gradients or SGN captured at one step
 
+A run merged from many writers (:func:`consolidate_runs`) is a group holding only its metadata
+(attribute "gradnoise" with "merged": {"axis": "columns", "parts": [...]}); the parts are stores
+of this layout, e.g. ``parts/rank0``, each written by its own writer with its own lock, read side
+by side.
+
     writer.lock               present while a writer holds the store (see "One writer" below)
 
 Crash safety: Zarr (>= 3.1.3, checked before writing) writes every chunk and metadata document
@@ -375,6 +380,11 @@ class RunWriter:
             _remove_leftovers(self.path)
             lock = self._create(zarr, np_dtype or np.dtype("float32"), chunk_rows, metadata)
         if lock is None:  # an existing store (or another process created it meanwhile)
+            if _merged_meta(self.path) is not None:
+                raise StoreError(
+                    f"{self.path} is a merged run (consolidate_runs), read-only: each writer "
+                    "writes its own part store, then consolidate_runs merges them again"
+                )
             lock = _WriterLock.acquire(self.path, self.path)
             _remove_leftovers(self.path)
         self._lock = lock
@@ -745,12 +755,66 @@ class Run:
         parameters)."""
         return self.snapshots("full")
 
+    def to_dask(self) -> DaskRun:
+        """The store's arrays as dask arrays over its Zarr chunks (no copy, nothing read yet).
+
+        Needs ``dask[array]`` (``pip install 'gradnoise[dask]'``). The arrays are opened by path
+        (``dask.array.from_zarr``), so the workers of a ``distributed`` cluster read the chunks
+        themselves; they must see the store at the same path. The batched statistics
+        (:mod:`gradnoise.stats`) accept them and run blockwise over column blocks.
+        """
+        try:
+            import dask.array as da
+        except ImportError as err:
+            raise ImportError(
+                "Run.to_dask() needs dask: pip install 'gradnoise[dask]' (dask[array])"
+            ) from err
+
+        if isinstance(self._group, _MergedGroup):
+            return self._group.to_dask(self)
+
+        def array(name: str, rows: int | None = None) -> Any:
+            arr = da.from_zarr(str(self.path), component=name)
+            return arr if rows is None else arr[:rows]
+
+        snapshots: dict[str, dict[int, Any]] = {}
+        for snap in self.snapshot_index():
+            snapshots.setdefault(snap["kind"], {})[int(snap["step"])] = array(snap["name"])
+        return DaskRun(
+            grads=array("grads", self.length),
+            table=array("table", self.length),
+            snapshots=snapshots,
+        )
+
     def __repr__(self) -> str:
         kinds = sorted({s["kind"] for s in self.snapshot_index()})
         return (
             f"Run({str(self.path)!r}, steps={self.length}, "
             f"columns={self.selection.num_columns}, snapshots={kinds})"
         )
+
+
+@dataclass(frozen=True)
+class DaskRun:
+    """A store's arrays as dask arrays (see :meth:`Run.to_dask`); nothing is read until computed.
+
+    Attributes:
+        grads: ``[T, C]`` recorded minibatch gradients (committed rows only).
+        table: ``[T, 2+S]`` step, non-finite flag and scalars per row.
+        snapshots: ``{kind: {step: [n, C] array}}`` (``per_sample``, ``noise``, ``full``...).
+    """
+
+    grads: Any
+    table: Any
+    snapshots: dict[str, dict[int, Any]] = field(default_factory=dict)
+
+    @property
+    def per_sample(self) -> dict[int, Any]:
+        return self.snapshots.get("per_sample", {})
+
+    @property
+    def noise(self) -> dict[int, Any]:
+        return self.snapshots.get("noise", {})
 
 
 def open_run(path: str | Path) -> Run:
@@ -782,6 +846,8 @@ def open_run(path: str | Path) -> Run:
         raise StoreError(
             f"{path} was written by a newer gradnoise (format {meta['format_version']})"
         )
+    if MERGED in meta:
+        return _open_merged(path, meta)
     try:
         commit = dict(group["commit"].attrs["commit"])
         length = int(commit["length"])
@@ -805,4 +871,241 @@ def open_run(path: str | Path) -> Run:
         raise StoreError(f"{path} is corrupt: {'; '.join(problems)}")
     return Run(
         path=path, metadata=meta, selection=selection, length=length, commit=commit, _group=group
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# runs merged from many writers
+
+MERGED = "merged"
+
+
+def _merged_meta(path: Path) -> dict[str, Any] | None:
+    """The ``merged`` entry of the run metadata in ``path/zarr.json``, or None."""
+    try:
+        doc = json.loads((path / "zarr.json").read_text())
+        merged = doc["attributes"]["gradnoise"].get(MERGED)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return merged if isinstance(merged, dict) else None
+
+
+def _merge_selections(selections: Sequence[ParamSelection]) -> ParamSelection:
+    """The selection of the parts' columns side by side (part after part): a parameter split
+    between neighbouring parts is joined when its indices keep increasing."""
+    names: list[str] = []
+    shapes: list[tuple[int, ...]] = []
+    indices: list[np.ndarray | None] = []
+    for part, sel in enumerate(selections):
+        for name, shape, idx in zip(sel.names, sel.shapes, sel.indices, strict=True):
+            if name in names:
+                k = names.index(name)
+                prev = indices[k]
+                if k != len(names) - 1 or prev is None or idx is None or tuple(shape) != shapes[k]:
+                    raise StoreError(
+                        f"part {part} selects coordinates of {name!r} that another part holds, "
+                        "or not right after them: the parts' columns, side by side, must select "
+                        "each coordinate once and each parameter in one run of columns"
+                    )
+                if idx[0] <= prev[-1]:
+                    raise StoreError(
+                        f"part {part} repeats or reorders coordinates of {name!r}: the parts "
+                        "must hold disjoint coordinates, in increasing order"
+                    )
+                indices[k] = np.concatenate([prev, idx])
+            else:
+                names.append(name)
+                shapes.append(tuple(shape))
+                indices.append(idx)
+    return ParamSelection(tuple(names), tuple(shapes), tuple(indices))
+
+
+def consolidate_runs(
+    path: str | Path,
+    parts: Sequence[str | Path] | None = None,
+    *,
+    metadata: Mapping[str, Any] | None = None,
+) -> Run:
+    """Merge the stores of several writers (one per rank or process) into one run, by metadata.
+
+    Each writer records its own shard of the coordinates into its own store (a
+    :class:`RunWriter` or ``gradnoise.Recorder`` with its own selection and its own lock, e.g.
+    ``path/parts/rank3``), over the same steps. This writes only ``path/zarr.json``: a run whose
+    columns are the parts' columns side by side (in the order of ``parts``), read by
+    :func:`open_run` (numpy, or :meth:`Run.to_dask` without a copy) like any store. Nothing is
+    copied; call it again after the parts grew (or at any time: a reader sees the rows committed
+    in every part, so a merged run of writers still running is consistent too).
+
+    Args:
+        path: the merged run's directory (it may hold the parts, in ``path/parts/``).
+        parts: the part stores; default: every store in ``path/parts``, by name (numbers in
+            names compared as numbers: rank2 before rank10).
+        metadata: extra run metadata (the first part's metadata is kept otherwise).
+
+    Raises:
+        StoreError: a part is missing or not a store, the parts record different steps, scalars
+            or dtypes, or their selections overlap.
+    """
+    root = Path(path)
+    if parts is None:
+        found = [p for p in (root / "parts").glob("*") if (p / "zarr.json").exists()]
+        parts = sorted(found, key=_natural)
+    part_paths = [Path(p) for p in parts]
+    if not part_paths:
+        raise StoreError(f"no part store to merge into {root} (looked in {root / 'parts'})")
+    if (root / "zarr.json").exists() and _merged_meta(root) is None:
+        raise StoreError(f"{root} is a store of its own, not a merged run; merge elsewhere")
+    runs = [open_run(p) for p in part_paths]
+    for p, run in zip(part_paths, runs, strict=True):
+        if MERGED in run.metadata:
+            raise StoreError(f"{p} is a merged run itself; merge its parts instead")
+    first = runs[0]
+    for p, run in zip(part_paths[1:], runs[1:], strict=True):
+        if run.metadata["scalars"] != first.metadata["scalars"]:
+            raise StoreError(
+                f"{p} records scalars {run.metadata['scalars']}, not those of the first part"
+            )
+        if run._group["grads"].dtype != first._group["grads"].dtype:
+            raise StoreError(
+                f"{p} stores {run._group['grads'].dtype}, not {first._group['grads'].dtype}"
+            )
+    selection = _merge_selections([r.selection for r in runs])
+    refs = [
+        os.path.relpath(p.resolve(), root.resolve())
+        if p.resolve().is_relative_to(root.resolve())
+        else str(p.resolve())
+        for p in part_paths
+    ]
+    meta = {
+        **{k: v for k, v in first.metadata.items() if k not in ("selection", MERGED)},
+        **dict(metadata or {}),
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "selection": selection.to_dict(),
+        MERGED: {"axis": "columns", "parts": refs},
+    }
+    root.mkdir(parents=True, exist_ok=True)
+    group = _zarr_for_writing().open_group(str(root), mode="a")
+    group.attrs["gradnoise"] = meta
+    return open_run(root)
+
+
+def _natural(path: Path) -> list[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+
+
+class _MergedTable:
+    """The first part's table, with a row flagged non-finite where any part flagged it."""
+
+    def __init__(self, tables: Sequence[Any]) -> None:
+        self.tables = list(tables)
+        self.dtype = self.tables[0].dtype
+        self.shape = (min(int(t.shape[0]) for t in self.tables), int(self.tables[0].shape[1]))
+
+    def __getitem__(self, rows: Any) -> np.ndarray:
+        table = np.array(self.tables[0][rows])
+        for other in self.tables[1:]:
+            table[:, 1] = np.maximum(table[:, 1], np.asarray(other[rows])[:, 1])
+        return table
+
+
+class _MergedArray:
+    """Arrays of the parts side by side (axis 1), read part by part on indexing (rows only)."""
+
+    def __init__(self, arrays: Sequence[Any]) -> None:
+        self.arrays = list(arrays)
+        self.dtype = self.arrays[0].dtype
+        self.shape = (
+            min(int(a.shape[0]) for a in self.arrays),
+            sum(int(a.shape[1]) for a in self.arrays),
+        )
+
+    def __getitem__(self, rows: Any) -> np.ndarray:
+        return np.concatenate([np.asarray(a[rows]) for a in self.arrays], axis=1)
+
+    @property
+    def oindex(self) -> Any:
+        merged = self
+
+        class _O:
+            def __getitem__(self, key: tuple[Any, Any]) -> np.ndarray:
+                rows, cols = key
+                return merged[rows][:, cols]
+
+        return _O()
+
+
+class _MergedGroup:
+    """What :class:`Run` reads of a merged run: ``table`` of the first part (the parts' steps are
+    checked equal; its scalars are the first part's, a row is non-finite if it is in any part),
+    every other array side by side."""
+
+    def __init__(self, runs: Sequence[Run]) -> None:
+        self.runs = list(runs)
+
+    def __getitem__(self, name: str) -> Any:
+        if name == "table":
+            return _MergedTable([r._group["table"] for r in self.runs])
+        return _MergedArray([r._group[name] for r in self.runs])
+
+    def to_dask(self, run: Run) -> DaskRun:
+        import dask.array as da
+
+        parts = [r.to_dask() for r in self.runs]
+        snapshots: dict[str, dict[int, Any]] = {}
+        for snap in run.snapshot_index():
+            kind, step = snap["kind"], int(snap["step"])
+            snapshots.setdefault(kind, {})[step] = da.concatenate(
+                [p.snapshots[kind][step] for p in parts], axis=1
+            )
+        return DaskRun(
+            grads=da.concatenate([p.grads[: run.length] for p in parts], axis=1),
+            table=da.from_array(run._table),  # small: steps, flags (any part's), scalars
+            snapshots=snapshots,
+        )
+
+
+def _open_merged(path: Path, meta: dict[str, Any]) -> Run:
+    """A merged run: its parts opened, checked against each other, side by side."""
+    refs = meta[MERGED].get("parts", [])
+    if meta[MERGED].get("axis") != "columns" or not refs:
+        raise StoreError(f"{path}: unknown merge {meta[MERGED]!r}")
+    runs = []
+    for ref in refs:
+        part = Path(ref) if os.path.isabs(ref) else path / ref
+        try:
+            runs.append(open_run(part))
+        except StoreError as err:
+            raise StoreError(
+                f"{path} is a merged run whose part {ref} cannot be read: {err}"
+            ) from err
+    length = min(r.length for r in runs)
+    steps = runs[0].steps[:length]
+    for ref, r in zip(refs[1:], runs[1:], strict=True):
+        if not np.array_equal(r.steps[:length], steps):
+            raise StoreError(
+                f"{path}: part {ref} records other steps than part {refs[0]}; merged parts must "
+                "record the same steps (each its own coordinates)"
+            )
+    selection = ParamSelection.from_dict(meta["selection"])
+    width = sum(r.selection.num_columns for r in runs)
+    if selection.num_columns != width:
+        raise StoreError(
+            f"{path}: the merged selection has {selection.num_columns} columns, the parts {width}; consolidate again"
+        )
+    snapshots = []
+    for snap in runs[0].snapshot_index():
+        found = [
+            next((s for s in r.snapshot_index() if s["name"] == snap["name"]), None) for r in runs
+        ]
+        if all(s is not None and s["shape"][0] == snap["shape"][0] for s in found):
+            snapshots.append({**snap, "shape": [snap["shape"][0], width]})
+    commit = {"length": length, "snapshots": snapshots}
+    return Run(
+        path=path,
+        metadata=meta,
+        selection=selection,
+        length=length,
+        commit=commit,
+        _group=_MergedGroup(runs),
     )

@@ -29,10 +29,15 @@ variances ``B^2`` too small (and a ``1/N``-scaled "individual gradient" over a d
 Definitions follow Faghri, Duvenaud, Fleet & Ba, "A Study of Gradient Variance in Deep Learning"
 (arXiv 2007.04532; official code ``estim/gestim.py`` ``get_Ege_var``) and, for the GSNR, Liu et
 al., "Understanding Why Neural Networks Generalize Well Through GSNR of Parameters" (ICLR 2020).
+
+Out of core: ``samples`` may be a 2-D dask array (e.g. ``open_run(path).to_dask().grads``). The
+per-coordinate moments are then computed blockwise over blocks of whole columns on the active
+Dask scheduler and the sums over coordinates on the client: the results equal the in-memory ones.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -49,6 +54,7 @@ from .stats._common import (
     check_min_size,
     pow2_exponents,
 )
+from .stats._dask import is_dask_array, map_columns
 
 __all__ = [
     "GSNRResult",
@@ -266,6 +272,15 @@ class _Moments:
     e: np.ndarray
     maxabs: float  # largest |value| of the samples (and given mean), unscaled
     name: str = "samples"
+    second: np.ndarray | None = None  # (1/K) sum_k x_kj^2 (rescaled), when computed blockwise
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.x.shape[0])
+
+    def second_moment(self) -> np.ndarray:
+        """``(1/K) sum_k x_kj^2`` per coordinate (rescaled units)."""
+        return (self.x * self.x).mean(0) if self.second is None else self.second
 
     def unscaled(self, values: np.ndarray, power: int, what: str) -> np.ndarray:
         """``values * 2**(power e)`` (undo the rescaling), refusing results beyond float64."""
@@ -324,6 +339,15 @@ def _moments(
     population_size: float | None,
 ) -> _Moments:
     """Samples, the mean used and the per-coordinate variance of the estimator (rescaled)."""
+    if is_dask_array(samples):
+        return _dask_moments(
+            samples,
+            ddof=ddof,
+            mean=mean,
+            batch_size=batch_size,
+            replace=replace,
+            population_size=population_size,
+        )
     x = _as_samples(samples)
     k = x.shape[0]
     if batch_size is None:
@@ -357,6 +381,67 @@ def _moments(
     m = x.mean(0)
     v = x.var(0, ddof=1) * factor
     return _Moments(x, m, v, big_n, e, mx)
+
+
+@dataclass(frozen=True, repr=False)
+class _ColumnMoments(StatResult):
+    """Per-column moments of one block of columns (the Dask kernel's result)."""
+
+    m: np.ndarray
+    v: np.ndarray
+    e: np.ndarray
+    maxabs: np.ndarray
+    second: np.ndarray
+    num_samples: int
+    big_n: float | None
+
+
+def _column_moments(block: np.ndarray, axis: int = 0, **options: Any) -> _ColumnMoments:
+    mo = _moments(block, **options)
+    mx = np.maximum(mo.x.max(0), -mo.x.min(0))  # rescaled; the unscaled max is mx * 2**e
+    return _ColumnMoments(
+        m=mo.m,
+        v=mo.v,
+        e=mo.e,
+        maxabs=np.ldexp(mx, mo.e) if mo.e.any() else mx,
+        second=(mo.x * mo.x).mean(0),
+        num_samples=mo.num_samples,
+        big_n=mo.big_n,
+    )
+
+
+def _dask_moments(samples: Any, *, mean: Any, **options: Any) -> _Moments:
+    """:func:`_moments` of a ``[K, P]`` dask array, blockwise over column blocks: every
+    per-coordinate quantity is computed from its own column alone, so it equals the in-memory
+    one; the totals over coordinates are then summed here, as in memory."""
+    if samples.ndim != 2:
+        raise ValueError(
+            "samples must be a 2-D [K, P] array (rows: draws or examples, columns: gradient "
+            f"coordinates), got shape {samples.shape}"
+        )
+    if mean is not None:
+        mean = _as_mean(mean, samples.shape[1])
+    found = map_columns(
+        _column_moments, samples, 0, {**options, "mean": mean}, per_column=("mean",)
+    )
+    if mean is not None:  # the largest magnitude also covers the given mean, as in memory
+        found = dataclasses.replace(found, maxabs=np.maximum(found.maxabs, np.abs(mean)))
+    return _Moments(
+        x=_Shape(found.num_samples, found.m.shape[0]),  # type: ignore[arg-type]
+        m=found.m,
+        v=found.v,
+        big_n=found.big_n,
+        e=found.e,
+        maxabs=float(found.maxabs.max()),
+        second=found.second,
+    )
+
+
+class _Shape:
+    """Stands for the samples of a dask computation where only their shape is used."""
+
+    def __init__(self, rows: int, cols: int) -> None:
+        self.shape = (rows, cols)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -420,7 +505,7 @@ def gradient_variance(
         layers=sums,
         layer_means=means,
         mean_sq_norm=mean_sq_norm,
-        num_samples=int(mo.x.shape[0]),
+        num_samples=mo.num_samples,
         scale=_scale_text(batch_size, replace, mo.big_n),
         batch_size=None if batch_size is None else int(batch_size),
         population_size=mo.big_n,
@@ -470,7 +555,7 @@ def normalized_gradient_variance(
         population_size=population_size,
     )
     x, m, v, big_n = mo.x, mo.m, mo.v, mo.big_n
-    second = (x * x).mean(0) if batch_size is None else v + m * m
+    second = mo.second_moment() if batch_size is None else v + m * m
     # the ratio is scale-free: on rescaled coordinates eps is rescaled with them
     with np.errstate(over="ignore", under="ignore"):
         denom = second + (np.ldexp(eps, -2 * mo.e) if mo.e.any() else eps)

@@ -118,3 +118,69 @@ def pow2_exponents(maxabs: np.ndarray, dtype: Any = np.float64) -> np.ndarray:
     _, e = np.frexp(mx)
     outside = (mx > 2.0**limit) | ((mx < 2.0**-limit) & (mx > 0))
     return np.where(outside, e, 0).astype(np.int64)
+
+
+@dataclasses.dataclass(frozen=True)
+class ColumnSeeds:
+    """The generators of ``as_generator(rng).spawn(count)``, one per column, as a small picklable
+    recipe: column ``j`` gets child ``first + j`` of the seed sequence, whichever block of columns
+    it is computed in, so a statistic computed block by block (on a Dask cluster) draws exactly
+    the numbers of the whole batch at once. Pass it as ``rng`` where a statistic spawns one
+    generator per column."""
+
+    entropy: Any
+    spawn_key: tuple[int, ...]
+    pool_size: int
+    first: int
+    count: int
+    bit_generator: type
+
+    def block(self, start: int, stop: int) -> ColumnSeeds:
+        """The recipe of columns ``start:stop``."""
+        if not 0 <= start <= stop <= self.count:
+            raise ValueError(f"columns {start}:{stop} outside 0:{self.count}")
+        return dataclasses.replace(self, first=self.first + start, count=stop - start)
+
+    def generators(self) -> list[np.random.Generator]:
+        """The children, equal to ``as_generator(rng).spawn(count)`` (numpy's own recipe)."""
+        return [
+            np.random.Generator(
+                self.bit_generator(
+                    np.random.SeedSequence(
+                        self.entropy, spawn_key=(*self.spawn_key, i), pool_size=self.pool_size
+                    )
+                )
+            )
+            for i in range(self.first, self.first + self.count)
+        ]
+
+
+def column_seeds(rng: RNGLike | ColumnSeeds, count: int) -> ColumnSeeds:
+    """The recipe of ``as_generator(rng).spawn(count)``; a Generator passed in is advanced as
+    ``spawn`` would (its next ``spawn`` gives the children after these)."""
+    if isinstance(rng, ColumnSeeds):
+        if rng.count != count:
+            raise ValueError(f"ColumnSeeds for {rng.count} columns given for {count} columns")
+        return rng
+    gen = as_generator(rng)
+    seq = gen.bit_generator.seed_seq
+    if not isinstance(seq, np.random.SeedSequence):
+        raise TypeError("rng must be seeded by a numpy SeedSequence to spawn per-column streams")
+    recipe = ColumnSeeds(
+        entropy=seq.entropy,
+        spawn_key=tuple(seq.spawn_key),
+        pool_size=seq.pool_size,
+        first=seq.n_children_spawned,
+        count=int(count),
+        bit_generator=type(gen.bit_generator),
+    )
+    if rng is gen:  # the caller's Generator: move its spawn counter on, as gen.spawn(count) does
+        seq.spawn(count)
+    return recipe
+
+
+def column_generators(rng: RNGLike | ColumnSeeds, count: int) -> list[np.random.Generator]:
+    """``as_generator(rng).spawn(count)``, or the generators of a :class:`ColumnSeeds` block."""
+    if isinstance(rng, ColumnSeeds):
+        return column_seeds(rng, count).generators()
+    return list(as_generator(rng).spawn(count))

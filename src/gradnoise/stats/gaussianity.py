@@ -8,6 +8,7 @@ correct for multiplicity across coordinates or directions (``correction=``, whic
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -17,6 +18,7 @@ from scipy.special import log_ndtr, ndtr
 
 from ..errors import InsufficientDataError
 from ._common import RNGLike, StatResult, as_generator, check_min_size
+from ._dask import is_dask_array, map_columns
 from ._stable_common import as_columns, column_chunks, rescale_columns, restore
 from .multitest import MultipleTestResult, multiple_test
 
@@ -233,6 +235,12 @@ def normality_test(
         >>> r.pvalue.shape, int(r.multitest.reject.sum())
         ((4,), 0)
     """
+    if is_dask_array(x):
+        res = map_columns(normality_test, x, axis, {"method": method})
+        if correction is None:
+            return res
+        adjusted = multiple_test(res.pvalue, method=correction, level=level)
+        return dataclasses.replace(res, multitest=adjusted)
     if method not in MIN_N:
         raise ValueError(f"method must be one of {sorted(MIN_N)}, got {method!r}")
     cols, out_shape = as_columns(x, axis)

@@ -15,6 +15,7 @@ boundary where the Fisher information for alpha is infinite), so no p-value is a
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -22,6 +23,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from ._common import StatResult, check_min_size
+from ._dask import is_dask_array, map_columns
 from ._stable_common import as_columns, column_chunks, rescale_columns, restore
 from ._stable_density import get_table
 from .stable import fit_stable
@@ -90,6 +92,16 @@ def compare_noise_models(
         >>> compare_noise_models(x).winner.tolist()
         ['stable', 'stable', 'stable']
     """
+    if is_dask_array(x):
+        res = map_columns(
+            compare_noise_models,
+            x,
+            axis,
+            {"stable_method": stable_method, "criterion": criterion, "loc": loc},
+            mixed=("fraction_stable",),
+        )
+        fraction = float(np.asarray(res.winner == "stable").mean())
+        return dataclasses.replace(res, fraction_stable=fraction)
     if criterion not in ("aic", "ks", "loglik"):
         raise ValueError(f"criterion must be 'aic', 'ks' or 'loglik', got {criterion!r}")
     cols, out_shape = as_columns(x, axis)

@@ -45,8 +45,10 @@ from ._common import (
     as_float_array,
     as_generator,
     check_finite,
+    column_generators,
     pow2_exponents,
 )
+from ._dask import is_dask_array, map_columns
 from ._powerlaw_alt import (
     fit_lognormal_tail,
     fit_se_tail,
@@ -443,6 +445,9 @@ def fit_power_law(
             ``n_dropped``).
         axis: the sample axis of a batch.
 
+    A 2-D dask array (e.g. ``open_run(path).to_dask().grads``) is fitted blockwise over blocks
+    of whole columns on the active Dask scheduler; the result equals the in-memory one.
+
     Returns:
         :class:`PowerLawFit`.
 
@@ -461,6 +466,21 @@ def fit_power_law(
         >>> round(fit.alpha, 1)
         2.5
     """
+    if is_dask_array(x):
+        return map_columns(
+            fit_power_law,
+            x,
+            axis,  # type: ignore[arg-type]  # checked there
+            {
+                "xmin": xmin,
+                "xmin_range": xmin_range,
+                "discrete": discrete,
+                "min_tail": min_tail,
+                "alpha_range": alpha_range,
+                "nonpositive": nonpositive,
+            },
+            per_column=("xmin", "xmin_range"),
+        )
     batch = _prepare(x, axis, nonpositive, discrete)
     opt = _options(
         batch,
@@ -524,11 +544,31 @@ def power_law_test(
     Randomness: one sample uses ``rng`` directly; sample ``b`` of a batch uses the ``b``-th of
     ``as_generator(rng).spawn(B)``, so a batch equals a loop over samples called with those
     children. Other arguments as in :func:`fit_power_law`; ``max_values_per_chunk`` bounds the
-    memory used by the replicates (it does not change the result).
+    memory used by the replicates (it does not change the result). A 2-D dask array runs
+    blockwise over column blocks with the same per-column streams: the same result.
     """
     if int(n_boot) != n_boot or n_boot < 1:
         raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
     n_boot = int(n_boot)
+    if is_dask_array(x):
+        return map_columns(
+            power_law_test,
+            x,
+            axis,  # type: ignore[arg-type]  # checked there
+            {
+                "n_boot": n_boot,
+                "rng": rng,
+                "xmin": xmin,
+                "xmin_range": xmin_range,
+                "discrete": discrete,
+                "min_tail": min_tail,
+                "alpha_range": alpha_range,
+                "nonpositive": nonpositive,
+                "max_values_per_chunk": max_values_per_chunk,
+            },
+            per_column=("xmin", "xmin_range"),
+            seeded=True,
+        )
     batch = _prepare(x, axis, nonpositive, discrete)
     opt = _options(
         batch,
@@ -539,8 +579,7 @@ def power_law_test(
         alpha_range=alpha_range,
     )
     fit = _checked_fit(batch, opt)
-    gen = as_generator(rng)
-    gens = [gen] if not batch.shape else list(gen.spawn(batch.size))
+    gens = [as_generator(rng)] if not batch.shape else column_generators(rng, batch.size)
     boot = _bootstrap(batch, fit, opt, gens, n_boot, max_values_per_chunk)
     pvalue = np.mean(boot >= fit.ks[:, None], axis=1)
     shape = batch.shape

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import DataError, InsufficientDataError
 from ._common import StatResult, check_min_size
+from ._dask import is_dask_array, map_columns
 from ._stable_common import as_columns, column_chunks, rescale_columns, restore
 
 __all__ = ["TailIndexResult", "simsekli_block_size", "tail_index"]
@@ -199,6 +200,18 @@ def tail_index(
         >>> tail_index(x).alpha.round(1).tolist()
         [1.5, 1.5, 1.5]
     """
+    if is_dask_array(x):
+        if pooled:
+            raise ValueError(
+                "pooled=True mixes the coordinates of every sample into one sample; it has no "
+                "column-blockwise form: pass a numpy array (or compute the dask array first)"
+            )
+        return map_columns(
+            tail_index,
+            x,
+            axis,
+            {"method": method, "block_size": block_size, "k": k, "eps": eps},
+        )
     if method not in ("mohammadi", "hill"):
         raise ValueError(f"method must be 'mohammadi' or 'hill', got {method!r}")
     if not np.isfinite(eps) or eps < 0:

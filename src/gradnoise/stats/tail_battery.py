@@ -29,6 +29,7 @@ import numpy as np
 
 from ..errors import InsufficientDataError
 from ._common import RNGLike, StatResult, as_float_array, as_generator, check_finite
+from ._dask import is_dask_array, map_columns
 from .multitest import adjust_pvalues
 from .powerlaw import compare_tails, fit_power_law, power_law_test
 
@@ -226,6 +227,99 @@ def _distinct(values: np.ndarray) -> np.ndarray:
     return new.sum(axis=0)
 
 
+_RATIOS = ("r", "z", "p")
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class _ColumnFits(StatResult):
+    """Per-sample work of the battery (fits, likelihood ratios), one value per column."""
+
+    n_dropped: np.ndarray
+    n_used: np.ndarray
+    tested: np.ndarray
+    alpha: np.ndarray
+    xmin: np.ndarray
+    n_tail: np.ndarray
+    ks: np.ndarray
+    sigma: np.ndarray
+    ratios: dict[str, np.ndarray]  # "<alternative>/r|z|p": R, Vuong's z, its p-value
+
+
+def _columns(
+    mat: np.ndarray,
+    lengths: np.ndarray,
+    *,
+    min_tail: int,
+    nonpositive: str,
+    untestable: str,
+    alternatives: Sequence[str],
+    max_values_per_chunk: int,
+) -> tuple[_ColumnFits, np.ndarray | None]:
+    """Fits and likelihood ratios of every testable column of ``mat`` (values along axis 0),
+    and the tested columns with dropped values and padding set to 0 (None when the battery is
+    going to raise: nothing is fitted then)."""
+    n_samples = mat.shape[1]
+    inside = np.arange(mat.shape[0])[:, None] < lengths[None, :]
+    bad = (mat <= 0) & inside
+    n_dropped = bad.sum(axis=0).astype(np.int64)
+    n_used = lengths - n_dropped
+    nanv = np.full(n_samples, np.nan)
+    found = _ColumnFits(
+        n_dropped=n_dropped,
+        n_used=n_used,
+        tested=np.zeros(n_samples, dtype=bool),
+        alpha=nanv.copy(),
+        xmin=nanv.copy(),
+        n_tail=np.zeros(n_samples, dtype=np.int64),
+        ks=nanv.copy(),
+        sigma=nanv.copy(),
+        ratios={f"{alt}/{k}": nanv.copy() for alt in alternatives for k in _RATIOS},
+    )
+    if nonpositive == "raise" and n_dropped.any():
+        return found, None
+    sub = mat if (n_dropped.sum() == 0 and (lengths == mat.shape[0]).all()) else None
+    if sub is None:  # zeros mark dropped values and padding: power_law_test drops them
+        sub = np.where(inside & ~bad, mat, 0.0)
+    del bad, inside
+    distinct = _distinct(sub)
+    tested = (n_used >= min_tail) & (distinct >= 3)
+    found.tested[:] = tested
+    if not tested.all() and untestable == "raise":
+        return found, None
+    idx = np.flatnonzero(tested)
+    if idx.size < n_samples:
+        sub = sub[:, idx]
+    if idx.size:
+        # fits and likelihood ratios in blocks of columns (memory ~ values per block)
+        width = max(1, max_values_per_chunk // max(sub.shape[0], 1))
+        for b0 in range(0, idx.size, width):
+            block, cols = sub[:, b0 : b0 + width], idx[b0 : b0 + width]
+            fit = fit_power_law(block, min_tail=min_tail, nonpositive="drop", axis=0)
+            found.alpha[cols], found.xmin[cols] = fit.alpha, fit.xmin
+            found.ks[cols], found.sigma[cols] = fit.ks, fit.sigma
+            found.n_tail[cols] = fit.n_tail
+            for alt in alternatives:
+                cmp = compare_tails(
+                    block,
+                    alt,  # type: ignore[arg-type]  # validated by power_law_battery
+                    xmin=fit.xmin,
+                    nonpositive="drop",
+                    axis=0,
+                )
+                for k, val in zip(
+                    _RATIOS, (cmp.loglik_ratio, cmp.normalized_ratio, cmp.pvalue), strict=True
+                ):
+                    found.ratios[f"{alt}/{k}"][cols] = val
+    return found, sub
+
+
+def _column_block(block: np.ndarray, axis: int = 0, **options: Any) -> _ColumnFits:
+    """:func:`_columns` of one block of whole columns (the Dask kernel)."""
+    check_finite(block, "samples")
+    lengths = np.full(block.shape[1], block.shape[0], dtype=np.int64)
+    return _columns(np.asarray(block, dtype=np.float64), lengths, **options)[0]
+
+
 def power_law_battery(
     samples: Any,
     *,
@@ -246,7 +340,11 @@ def power_law_battery(
     Args:
         samples: a 2-D array with the values of each sample along ``axis`` (one sample per
             column for ``axis=0``), or a list/tuple of 1-D arrays (one sample each, any
-            lengths). Pass absolute values ``|g|``: a power law lives on ``x > 0``.
+            lengths). Pass absolute values ``|g|``: a power law lives on ``x > 0``. A 2-D dask
+            array (e.g. ``abs(open_run(path).to_dask().grads)``) runs out of core: fits,
+            likelihood ratios and bootstraps blockwise over column blocks on the active Dask
+            scheduler, the family's decisions (subset, BH, summaries) on the client; the result
+            equals the in-memory one.
         n_boot: bootstrap replicates per sample (CSN §4.1, xmin re-scanned in each); ``0``
             skips the bootstrap (only the naive rule and likelihood ratios). Prefer
             ``(n_boot + 1) * level`` an integer (9, 19, 49, 99, ...): ``p <= level`` then
@@ -306,12 +404,26 @@ def power_law_battery(
         if alt not in known:
             raise ValueError(f"unknown alternative {alt!r}; choose from {known}")
 
-    mat, lengths = _as_matrix(samples, axis)
-    check_finite(mat, "samples")
-    n_samples = mat.shape[1]
-    inside = np.arange(mat.shape[0])[:, None] < lengths[None, :]
-    bad = (mat <= 0) & inside
-    n_dropped = bad.sum(axis=0).astype(np.int64)
+    cols_opts = {
+        "min_tail": min_tail,
+        "nonpositive": nonpositive,
+        "untestable": untestable,
+        "alternatives": tuple(alternatives),
+        "max_values_per_chunk": max_values_per_chunk,
+    }
+    dask_values: Any = None
+    sub: np.ndarray | None = None
+    if is_dask_array(samples):
+        # per-column work blockwise on the cluster (map_columns); the family's decisions here,
+        # from the concatenated per-column fields, with the same code as in memory
+        found = map_columns(_column_block, samples, axis, cols_opts, name="samples")
+        dask_values = (samples if axis in (0, -2) else samples.T).astype(np.float64)
+    else:
+        mat, lengths = _as_matrix(samples, axis)
+        check_finite(mat, "samples")
+        found, sub = _columns(mat, lengths, **cols_opts)  # type: ignore[arg-type]
+    n_dropped, n_used, tested = found.n_dropped, found.n_used, found.tested
+    n_samples = n_dropped.size
     if nonpositive == "raise" and n_dropped.any():
         cols = np.flatnonzero(n_dropped)
         raise ValueError(
@@ -319,13 +431,6 @@ def power_law_battery(
             f"(first: {cols[:5].tolist()}); a power law lives on x > 0: pass |x|, or "
             "nonpositive='drop' to exclude them explicitly (counted in n_dropped)"
         )
-    n_used = lengths - n_dropped
-    sub = mat if (n_dropped.sum() == 0 and (lengths == mat.shape[0]).all()) else None
-    if sub is None:  # zeros mark dropped values and padding: power_law_test drops them
-        sub = np.where(inside & ~bad, mat, 0.0)
-    del bad, inside
-    distinct = _distinct(sub)
-    tested = (n_used >= min_tail) & (distinct >= 3)
     if not tested.all() and untestable == "raise":
         cols = np.flatnonzero(~tested)
         raise InsufficientDataError(
@@ -336,51 +441,30 @@ def power_law_battery(
         )
 
     idx = np.flatnonzero(tested)
-    if idx.size < n_samples:
-        sub = sub[:, idx]
+    alpha, xmin, ks, sigma = found.alpha, found.xmin, found.ks, found.sigma
+    n_tail = found.n_tail
+    lr = {alt: [found.ratios[f"{alt}/{k}"] for k in _RATIOS] for alt in alternatives}
     nanv = np.full(n_samples, np.nan)
-    alpha, xmin, ks, sigma = nanv.copy(), nanv.copy(), nanv.copy(), nanv.copy()
-    n_tail = np.zeros(n_samples, dtype=np.int64)
     pvalue = nanv.copy()
     bootstrapped = np.zeros(n_samples, dtype=bool)
     gen = as_generator(rng)
     subset_rng, boot_rng = gen.spawn(2)
-    lr = {alt: [np.full(n_samples, np.nan) for _ in range(3)] for alt in alternatives}
-    if idx.size:
-        # fits and likelihood ratios in blocks of columns (memory ~ values per block)
-        width = max(1, max_values_per_chunk // max(sub.shape[0], 1))
-        for b0 in range(0, idx.size, width):
-            block, cols = sub[:, b0 : b0 + width], idx[b0 : b0 + width]
-            fit = fit_power_law(block, min_tail=min_tail, nonpositive="drop", axis=0)
-            alpha[cols], xmin[cols], ks[cols], sigma[cols] = fit.alpha, fit.xmin, fit.ks, fit.sigma
-            n_tail[cols] = fit.n_tail
-            for alt in alternatives:
-                cmp = compare_tails(
-                    block,
-                    alt,  # type: ignore[arg-type]  # validated against the known names above
-                    xmin=fit.xmin,
-                    nonpositive="drop",
-                    axis=0,
-                )
-                for arr, val in zip(
-                    lr[alt], (cmp.loglik_ratio, cmp.normalized_ratio, cmp.pvalue), strict=True
-                ):
-                    arr[cols] = val
-        if n_boot:
-            pick = np.arange(idx.size)
-            if max_boot is not None and idx.size > max_boot:
-                pick = np.sort(subset_rng.choice(idx.size, size=int(max_boot), replace=False))
-            test = power_law_test(
-                sub[:, pick],
-                n_boot=n_boot,
-                rng=boot_rng,
-                min_tail=min_tail,
-                nonpositive="drop",
-                axis=0,
-                max_values_per_chunk=max_values_per_chunk,
-            )
-            pvalue[idx[pick]] = test.pvalue
-            bootstrapped[idx[pick]] = True
+    if idx.size and n_boot:
+        pick = np.arange(idx.size)
+        if max_boot is not None and idx.size > max_boot:
+            pick = np.sort(subset_rng.choice(idx.size, size=int(max_boot), replace=False))
+        values = sub[:, pick] if sub is not None else dask_values[:, idx[pick]]
+        test = power_law_test(
+            values,
+            n_boot=n_boot,
+            rng=boot_rng,
+            min_tail=min_tail,
+            nonpositive="drop",
+            axis=0,
+            max_values_per_chunk=max_values_per_chunk,
+        )
+        pvalue[idx[pick]] = test.pvalue
+        bootstrapped[idx[pick]] = True
     comparisons = {
         alt: _verdicts(alt, lr[alt][0], lr[alt][1], lr[alt][2], idx, fdr) for alt in alternatives
     }

@@ -3,6 +3,7 @@ store, without retraining (``gradnoise analyze RUN_DIR`` and :func:`analyze`).""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import time
 from collections.abc import Mapping, Sequence
@@ -11,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..cluster import dask_client
 from ..errors import ConfigError, DataError
 from .config import StudyConfig
 from .context import SUMMARY, SUMMARY_KEYS, StudyContext, read_json
@@ -28,6 +30,7 @@ def analyze(
     data: Any = None,
     test_data: Any = None,
     progress: Any = None,
+    dask: Any = None,
 ) -> Path:
     """Re-run ``analyses`` of the run in ``run_dir`` with ``options`` and re-render its report;
     returns the report's path.
@@ -49,6 +52,11 @@ def analyze(
         data: the probe's ``train_data`` (the same examples) for a probe run; built-in runs
             reload their dataset.
         test_data: the probe's ``test_data`` (optional).
+        dask: run the analyses' statistics on the gradient store out of core on a Dask cluster:
+            ``"local[N]"`` (N worker processes on 127.0.0.1), a scheduler address
+            (``"tcp://host:port"``, whose workers see ``run_dir`` at the same path) or a
+            ``distributed.Client`` (see :mod:`gradnoise.cluster`). The summary is the same as
+            without: the statistics equal their in-memory results exactly.
     """
     import torch
 
@@ -146,6 +154,7 @@ def analyze(
         if config.optimizer == "custom"
         else None,
         dropout=info.get("dropout", "error"),
+        dask=dask is not None,
     )
     ctx.probe_index = np.sort(
         ctx.rng("probe").choice(
@@ -153,7 +162,8 @@ def analyze(
         )
     )
     missed = info.get("missed_checkpoints", [])
-    with pinned_threads(config.threads), preserved_rng(), exact_float32():
+    cluster = contextlib.nullcontext() if dask is None else dask_client(dask)
+    with cluster, pinned_threads(config.threads), preserved_rng(), exact_float32():
         for analysis_name in names:
             summary["analyses"][analysis_name] = run_analysis(
                 get_analysis(analysis_name), ctx, missed
@@ -169,6 +179,7 @@ def analyze(
             "analyses": names,
             "options": {k: merged[k] for k in names if k in merged},
             "seconds": time.perf_counter() - started,
+            **({} if dask is None else {"dask": str(dask)}),
         }
     )
     write_json(manifest_path, manifest)

@@ -123,6 +123,9 @@ class StudyContext:
         optimizer: the optimizer that trained the model (None: the built-in one of ``config``).
         dropout: the capture choice for random operations in the forward (``"error"``,
             ``"eval"`` or ``"sample"``; see :func:`gradnoise.per_sample_grads`).
+        dask: whether a Dask client is the default scheduler (``gradnoise analyze --dask``):
+            analyses then hand the gradient store to the statistics as dask arrays
+            (:meth:`gradnoise.store.Run.to_dask`) instead of reading it into memory.
     """
 
     config: StudyConfig
@@ -136,6 +139,7 @@ class StudyContext:
     loss: Any = None
     optimizer: OptimizerSpec | None = None
     dropout: str = "error"
+    dask: bool = False
 
     @property
     def device(self) -> Any:

@@ -43,6 +43,11 @@ when they hold at least K minibatches, else K are recomputed from the checkpoint
 ``iter_windows`` (default: one window per checkpoint interval when each holds at least
 ``2 min_tail`` steps; 0 disables), ``min_tail`` (50), ``level`` (0.1), ``fdr`` (0.1),
 ``examples`` (coordinates per iteration-wise CCDF panel, 3), ``full_batch_size`` (512).
+
+On a Dask cluster (``gradnoise analyze RUN_DIR --dask ...``) the ``iter_grad`` battery reads the
+gradient store out of core (:meth:`gradnoise.store.Run.to_dask`) and runs blockwise over its
+columns on the cluster, with the same results; the windows (ragged samples) and the families
+measured at checkpoints stay in memory.
 """
 
 from __future__ import annotations
@@ -348,16 +353,23 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
 
     # ---------------------------------------------------------------- iteration-wise batteries
     rec_steps = run.steps[finite]
-    grads = np.abs(run.grads[finite].astype(np.float64))  # [T, C]
+    n_cols = sel.num_columns
+    t_rows = int(finite.sum())
+    grads: np.ndarray | None = None
+    if ctx.dask:  # out of core: the store's chunks, read and tested blockwise on the cluster
+        iter_grad: Any = abs(run.to_dask().grads[np.flatnonzero(finite)].astype(np.float64))
+    else:
+        grads = iter_grad = np.abs(run.grads[finite].astype(np.float64))  # [T, C]
     layer_of = sel.layer_of_columns()
     col_layer = [sel.names[k] for k in layer_of]
     ex_rng = ctx.rng("tails-examples")
-    n_cols = grads.shape[1]
-    iter_sets: list[tuple[str, Any, list[Any], int]] = [("iter_grad", grads, [], 1)]
-    n_win = _windows(grads.shape[0], s, len(steps))
+    iter_sets: list[tuple[str, Any, list[Any], int]] = [("iter_grad", iter_grad, [], 1)]
+    n_win = _windows(t_rows, s, len(steps))
     window_bounds: list[list[int]] = []
     if n_win:
-        blocks = np.array_split(np.arange(grads.shape[0]), n_win)
+        if grads is None:  # windows are ragged samples, tested in memory
+            grads = np.abs(run.grads[finite].astype(np.float64))
+        blocks = np.array_split(np.arange(t_rows), n_win)
         window_bounds = [[int(rec_steps[b[0]]), int(rec_steps[b[-1]])] for b in blocks]
         win = [grads[b, j] for b in blocks for j in range(n_cols)]
         labels = [(lo + hi) // 2 for lo, hi in window_bounds for _ in range(n_cols)]
@@ -388,7 +400,7 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
         if key in ("iter_grad", "iter_sgn"):
             examples[key] = []
             for j in _pick_examples(res, s["examples"], ex_rng):
-                cx, cp = _curve(mat[:, j])
+                cx, cp = _curve(np.asarray(mat[:, j]))
                 tag = f"{key}_{len(examples[key])}"
                 arrays[f"example/{tag}/x"], arrays[f"example/{tag}/p"] = cx, cp
                 name, index = sel.locate(j % n_cols)[0]
@@ -417,7 +429,7 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
             "sgn_source": sgn_source,
             "sgn_from_store": sgn_stored,
             "tracked_coordinates": n_cols,
-            "recorded_steps": int(grads.shape[0]),
+            "recorded_steps": t_rows,
             "nonfinite_steps_excluded": int((~finite).sum()),
             "first_step": int(rec_steps[0]),
             "last_step": int(rec_steps[-1]),
