@@ -691,7 +691,7 @@ class Probe:
 
     def _write(self, final_step: int | None) -> Path:
         from .study._torch import eval_mode, evaluate
-        from .study.runner import render_run, thread_counts, write_json
+        from .study.runner import render_run, thread_counts, verdicts, write_json
 
         ctx, config = self.ctx, self.config
         timings = {"train_and_capture_s": time.perf_counter() - self._t0}
@@ -757,6 +757,7 @@ class Probe:
                 results = {"unavailable": f"the analysis failed ({reason})"}
             summary["analyses"][analysis.name] = results
             timings[f"analysis_{analysis.name}_s"] = time.perf_counter() - t
+        summary["verdicts"] = verdicts(summary)
         write_json(self.run_dir / SUMMARY, summary)
         self.recorder.update_metadata(summary_file=SUMMARY)
         t = time.perf_counter()

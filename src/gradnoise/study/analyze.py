@@ -58,7 +58,7 @@ def analyze(
     from ..probe import INITIAL, checkpoint_path, copy_model, run_analysis, user_splits
     from ._torch import preserved_rng
     from .context import Progress
-    from .runner import _user_model, pinned_threads, render_run, write_json
+    from .runner import _user_model, pinned_threads, render_run, verdicts, write_json
 
     started = time.perf_counter()
     run_dir = Path(run_dir)
@@ -159,6 +159,7 @@ def analyze(
                 get_analysis(analysis_name), ctx, missed
             )
     summary["config"] = config.to_dict()
+    summary["verdicts"] = verdicts(summary)
     write_json(run_dir / SUMMARY, summary)
     report = render_run(run_dir)
     manifest_path = run_dir / "manifest.json"
