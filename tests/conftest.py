@@ -9,3 +9,14 @@ def _seed_everything():
     torch.manual_seed(0)
     np.random.seed(0)  # noqa: NPY002 - only tests touch the global state
     yield
+
+
+@pytest.fixture(scope="session")
+def full_tiny_report(tmp_path_factory):
+    """``report.html`` of one tiny study with every built-in analysis (about 15 s), shared by
+    the report's text and browser tests."""
+    from cases import FULL_TINY_STUDY
+    from gradnoise.study import StudyConfig, run_study
+
+    run = run_study(StudyConfig(**FULL_TINY_STUDY), tmp_path_factory.mktemp("full") / "run")
+    return run / "report.html"

@@ -22,8 +22,6 @@ from pathlib import Path
 
 import pytest
 
-from cases import TINY_STUDY
-from gradnoise.study import StudyConfig, run_study
 from gradnoise.study.runner import render_run
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -32,30 +30,6 @@ BUDGET_BYTES = 4_000_000
 BUDGET_RENDER_MS = 2000
 WIDTHS = (1400, 400)
 
-OPTIONS = {
-    "tails": {"min_tail": 10, "n_boot": 9, "boot_coords": 40, "sgn_batches": 48},
-    "spectra": {
-        "examples": 64,
-        "bootstrap": 20,
-        "stability_k": 3,
-        "batch_sizes": [4, 16],
-        "sweep_batches": 40,
-        "sweep_pool": 200,
-        "hessian_k": 6,
-        "hessian_examples": 160,
-        "hessian_trace": 10,
-    },
-    "noise_model": {
-        "sgn_samples": 64,
-        "coords": 240,
-        "fit_coords": 60,
-        "directions": 20,
-        "batch_sizes": [16, 64],
-        "arm_steps": 5,
-    },
-    "variance": {"every": 4, "draws": 4},
-}
-ALL = ("training", "gradients", "tails", "noise_model", "spectra", "variance")
 INJECTED = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
 
 
@@ -110,12 +84,8 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    config = StudyConfig(
-        **dict(TINY_STUDY, model_options={"widths": [24]}), analyses=ALL, options=OPTIONS
-    )
-    run = run_study(config, tmp_path_factory.mktemp("browser") / "run")
-    return run / "report.html"
+def report(full_tiny_report):
+    return full_tiny_report
 
 
 def _viewport(driver, width: int, height: int = 900) -> None:

@@ -80,8 +80,7 @@ def legends_outside(fig: Any) -> int:
     were moved."""
     from matplotlib.transforms import offset_copy
 
-    fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
+    renderer = fig.canvas.get_renderer()  # no draw: legends and tight boxes lay out themselves
     moved = 0
     for ax in fig.axes:
         legend = ax.get_legend()

@@ -68,7 +68,11 @@ def analyze(
     names = (
         list(dict.fromkeys(analyses))
         if analyses is not None
-        else [n for n in summary["analyses"] if get_analysis(n).during_training is None]
+        else [  # every analysis of the run, also those a failure left unfinished
+            n
+            for n in dict.fromkeys([*summary["analyses"], *config.analyses])
+            if get_analysis(n).during_training is None
+        ]
     )
     if not names:
         raise ConfigError("no analysis to run: name at least one (gradnoise info lists them)")

@@ -1131,6 +1131,14 @@ RANDOM_FACTOR = 2.0
 HESSIAN_S = (0.5, 2.0)
 
 
+def _fit_field(row: Mapping[str, Any] | None, field: str) -> Any:
+    """A field of a row's rank fit, None when the row, the fit or the field is missing (a fit
+    without bootstrap has no p-value)."""
+    if row is None or not isinstance(row.get("fit"), Mapping) or "error" in row["fit"]:
+        return None
+    return row["fit"].get(field)
+
+
 def claims(results: Mapping[str, Any]) -> list[Claim]:
     """Xie et al.'s covariance (2023) and Hessian (2022) power-law claims on the trained
     checkpoint's rank fits (rules: the ``test_rule`` texts)."""
@@ -1138,8 +1146,8 @@ def claims(results: Mapping[str, Any]) -> list[Claim]:
     cov = results.get("covariance") or []
     trained, rand = _row(cov, "trained"), _row(cov, "random")
     if trained is not None:
-        s, p, n = _fitted(trained), _fitted(trained, "pvalue"), _fitted(trained, "n")
-        s_rand = _fitted(rand)
+        s, p, n = _fit_field(trained, "s"), _fit_field(trained, "pvalue"), _fit_field(trained, "n")
+        s_rand = _fit_field(rand, "s")
         if s is None or p is None or n is None or n < MIN_EIGENVALUES:
             verdict = INCONCLUSIVE
         elif p > 0.1 and (s_rand is None or s >= RANDOM_FACTOR * s_rand):
@@ -1164,7 +1172,11 @@ def claims(results: Mapping[str, Any]) -> list[Claim]:
     hess = results.get("hessian") or []
     h_trained, h_init = _row(hess, "trained"), _row(hess, "init")
     if h_trained is not None:
-        s, p, n = _fitted(h_trained), _fitted(h_trained, "pvalue"), _fitted(h_trained, "n")
+        s, p, n = (
+            _fit_field(h_trained, "s"),
+            _fit_field(h_trained, "pvalue"),
+            _fit_field(h_trained, "n"),
+        )
         low, high = HESSIAN_S
         if s is None or p is None or n is None or n < MIN_EIGENVALUES:
             verdict = INCONCLUSIVE
@@ -1180,7 +1192,7 @@ def claims(results: Mapping[str, Any]) -> list[Claim]:
                 verdict,
                 f"{h_trained['label']}: s = {fmt_num(s, digits=3)} over the top "
                 f"{fmt_num(n)} positive eigenvalues, CSN bootstrap p = {fmt_num(p, digits=3)}"
-                f"; at initialisation s = {fmt_num(_fitted(h_init), digits=3)}",
+                f"; at initialisation s = {fmt_num(_fit_field(h_init, 's'), digits=3)}",
                 f"at least {MIN_EIGENVALUES} positive eigenvalues fitted (else inconclusive); "
                 f"power law not rejected (p > 0.1) and {fmt_num(low)} <= s <= {fmt_num(high)}:"
                 " supports; otherwise: contradicts (the initialisation is shown, not tested)",
