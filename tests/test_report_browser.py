@@ -129,6 +129,8 @@ def _open(driver, path: Path, width: int) -> dict:
           csv: document.querySelectorAll('a.csv[href^="data:text/csv"]').length,
           tables: document.querySelectorAll('div.scroll[id] > table').length,
           pwned: window.__pwned === undefined ? null : window.__pwned,
+          charts: document.querySelectorAll('.chart').length,
+          drawn: document.querySelectorAll('.chart .uplot canvas').length,
         };
         """
     )
@@ -158,12 +160,35 @@ def test_report_in_a_browser_at_desktop_and_phone_widths(browser, report):
         assert m["firstSection"] == "verdicts"
         assert m["navPosition"] == "sticky"
         assert m["tables"] and m["csv"] == m["tables"]  # each section's table has its CSV
+        assert m["charts"] >= 5 and m["drawn"] == m["charts"]  # interactive plots drawn
         if width == 1400:
             # figures are drawn at their display size: shown at their own pixels
             scaled = [i for i in m["images"] if i["shown"] != i["natural"]]
             assert not scaled, scaled
             # table of contents entries on one line each (no mid-title wrap)
             assert max(m["navLinkHeights"]) < 1.9 * min(m["navLinkHeights"])
+
+
+def test_interactive_plots_hover_and_log_switch(browser, report):
+    """Hovering a plot shows values in its legend; the log/linear switch redraws it."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    _open(browser, report, 1400)
+    browser.execute_script("document.getElementById('training-chart-1').scrollIntoView()")
+    over = browser.find_element("css selector", "#training-chart-1 .u-over")
+    values = "return [...document.querySelectorAll('#training-chart-1 .u-value')].map(e => e.textContent)"
+    assert set(browser.execute_script(values)) == {"–"}
+    ActionChains(browser).move_to_element(over).perform()
+    shown = browser.execute_script(values)
+    assert any(v != "–" for v in shown), shown
+    browser.find_element("css selector", "#training-chart-1 .logtoggle").click()
+    log = browser.execute_script(
+        "return document.querySelector('#training-chart-1 .chart').getAttribute('data-log')"
+    )
+    assert log == "0"  # the loss starts on a log axis
+    assert browser.find_elements("css selector", "#training-chart-1 .uplot")
+    errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+    assert not errors, errors
 
 
 def test_injected_user_strings_stay_inert(browser, report, tmp_path):

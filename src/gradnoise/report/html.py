@@ -12,6 +12,8 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import json
+import math
 import struct
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -45,6 +47,72 @@ class Table:
 
 
 @dataclass(frozen=True)
+class Chart:
+    """An interactive line plot (uPlot, inlined: zoom by dragging, values on hover, series
+    toggled from the legend, a log/linear switch for the y axis).
+
+    Attributes:
+        title: shown above the plot.
+        x_label, y_label: axis labels.
+        series: ``(label, x, y)`` triples; x values need not be shared (missing points are
+            gaps that lines span). Non-finite values are left out.
+        log_y: start with a log y axis (values <= 0 are then not drawn).
+        points: labels of series drawn as markers only (e.g. values at checkpoints).
+        caption: what the plot shows, under it.
+    """
+
+    title: str
+    x_label: str
+    y_label: str
+    series: Sequence[tuple[str, Sequence[float], Sequence[float]]]
+    log_y: bool = False
+    points: Sequence[str] = ()
+    caption: str = ""
+
+
+def _finite(value: Any) -> float | None:
+    v = float(value)
+    return float(f"{v:.6g}") if math.isfinite(v) else None
+
+
+def chart_spec(chart: Chart) -> str:
+    """The JSON the report's script draws ``chart`` from: aligned columns (uPlot's data)."""
+    xs = sorted(
+        {
+            x
+            for _, xv, yv in chart.series
+            for x, y in zip(xv, yv, strict=True)
+            if _finite(x) is not None and _finite(y) is not None
+        }
+    )
+    index = {x: i for i, x in enumerate(xs)}
+    columns = []
+    for _, xv, yv in chart.series:
+        column: list[float | None] = [None] * len(xs)
+        for x, y in zip(xv, yv, strict=True):
+            if x in index:
+                column[index[x]] = _finite(y)
+        columns.append(column)
+    return json.dumps(
+        {
+            "title": chart.title,
+            "x": chart.x_label,
+            "y": chart.y_label,
+            "log": bool(chart.log_y),
+            "labels": [label for label, _, _ in chart.series],
+            "points": [label in chart.points for label, _, _ in chart.series],
+            "data": [[_finite(x) for x in xs], *columns],
+        },
+        separators=(",", ":"),
+        allow_nan=False,
+    )
+
+
+def _vendor(name: str) -> str:
+    return (Path(__file__).parent / "vendor" / name).read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
 class Section:
     """One report section (an analysis of the study pipeline renders one).
 
@@ -53,7 +121,8 @@ class Section:
         title: heading.
         paragraphs: plain-text paragraphs (escaped when rendered): what the figures show and
             why it matters, before them.
-        tables, figures: content, rendered in this order after the text.
+        tables, charts, figures: content, rendered in this order after the text (charts are
+            interactive line plots; figures static PNGs).
         notes: caveats, rendered last; links: ``(text, relative URL)`` pairs.
     """
 
@@ -64,6 +133,7 @@ class Section:
     figures: Sequence[Figure] = ()
     notes: Sequence[str] = field(default_factory=tuple)
     links: Sequence[tuple[str, str]] = ()
+    charts: Sequence[Chart] = ()
 
 
 def _embed(path: Path) -> str:
@@ -132,6 +202,8 @@ def render_report(
     env.filters["embed"] = _embed
     env.filters["csv_uri"] = _csv_uri
     env.filters["display_size"] = _display_size
+    env.filters["chart_spec"] = chart_spec
+    charts = any(s.charts for s in sections)
     page = env.get_template("report.html").render(
         title=title,
         config=config,
@@ -141,6 +213,8 @@ def render_report(
         downloads=list(downloads),
         version=__version__,
         content_width=CONTENT_WIDTH_PX,
+        uplot_js=_vendor("uPlot.iife.min.js") if charts else "",
+        uplot_css=_vendor("uPlot.min.css") if charts else "",
     )
     path = Path(path)
     path.write_text(page, encoding="utf-8")

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import ConfigError, MissingDataError
-from ...report import Figure, Section, Table
+from ...report import Chart, Figure, Section, Table
 from ...report.figures import figure, save_figure
 from ...report.numbers import fmt_num
 from ..claims import CONTRADICTS, INCONCLUSIVE, SUPPORTS, Claim
@@ -734,11 +734,33 @@ def render(view: RunView) -> Section:
             "stale between re-clusterings; the SVRG snapshot and the clustering are refreshed "
             "at the first measurement of each period."
         )
+    charts = [
+        Chart(
+            f"Minibatch gradient variance (B = {b})",
+            "step",
+            "mean over coordinates",
+            [("Var of g_B", steps, a["variance"]), ("G_j^2 (signal)", steps, a["grad_sq_mean"])],
+            log_y=True,
+        ),
+        Chart(
+            "NGV and GSNR",
+            "step",
+            "ratio",
+            [
+                ("NGV", steps, a["ngv"]),
+                ("GSNR mean r_j", steps, a["gsnr_mean"]),
+                ("GSNR median r_j", steps, a["gsnr_median"]),
+                ("||G||^2 / tr(Sigma)", steps, a["gsnr_aggregate"]),
+            ],
+            log_y=True,
+        ),
+    ]
     return Section(
         NAME,
         ANALYSIS.title,
         paragraphs=paragraphs,
         tables=tables,
+        charts=charts,
         figures=figures,
         notes=notes,
     )
