@@ -191,6 +191,19 @@ def test_interactive_plots_hover_and_log_switch(browser, report):
     assert not errors, errors
 
 
+def test_comparison_report_in_a_browser(browser, compare_report):
+    for width in WIDTHS:
+        m = _open(browser, compare_report / "report.html", width)
+        errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+        print(
+            f"browser: compare, {width} px: scrollWidth {m['scrollWidth']}, {m['drawn']} of "
+            f"{m['charts']} plots drawn, {len(errors)} console errors, load {m['loadMs']:.0f} ms"
+        )
+        assert m["scrollWidth"] <= width and not m["wide"], m["wide"]
+        assert not m["unresolved"] and not errors
+        assert m["charts"] >= 4 and m["drawn"] == m["charts"]
+
+
 def test_injected_user_strings_stay_inert(browser, report, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(report.parent, run)

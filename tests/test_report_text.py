@@ -145,3 +145,34 @@ def _partial(config, run):
     gradnoise.analyze(run, ["gradients"])
     page = (run / "report.html").read_text()
     assert "gradients-table-1" in page and "Not computed" not in page
+
+
+def test_compare_labels_runs_by_what_differs(compare_report):
+    page = (compare_report / "report.html").read_text(encoding="utf-8")
+    assert "<title>gradnoise compare: lr 0.1 vs lr 0.03</title>" in page
+    ids = re.findall(r'<section id="([^"]+)"', page)
+    assert ids == ["runs", "verdicts", "headlines", "curves", "config"]
+    # the verdicts side by side: the second run did not measure the tails
+    assert page.count("not measured") >= 3
+    specs = [json.loads(html.unescape(s)) for s in re.findall(r'data-spec="([^"]+)"', page)]
+    titles = [s["title"] for s in specs]
+    assert titles[:3] == ["Minibatch loss", "Test accuracy", "Minibatch gradient norm ||g_B||"]
+    assert "NGV" in titles
+    assert all(s["labels"] == ["lr 0.1", "lr 0.03"] for s in specs)
+    links = re.findall(r'href="([^"#][^"]*report\.html)"', page)
+    assert "../slow/report.html" in links and len(links) == 2
+    assert not [link for link in links if link.startswith(("/", "file:"))]  # relative only
+    assert str(compare_report.parent) not in page
+
+
+def test_run_labels():
+    from gradnoise.study.compare import run_labels
+
+    a = {"lr": 0.1, "seed": 0, "threads": 1, "options": {"variance": {"every": 4}}}
+    b = {"lr": 0.1, "seed": 1, "threads": 2, "options": {"variance": {"every": 8}}}
+    assert run_labels([a, b], ["x", "y"]) == [
+        "options.variance.every 4, seed 0",
+        "options.variance.every 8, seed 1",
+    ]
+    assert run_labels([a, a], ["x", "y"]) == ["x", "y"]
+    assert run_labels([a, a], ["run", "run"]) == ["run 1: run", "run 2: run"]
