@@ -601,12 +601,18 @@ def render_index(out: str | Path) -> Path:
     ]
     from ..report import Section, Table
 
+    links = [(f"report of run '{key}'", f"{key}/report.html") for key in index["runs"]]
+    if len(index["runs"]) >= 2:  # the runs overlaid, labelled by what differs between them
+        from .compare import compare_runs
+
+        compare_runs([out / str(key) for key in index["runs"]], out / "compare")
+        links.insert(0, ("all runs overlaid, verdicts side by side", "compare/report.html"))
     section = Section(
         "comparison",
         "Comparison",
         paragraphs=[index["description"]],
         tables=[Table([*header, *extra], table_rows)],
-        links=[(f"report of run '{key}'", f"{key}/report.html") for key in index["runs"]],
+        links=links,
     )
     title = f"gradnoise reproduce {index['preset']}" + (" (quick)" if index["quick"] else "")
     return render_report(
