@@ -64,7 +64,7 @@ def test_pipeline_order_and_display_name():
 
 def _text(page: str) -> str:
     page = re.sub(r'data:[a-z/]+[;,][^"]*', "DATA", page)
-    page = re.sub(r"<style>.*?</style>", "", page, flags=re.S)
+    page = re.sub(r"<(style|script)>.*?</\1>", "", page, flags=re.S)
     return html.unescape(re.sub(r"<[^>]+>", " ", page))
 
 
