@@ -57,6 +57,7 @@ class Chart:
         series: ``(label, x, y)`` triples; x values need not be shared (missing points are
             gaps that lines span). Non-finite values are left out.
         log_y: start with a log y axis (values <= 0 are then not drawn).
+        log_x: a log x axis (x values must be positive: ranks, sizes).
         points: labels of series drawn as markers only (e.g. values at checkpoints).
         caption: what the plot shows, under it.
     """
@@ -67,6 +68,7 @@ class Chart:
     series: Sequence[tuple[str, Sequence[float], Sequence[float]]]
     log_y: bool = False
     points: Sequence[str] = ()
+    log_x: bool = False
     caption: str = ""
 
 
@@ -99,6 +101,7 @@ def chart_spec(chart: Chart) -> str:
             "x": chart.x_label,
             "y": chart.y_label,
             "log": bool(chart.log_y),
+            "logx": bool(chart.log_x),
             "labels": [label for label, _, _ in chart.series],
             "points": [label in chart.points for label, _, _ in chart.series],
             "data": [[_finite(x) for x in xs], *columns],

@@ -65,7 +65,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from ...errors import ConfigError
-from ...report import Figure, Section, Table
+from ...report import Chart, Figure, Section, Table
 from ...report.figures import figure, save_figure
 from ...report.numbers import fmt_num
 from ...spectra import (
@@ -1113,7 +1113,36 @@ def render(view: RunView) -> Section:
                 else ""
             )
         )
-    return Section(NAME, TITLE, paragraphs=paragraphs, tables=tables, figures=figures, notes=notes)
+    return Section(
+        NAME,
+        TITLE,
+        paragraphs=paragraphs,
+        tables=tables,
+        charts=[_rank_chart(rows, arrays, what)],
+        figures=figures,
+        notes=notes,
+    )
+
+
+def _rank_chart(rows: Sequence[Mapping[str, Any]], arrays: Mapping[str, Any], what: str) -> Chart:
+    """The covariance rank spectra (trained, baselines, checkpoints) as an interactive log-log
+    plot, cut 10 decades below the top eigenvalue like the figure."""
+    series = []
+    for row in rows:
+        if row["key"] not in arrays:
+            continue
+        lam = np.sort(np.asarray(arrays[row["key"]], dtype=np.float64))[::-1]
+        lam = lam[lam > (lam[0] * 1e-10 if lam.size and lam[0] > 0 else 0)]
+        series.append((row["label"], np.arange(1, lam.size + 1), lam))
+    return Chart(
+        f"Gradient {what} spectrum, rank-ordered",
+        "rank k",
+        "eigenvalue lambda_k",
+        series,
+        log_y=True,
+        log_x=True,
+        caption="A power law lambda_k ~ k^-s is a straight line on these axes.",
+    )
 
 
 def _colors(count: int) -> list[Any]:
