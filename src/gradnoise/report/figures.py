@@ -67,11 +67,26 @@ def save_figure(fig: Any, path: str | Path) -> Path:
     their axes are moved below them first (:func:`legends_outside`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    short_log_axes(fig)
     fig.tight_layout()
     if legends_outside(fig):
         fig.tight_layout()
     fig.savefig(path, format="png", metadata={"Software": None})
     return path
+
+
+def short_log_axes(fig: Any) -> None:
+    """Plain tick labels (``2.4``, not ``2.4 x 10^0``) on log axes spanning less than a decade,
+    where matplotlib labels every minor tick in scientific notation and the labels collide."""
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda v, _: f"{v:.3g}")
+    for ax in fig.axes:
+        for axis, limits in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+            low, high = sorted(limits)
+            if axis.get_scale() == "log" and low > 0 and high / low < 10:
+                axis.set_major_formatter(plain)
+                axis.set_minor_formatter(plain)
 
 
 def legends_outside(fig: Any) -> int:
