@@ -106,6 +106,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
             report["different_data"] = str(err)
         with open(f"{out}/rank{rank}.json", "w") as f:
             json.dump(report, f)
+        dist.barrier()  # neither rank tears gloo down while the other still talks to it
     finally:
         dist.destroy_process_group()
 

@@ -90,6 +90,7 @@ BUILTIN_ANALYSES: dict[str, str] = {
     "noise_model": "gradnoise.study.analyses.noise_model:ANALYSIS",
     "spectra": "gradnoise.study.analyses.spectra:ANALYSIS",
     "variance": "gradnoise.study.analyses.variance:ANALYSIS",
+    "escape": "gradnoise.study.analyses.escape:ANALYSIS",
 }
 
 BUILTIN_PRESETS: dict[str, str] = {
@@ -100,6 +101,7 @@ BUILTIN_PRESETS: dict[str, str] = {
     "panigrahi-batch-size": "gradnoise.study.presets.noise_models:PANIGRAHI",
     "battash-sas": "gradnoise.study.presets.noise_models:BATTASH",
     "faghri-variance": "gradnoise.study.presets.faghri:VARIANCE",
+    "battash-escape": "gradnoise.study.presets.battash_escape:ESCAPE",
 }
 
 _ANALYSES: dict[str, Analysis] = {}
