@@ -229,3 +229,30 @@ def test_run_claims_skips_unavailable_and_keeps_pipeline_order():
     assert [r["analysis"] for r in rows] == ["variance"]
     assert rows[0]["verdict"] == SUPPORTS
     assert set(rows[0]) == {"analysis", "paper", "claim", "verdict", "evidence", "test_rule"}
+
+
+# ------------------------------------------------------------------------------ escape
+
+
+def _decay(decay_gain, batch_gain, jump_change):
+    from gradnoise.study.analyses import _escape_stats as es
+
+    base = np.array([0.50, 0.51, 0.49, 0.50])
+    jumps = np.array([0.10, 0.11, 0.09, 0.10])
+    arms = {
+        "constant": {"test_acc": base, "jump_frequency": jumps},
+        "lr-decay": {"test_acc": base + decay_gain, "jump_frequency": jumps + jump_change},
+        "batch-increase": {"test_acc": base + batch_gain, "jump_frequency": jumps},
+    }
+    return {"decay": {"verdict": es.decay_verdict(arms)}}
+
+
+def test_escape_decay_claim_follows_the_decay_verdict():
+    from gradnoise.study.analyses import escape
+
+    [helps] = escape.claims(_decay(0.1, 0.1, -0.05))
+    [hurts] = escape.claims(_decay(-0.1, 0.1, -0.05))
+    [noisy] = escape.claims(_decay(0.004, 0.1, -0.05))
+    assert helps.paper == "Battash et al. 2024"
+    assert (helps.verdict, hurts.verdict, noisy.verdict) == (SUPPORTS, CONTRADICTS, INCONCLUSIVE)
+    assert escape.claims({"decay": {}}) == []
