@@ -2,7 +2,8 @@
 
 Runs are labelled by what differs between their configurations (``lr 0.1`` vs ``lr 0.01``);
 the report puts their verdicts and headline numbers side by side and overlays their curves
-(minibatch loss, test accuracy, gradient norm along training, variance and NGV) as interactive
+(minibatch loss, test accuracy, gradient norm along training, variance and NGV, the share of
+power-law-plausible samples along training, the trained covariance spectrum) as interactive
 plots. It reads stored runs only (no torch).
 """
 
@@ -71,6 +72,30 @@ def _variance(run_dir: Path, summary: dict[str, Any], key: str) -> Any:
         return None
     arrays = RunView(run_dir, summary, "variance").arrays()
     return arrays["steps"], arrays[key]
+
+
+def _tail_fractions(summary: dict[str, Any], family: str) -> Any:
+    results = summary["analyses"].get("tails")
+    if not isinstance(results, dict) or "unavailable" in results:
+        return None
+    row = next((r for r in results.get("families", []) if r.get("key") == family), None)
+    by_step = [b for b in (row or {}).get("by_step", []) if b.get("bootstrapped")]
+    if not by_step:
+        return None
+    return [b["step"] for b in by_step], [b["fraction_plausible"] for b in by_step]
+
+
+def _trained_spectrum(run_dir: Path, summary: dict[str, Any]) -> Any:
+    results = summary["analyses"].get("spectra")
+    if not isinstance(results, dict) or "unavailable" in results:
+        return None
+    row = next((r for r in results.get("covariance", []) if r.get("kind") == "trained"), None)
+    arrays = RunView(run_dir, summary, "spectra").arrays()
+    if row is None or row["key"] not in arrays:
+        return None
+    lam = np.sort(np.asarray(arrays[row["key"]], dtype=np.float64))[::-1]
+    lam = lam[lam > (lam[0] * 1e-10 if lam.size and lam[0] > 0 else 0)]
+    return np.arange(1, lam.size + 1), lam
 
 
 def compare_runs(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> Path:
@@ -198,6 +223,33 @@ def compare_runs(run_dirs: Sequence[str | Path], out: str | Path | None = None) 
                 series.append((label, *found))
         if series:
             charts.append(Chart(title, "step", key, series, log_y=True))
+    for title, family in (
+        ("Power law plausible: dimension-wise |g_B| (per tensor)", "dim_minibatch/layer"),
+        ("Power law plausible: per-coordinate SGN", "iter_sgn"),
+    ):
+        series = []
+        for s, label in zip(summaries, labels, strict=True):
+            found = _tail_fractions(s, family)
+            if found is not None:
+                series.append((label, *found))
+        if series:
+            charts.append(Chart(title, "step", "share of samples (bootstrap p > 0.1)", series))
+    series = []
+    for d, s, label in zip(dirs, summaries, labels, strict=True):
+        found = _trained_spectrum(d, s)
+        if found is not None:
+            series.append((label, *found))
+    if series:
+        charts.append(
+            Chart(
+                "Gradient covariance spectrum after training, rank-ordered",
+                "rank k",
+                "eigenvalue lambda_k",
+                series,
+                log_y=True,
+                log_x=True,
+            )
+        )
     curves = Section(
         "curves",
         "Curves, overlaid",
