@@ -47,3 +47,33 @@ TINY_STUDY = dict(
     checkpoints=2,
     eval_every=5,
 )
+
+# Every built-in analysis at a tiny size (the report's text and browser tests).
+FULL_TINY_STUDY = dict(
+    **TINY_STUDY,
+    model_options={"widths": [24]},
+    analyses=("training", "gradients", "tails", "noise_model", "spectra", "variance"),
+    options={
+        "tails": {"min_tail": 10, "n_boot": 9, "boot_coords": 40, "sgn_batches": 48},
+        "spectra": {
+            "examples": 64,
+            "bootstrap": 20,
+            "stability_k": 3,
+            "batch_sizes": [4, 16],
+            "sweep_batches": 40,
+            "sweep_pool": 200,
+            "hessian_k": 6,
+            "hessian_examples": 160,
+            "hessian_trace": 10,
+        },
+        "noise_model": {
+            "sgn_samples": 64,
+            "coords": 240,
+            "fit_coords": 60,
+            "directions": 20,
+            "batch_sizes": [16, 64],
+            "arm_steps": 5,
+        },
+        "variance": {"every": 4, "draws": 4},
+    },
+)

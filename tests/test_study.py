@@ -211,6 +211,8 @@ def test_preset_runs_each_config_and_writes_an_index(tmp_path):
     index = (tmp_path / "p/index.html").read_text()
     assert "a/report.html" in index and "b/report.html" in index and "recorded steps" in index
     assert (tmp_path / "p/a/report.html").exists() and (tmp_path / "p/b/summary.json").exists()
+    assert 'href="compare/report.html"' in index  # the runs overlaid (gradnoise compare)
+    assert "gradnoise compare: " in (tmp_path / "p/compare/report.html").read_text()
     (tmp_path / "p/index.html").unlink()
     assert CliRunner().invoke(app, ["report", str(tmp_path / "p")]).exit_code == 0
     assert (tmp_path / "p/index.html").exists()

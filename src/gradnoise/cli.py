@@ -143,6 +143,22 @@ def report(
 
 
 @app.command()
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="two or more run directories")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="output directory (default runs/<id>-compare)")
+    ] = None,
+) -> None:
+    """One report overlaying several runs: curves, headline numbers and verdicts side by side,
+    each run labelled by what differs in its config."""
+    from .study.compare import compare_runs
+
+    with _errors():
+        path = compare_runs(run_dirs, out)
+    typer.echo(str(path))
+
+
+@app.command()
 def analyze(
     run_dir: Annotated[Path, typer.Argument(help="a run directory of 'gradnoise run'")],
     analyses: Annotated[

@@ -26,6 +26,7 @@ random states are given back as they were after each call. The built-in trainer 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import datetime as _dt
@@ -691,7 +692,7 @@ class Probe:
 
     def _write(self, final_step: int | None) -> Path:
         from .study._torch import eval_mode, evaluate
-        from .study.runner import render_run, thread_counts, write_json
+        from .study.runner import render_run, thread_counts, verdicts, write_json
 
         ctx, config = self.ctx, self.config
         timings = {"train_and_capture_s": time.perf_counter() - self._t0}
@@ -742,22 +743,34 @@ class Probe:
         }
         from .study.registry import get_analysis
 
+        def commit() -> None:  # summary.json as it stands: what completed survives a failure
+            summary["verdicts"] = verdicts(summary)
+            write_json(self.run_dir / SUMMARY, summary)
+
         for analysis in self.analyses:
             t = time.perf_counter()
             try:
                 results = run_analysis(get_analysis(analysis.name), ctx, missed)
             except Exception as err:
-                if self.source != "probe":  # gradnoise run: the error stops the command
+                reason = " ".join(f"{type(err).__name__}: {err}".split())[:500]
+                summary["analyses"][analysis.name] = {
+                    "unavailable": f"the analysis failed ({reason})"
+                }
+                if self.source != "probe":  # gradnoise run: the error stops the command, after
+                    commit()  # the report of what completed is written (the failure in its
+                    with contextlib.suppress(Exception):  # section); the error is what counts
+                        render_run(self.run_dir)
                     raise
                 # a user's long run keeps its other analyses and report; the section says why
-                reason = " ".join(f"{type(err).__name__}: {err}".split())[:500]
                 warnings.warn(
                     ProbeWarning(f"the {analysis.name!r} analysis failed ({reason})"), stacklevel=3
                 )
-                results = {"unavailable": f"the analysis failed ({reason})"}
+                results = summary["analyses"][analysis.name]
             summary["analyses"][analysis.name] = results
             timings[f"analysis_{analysis.name}_s"] = time.perf_counter() - t
-        write_json(self.run_dir / SUMMARY, summary)
+            commit()  # each analysis's results are committed when it finishes
+        if not self.analyses:
+            commit()
         self.recorder.update_metadata(summary_file=SUMMARY)
         t = time.perf_counter()
         report = render_run(self.run_dir)

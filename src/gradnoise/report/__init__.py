@@ -5,6 +5,16 @@ A report is a list of :class:`Section` objects (one per analysis of the study pi
 """
 
 from .figures import figure, save_figure
-from .html import Figure, Section, Table, render_report
+from .html import Chart, Figure, Section, Table, render_report
+from .numbers import fmt_num
 
-__all__ = ["Figure", "Section", "Table", "figure", "render_report", "save_figure"]
+__all__ = [
+    "Chart",
+    "Figure",
+    "Section",
+    "Table",
+    "figure",
+    "fmt_num",
+    "render_report",
+    "save_figure",
+]

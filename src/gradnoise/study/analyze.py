@@ -66,7 +66,7 @@ def analyze(
     from ..probe import INITIAL, checkpoint_path, copy_model, run_analysis, user_splits
     from ._torch import preserved_rng
     from .context import Progress
-    from .runner import _user_model, pinned_threads, render_run, write_json
+    from .runner import _user_model, pinned_threads, render_run, verdicts, write_json
 
     started = time.perf_counter()
     run_dir = Path(run_dir)
@@ -76,7 +76,11 @@ def analyze(
     names = (
         list(dict.fromkeys(analyses))
         if analyses is not None
-        else [n for n in summary["analyses"] if get_analysis(n).during_training is None]
+        else [  # every analysis of the run, also those a failure left unfinished
+            n
+            for n in dict.fromkeys([*summary["analyses"], *config.analyses])
+            if get_analysis(n).during_training is None
+        ]
     )
     if not names:
         raise ConfigError("no analysis to run: name at least one (gradnoise info lists them)")
@@ -169,6 +173,7 @@ def analyze(
                 get_analysis(analysis_name), ctx, missed
             )
     summary["config"] = config.to_dict()
+    summary["verdicts"] = verdicts(summary)
     write_json(run_dir / SUMMARY, summary)
     report = render_run(run_dir)
     manifest_path = run_dir / "manifest.json"

@@ -11,6 +11,10 @@ An analysis is an :class:`Analysis`: a name, a report title and two functions.
 * ``render(view: RunView) -> Section`` builds the report section from stored data only (the
   summary, saved arrays and the store); it must not import torch, so that
   ``gradnoise report RUN_DIR`` re-renders any run without retraining.
+* optionally ``claims(results) -> [Claim, ...]``: the papers' claims this analysis measures,
+  each with a verdict (supports / contradicts / inconclusive) decided from ``results`` by a
+  stated rule (:mod:`gradnoise.study.claims`); the report opens with a table of them and
+  ``summary.json["verdicts"]`` holds the same.
 * optionally ``headline(results) -> {label: value}``: a few numbers for the comparison table of a
   preset's index page.
 * optionally ``options(raw, config) -> dict``: the analysis's options (``[options.<name>]``)
@@ -41,7 +45,7 @@ comparison table built from each analysis's optional ``headline(results) -> {lab
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +53,7 @@ from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from ..report import Section
+    from .claims import Claim
     from .config import StudyConfig
     from .context import RunView, StudyContext
 
@@ -66,6 +71,7 @@ class Analysis:
     during_training: Callable[[StudyContext, int, Any], None] | None = None
     options: Callable[[Mapping[str, Any], StudyConfig], dict[str, Any]] | None = None
     check: Callable[[StudyContext, Any], None] | None = None
+    claims: Callable[[dict[str, Any]], list[Claim]] | None = None
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,16 @@ def get_analysis(name: str) -> Analysis:
             )
         _ANALYSES[name] = _load(BUILTIN_ANALYSES[name])
     return _ANALYSES[name]
+
+
+def pipeline_order(names: Iterable[str]) -> list[str]:
+    """``names`` in the order of the study pipeline (the report's and ``summary.json``'s
+    reading order): the built-in analyses in :data:`BUILTIN_ANALYSES` order (training,
+    gradients, tails, noise model, spectra, variance), then any others in the order given."""
+    builtin = list(BUILTIN_ANALYSES)
+    names = list(dict.fromkeys(names))
+    first = sorted((n for n in names if n in builtin), key=builtin.index)
+    return first + [n for n in names if n not in builtin]
 
 
 def available_analyses() -> list[str]:

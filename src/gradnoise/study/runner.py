@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import ConfigError, GradnoiseError, StoreError
 from ..report import Section, render_report
+from ..report.numbers import fmt_num
 from .config import StudyConfig
 from .context import (
     SUMMARY,
@@ -371,8 +372,45 @@ def _stored(run_dir: Path, what: str) -> Iterator[None]:
         ) from err
 
 
+def display_name(value: Any) -> str:
+    """A dataset (or file) name as the report shows it: a path becomes its file name, so a
+    shared report never carries the directories of the machine that ran it."""
+    text = str(value)
+    if "/" in text or "\\" in text:
+        return Path(text.replace("\\", "/")).name or text
+    return text
+
+
+def report_order(summary: dict[str, Any]) -> list[str]:
+    """The analyses of a stored run in pipeline order (see :func:`registry.pipeline_order`);
+    analyses not built in keep the order of ``config["analyses"]``."""
+    from .registry import pipeline_order
+
+    stored = list(summary["analyses"])
+    configured = [n for n in summary.get("config", {}).get("analyses", []) if n in stored]
+    return pipeline_order([*configured, *stored])
+
+
+def verdicts(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """``summary.json["verdicts"]``: every analysis's claims with their verdicts, in pipeline
+    order (:func:`gradnoise.study.claims.run_claims`)."""
+    from .claims import run_claims
+
+    return run_claims(summary["analyses"], report_order(summary))
+
+
 def render_run(run_dir: str | Path) -> Path:
-    """(Re-)render ``report.html`` and the figures of a finished run from stored data only."""
+    """(Re-)render ``report.html`` and the figures of a finished run from stored data only.
+
+    The report opens with the verdict table (each analysis's claims, see
+    :mod:`gradnoise.study.claims`), then one section per analysis in pipeline order. An
+    analysis whose results are missing, marked unavailable or failed, or whose section cannot be
+    rendered, gets a section saying so and the others render as usual; a section that could not
+    be rendered (damaged results, an unknown analysis) is then raised as the error, after the
+    report is written.
+    """
+    from .claims import run_claims
+
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise StoreError(f"{run_dir} is not a directory: give a run directory of 'gradnoise run'")
@@ -381,30 +419,62 @@ def render_run(run_dir: str | Path) -> Path:
             render_run(run_dir / str(key))
         return render_index(run_dir)
     summary = read_json(run_dir / SUMMARY, SUMMARY_KEYS)
+    order = report_order(summary)
+    pending = [n for n in summary.get("config", {}).get("analyses", []) if n not in order]
     sections: list[Section] = []
-    for name, results in summary["analyses"].items():
-        analysis = get_analysis(name)
+    errors: list[GradnoiseError] = []
+    for name in [*order, *pending]:
+        results = summary["analyses"].get(name)
+        try:
+            analysis = get_analysis(name)
+            title = analysis.title
+        except ConfigError as err:
+            analysis, title = None, name
+            errors.append(err)
+        if results is None:
+            sections.append(
+                Section(name, title, paragraphs=["Not computed: the study stopped before it."])
+            )
+            continue
         if isinstance(results, dict) and "unavailable" in results:
             sections.append(
                 Section(
                     name,
-                    analysis.title,
+                    title,
                     paragraphs=[f"Not available for this run: {results['unavailable']}."],
                 )
             )
             continue
-        with _stored(run_dir, f"the {name!r} analysis"):
-            sections.append(analysis.render(RunView(run_dir, summary, name)))
+        if analysis is None:
+            sections.append(
+                Section(name, title, paragraphs=["No analysis of this name is registered."])
+            )
+            continue
+        try:
+            with _stored(run_dir, f"the {name!r} analysis"):
+                sections.append(analysis.render(RunView(run_dir, summary, name)))
+        except GradnoiseError as err:
+            errors.append(err)
+            sections.append(
+                Section(name, title, paragraphs=[f"This section could not be rendered: {err}"])
+            )
+    with _stored(run_dir, "the verdicts"):
+        rows = run_claims(summary["analyses"], order)
+    titles = {s.key: s.title for s in sections}
+    for row in rows:
+        row["section"] = titles.get(row["analysis"], row["analysis"])
     with _stored(run_dir, "the report's header"):
         config = summary["config"]
-        title = f"gradnoise study: {config['model']} on {summary['data']['name']}"
+        title = f"gradnoise study: {config['model']} on {display_name(summary['data']['name'])}"
         acc = summary["final"]["test_acc"]
         meta = {
-            "parameters": summary["model"]["parameters"],
+            "parameters": fmt_num(summary["model"]["parameters"]),
             "seed": config["seed"],
-            "final test accuracy": "n/a" if acc is None else f"{acc:.3f}",
+            "final test accuracy": fmt_num(acc, digits=3),
         }
         shown = dict(config)
+        if isinstance(shown.get("dataset"), str):
+            shown["dataset"] = display_name(shown["dataset"])
         if config.get("optimizer") == "custom":  # the optimizer object's own settings instead
             for key in ("lr", "momentum", "weight_decay", "optimizer_options"):
                 shown.pop(key, None)
@@ -418,9 +488,24 @@ def render_run(run_dir: str | Path) -> Path:
         flat_config = {
             k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in shown.items()
         }
-    return render_report(
-        run_dir / "report.html", title=title, config=flat_config, sections=sections, meta=meta
+    downloads = [("summary.json (every number)", SUMMARY)]
+    if (run_dir / "manifest.json").exists():
+        downloads.append(("manifest.json (versions, timings)", "manifest.json"))
+    arrays = sorted((run_dir / "analyses").glob("*.npz")) if (run_dir / "analyses").is_dir() else []
+    downloads += [(f"arrays: {p.name}", f"analyses/{p.name}") for p in arrays]
+    report = render_report(
+        run_dir / "report.html",
+        title=title,
+        config=flat_config,
+        sections=sections,
+        meta=meta,
+        verdicts=rows,
+        downloads=downloads,
     )
+    if errors:  # the report holds every other section; the command still says what is wrong
+        first = errors[0]
+        raise type(first)(f"{first} (report.html was written with the other sections)") from first
+    return report
 
 
 INDEX = "index.json"
@@ -503,7 +588,7 @@ def render_index(out: str | Path) -> Path:
             rows.append(
                 [
                     key,
-                    summary["data"]["name"],
+                    display_name(summary["data"]["name"]),
                     cfg["model"],
                     cfg["steps"],
                     summary["final"]["test_acc"],
@@ -516,12 +601,18 @@ def render_index(out: str | Path) -> Path:
     ]
     from ..report import Section, Table
 
+    links = [(f"report of run '{key}'", f"{key}/report.html") for key in index["runs"]]
+    if len(index["runs"]) >= 2:  # the runs overlaid, labelled by what differs between them
+        from .compare import compare_runs
+
+        compare_runs([out / str(key) for key in index["runs"]], out / "compare")
+        links.insert(0, ("all runs overlaid, verdicts side by side", "compare/report.html"))
     section = Section(
         "comparison",
         "Comparison",
         paragraphs=[index["description"]],
         tables=[Table([*header, *extra], table_rows)],
-        links=[(f"report of run '{key}'", f"{key}/report.html") for key in index["runs"]],
+        links=links,
     )
     title = f"gradnoise reproduce {index['preset']}" + (" (quick)" if index["quick"] else "")
     return render_report(

@@ -265,7 +265,7 @@ def _decay(view: RunView, dec: dict[str, Any]) -> tuple[list[str], list[Table], 
     rows = dec["rows"]
     v = dec["verdict"]
     paragraphs = [
-        f"Learning-rate-decay arms (Battash & Lindenbaum; methods.md §3(b)4): from step "
+        f"Learning-rate-decay arms (Battash & Lindenbaum): from step "
         f"{dec['from_step']}, {dec['steps']} steps of {dec['optimizer']} per arm, "
         f"{rows[0]['seeds'] if rows else 0} minibatch orders (seeds) each, decay factor "
         f"{dec['decay']} (base lr {_f(dec['base_lr'])}, B {dec['base_batch_size']}). A jump is a "

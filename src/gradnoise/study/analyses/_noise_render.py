@@ -626,7 +626,7 @@ def render_section(view: RunView, title: str) -> Section:
     figures: list[Figure] = []
     notes = [
         "All SGN here is sampled at fixed parameters (checkpoints): minibatch gradient minus the "
-        "full gradient at the same parameters (methods.md §0).",
+        "full gradient at the same parameters, xi = g_B - G.",
         f"Step noise and the optimizer: {view.optimizer.step_noise}",
     ]
     if "simsekli" in res:

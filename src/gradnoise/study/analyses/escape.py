@@ -55,6 +55,8 @@ from typing import Any
 
 from ...errors import ConfigError, MissingDataError
 from ...report import Section
+from ...report.numbers import fmt_num
+from ..claims import CONTRADICTS, INCONCLUSIVE, SUPPORTS, Claim
 from ..context import RunView, StudyContext
 from ..options import check_keys, choice, int_list, integer, number, sequence
 from ..registry import Analysis
@@ -561,6 +563,41 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+#: the decay verdict's words as a claim's verdict
+_DECAY_VERDICTS = {"supported": SUPPORTS, "not supported": CONTRADICTS}
+
+
+def claims(results: dict[str, Any]) -> list[Claim]:
+    """Battash & Lindenbaum's lr-decay claim, decided by :func:`_escape_stats.decay_verdict`."""
+    verdict = (results.get("decay") or {}).get("verdict")
+    if not verdict:
+        return []
+
+    def gain(key: str) -> str:
+        t = verdict.get(key) or {}
+        if t.get("ci_low") is None:
+            return "n/a"
+        return f"[{fmt_num(t['ci_low'], digits=3)}, {fmt_num(t['ci_high'], digits=3)}]"
+
+    return [
+        Claim(
+            "Battash et al. 2024",
+            "The benefit of learning-rate decay comes from the reduced gradient noise (a larger "
+            "batch, which reduces the noise alone, helps like lr decay).",
+            _DECAY_VERDICTS.get(verdict["verdict"], INCONCLUSIVE),
+            f"{verdict.get('reason', verdict['verdict'])}; test-accuracy gain over the constant "
+            f"arm, lr-decay {gain('decay_gain')}, batch-increase {gain('batch_gain')}; jump "
+            f"frequency change of lr-decay {gain('decay_jump_change')} "
+            f"({fmt_num(verdict.get('level'), '%')} Welch intervals over seeds)",
+            "lr-decay gains test accuracy and lowers the jump frequency, and batch-increase gains "
+            "too (and, when run, lr-decay-small-batch gains less than lr-decay), every interval "
+            "clear of 0: supports; lr-decay does not gain, or batch-increase does not while "
+            "lr-decay does, or keeping the noise does not lose the gain: contradicts; an "
+            "interval straddling 0, fewer than 2 seeds or no test data: inconclusive",
+        )
+    ]
+
+
 def render(view: RunView) -> Section:
     from ._escape_render import render_section
 
@@ -577,4 +614,5 @@ ANALYSIS = Analysis(
     headline=headline,
     options=resolve_options,
     check=check,
+    claims=claims,
 )

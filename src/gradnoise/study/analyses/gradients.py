@@ -2,7 +2,7 @@
 
 At each checkpoint (fixed parameters) it measures, over all P parameters: the per-sample gradient
 norms of the probe examples, the full-gradient norm ||G||, and the norms of K minibatch gradients
-and of their noise ``xi = g_B - G`` (methods.md §0). Value distributions use the tracked
+and of their noise ``xi = g_B - G``. Value distributions use the tracked
 coordinates of the gradient store.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ...report import Figure, Section, Table
+from ...report import Chart, Figure, Section, Table
 from ...report.figures import ccdf, figure, save_figure, thin
 from ..context import RunView, StudyContext
 from ..registry import Analysis
@@ -184,7 +184,31 @@ def render(view: RunView) -> Section:
         caption=f"At fixed parameters of each checkpoint, over all parameters; minibatches of "
         f"{res['batch_size']} ({res['noise_batches']} draws).",
     )
-    return Section("gradients", "Gradient norms and distributions", tables=[table], figures=figures)
+    chart = Chart(
+        "Gradient norm along training",
+        "step",
+        "gradient norm",
+        [
+            ("minibatch ||g_B||", run.steps, run.scalars["grad_norm"]),
+            ("full ||G|| (checkpoints)", steps, [r["full_grad_norm"] for r in res["checkpoints"]]),
+            ("mean SGN ||g_B - G||", steps, [r["sgn_norm_mean"] for r in res["checkpoints"]]),
+        ],
+        log_y=True,
+        points=("full ||G|| (checkpoints)", "mean SGN ||g_B - G||"),
+    )
+    return Section(
+        "gradients",
+        "Gradient norms and distributions",
+        paragraphs=[
+            "How large the gradient noise is against the gradient itself: where the SGN norm "
+            "exceeds the full-gradient norm, a minibatch step is dominated by noise. The "
+            "per-sample norms show whether a few examples carry most of the gradient, and the "
+            "value distributions preview the tail tests of the next section."
+        ],
+        tables=[table],
+        charts=[chart],
+        figures=figures,
+    )
 
 
 def headline(results: dict[str, Any]) -> dict[str, Any]:

@@ -35,6 +35,15 @@ from typing import Any
 
 from ...errors import ConfigError
 from ...report import Section
+from ...report.numbers import fmt_num
+from ..claims import (
+    CONTRADICTS,
+    INCONCLUSIVE,
+    SUPPORTS,
+    Claim,
+    fraction_rule,
+    fraction_verdict,
+)
 from ..context import RunView, StudyContext
 from ..options import boolean, check_keys, choice, int_list, integer, number, sequence
 from ..registry import Analysis
@@ -458,6 +467,107 @@ def render(view: RunView) -> Section:
     return render_section(view, TITLE)
 
 
+#: Simsekli: per-coordinate median α this far below the Gaussian control's supports heavy tails,
+#: within ALPHA_SAME of it contradicts them
+ALPHA_HEAVY, ALPHA_SAME = 0.3, 0.1
+#: Panigrahi: the batch size from which SGN is claimed Gaussian, and the acceptance thresholds
+PANIGRAHI_BATCH, GAUSSIAN_ACCEPT, GAUSSIAN_REJECT = 256, 0.8, 0.5
+
+
+def claims(results: dict[str, Any]) -> list[Claim]:
+    """Simsekli's heavy tails, Panigrahi's Gaussianity at B >= 256 and Battash's SαS-over-
+    Gaussian claim, each at the last checkpoint (rules: the ``test_rule`` texts below)."""
+    out = []
+    sim = results.get("simsekli", {}).get("checkpoints") or []
+    if sim:
+        last = sim[-1]
+        a, c = last["per_coord_alpha_median"], last["per_coord_alpha_gaussian_control_median"]
+        if a is None or c is None or not (math.isfinite(a) and math.isfinite(c)):
+            verdict = INCONCLUSIVE
+        elif a <= c - ALPHA_HEAVY:
+            verdict = SUPPORTS
+        elif a >= c - ALPHA_SAME:
+            verdict = CONTRADICTS
+        else:
+            verdict = INCONCLUSIVE
+        out.append(
+            Claim(
+                "Simsekli et al. 2019",
+                "Stochastic gradient noise is heavy-tailed (α-stable with tail index α < 2).",
+                verdict,
+                f"step {fmt_num(last['step'])}: median per-coordinate α {fmt_num(a, digits=3)} "
+                f"vs {fmt_num(c, digits=3)} for Gaussian coordinates of the same scales "
+                f"(K = {fmt_num(last['per_coord_samples'])} samples each); the pooled recipe "
+                f"gives {fmt_num(last['pooled_alpha'], digits=3)}, Gaussian coordinates pooled the same "
+                f"way {fmt_num(last['pooled_alpha_gaussian_control'], digits=3)} (pooling alone "
+                "lowers α)",
+                f"median per-coordinate α at least {ALPHA_HEAVY} below the Gaussian control's: "
+                f"supports; within {ALPHA_SAME} of it (or above): contradicts; in between: "
+                "inconclusive",
+            )
+        )
+    pan = results.get("panigrahi", {}).get("rows") or []
+    if pan:
+        big = [r for r in pan if r["batch_size"] >= PANIGRAHI_BATCH]
+        rule = (
+            f"at every checkpoint with B >= {PANIGRAHI_BATCH}, the share of random directions "
+            f"u^T xi accepted as Gaussian (Shapiro-Wilk, BH) >= {GAUSSIAN_ACCEPT}: supports; "
+            f"<= {GAUSSIAN_REJECT} at any: contradicts; otherwise, or no B >= "
+            f"{PANIGRAHI_BATCH} measured: inconclusive"
+        )
+        if not big:
+            verdict = INCONCLUSIVE
+            evidence = (
+                f"no batch size >= {PANIGRAHI_BATCH} was measured (batch sizes "
+                f"{', '.join(fmt_num(b) for b in sorted({r['batch_size'] for r in pan}))})"
+            )
+        else:
+            accepted = [r["directions_accepted_bh"] for r in big]
+            if min(accepted) >= GAUSSIAN_ACCEPT:
+                verdict = SUPPORTS
+            elif min(accepted) <= GAUSSIAN_REJECT:
+                verdict = CONTRADICTS
+            else:
+                verdict = INCONCLUSIVE
+            evidence = "; ".join(
+                f"step {fmt_num(r['step'])}, B = {fmt_num(r['batch_size'])}: directions "
+                f"{fmt_num(r['directions_accepted_bh'], '%', digits=3)}, coordinates "
+                f"{fmt_num(r['accepted_bh'], '%', digits=3)} accepted"
+                for r in big
+            )
+        out.append(
+            Claim(
+                "Panigrahi et al. 2019",
+                f"For batch sizes of {PANIGRAHI_BATCH} and above, stochastic gradient noise is "
+                "Gaussian.",
+                verdict,
+                evidence,
+                rule,
+            )
+        )
+    bat = results.get("battash", {})
+    if bat.get("rows"):
+        rows = bat["rows"]
+        final = [r for r in rows if r["step"] == rows[-1]["step"]]
+        train_b = bat.get("map", {}).get("batch_size")
+        row = next((r for r in final if r["batch_size"] == train_b), final[0])
+        n = int(row["fitted"])
+        k = round(row["fraction_stable"] * n) if row["fraction_stable"] is not None else 0
+        out.append(
+            Claim(
+                "Battash et al. 2024",
+                "A symmetric α-stable law fits stochastic gradient noise better than a Gaussian.",
+                fraction_verdict(k, n, majority_supports=True),
+                f"step {fmt_num(row['step'])}, B = {fmt_num(row['batch_size'])}: SαS wins (AIC) "
+                f"on {fmt_num(k)} of {fmt_num(n)} fitted coordinates "
+                f"({fmt_num(row['fraction_stable'], '%', digits=3)}); median α "
+                f"{fmt_num(row['alpha_median'], digits=3)}",
+                fraction_rule(True),
+            )
+        )
+    return out
+
+
 ANALYSIS = Analysis(
     NAME,
     TITLE,
@@ -468,4 +578,5 @@ ANALYSIS = Analysis(
     headline=headline,
     options=resolve_options,
     check=check,
+    claims=claims,
 )

@@ -65,8 +65,9 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from ...errors import ConfigError
-from ...report import Figure, Section, Table
+from ...report import Chart, Figure, Section, Table
 from ...report.figures import figure, save_figure
+from ...report.numbers import fmt_num
 from ...spectra import (
     effective_rank,
     eigengaps,
@@ -76,6 +77,7 @@ from ...spectra import (
     random_matrix_spectrum,
     subspace_stability_from_gram,
 )
+from ..claims import CONTRADICTS, INCONCLUSIVE, SUPPORTS, Claim
 from ..context import RunView, StudyContext
 from ..options import boolean, check_keys, choice, int_list, integer, number, sequence
 from ..registry import Analysis
@@ -1111,7 +1113,36 @@ def render(view: RunView) -> Section:
                 else ""
             )
         )
-    return Section(NAME, TITLE, paragraphs=paragraphs, tables=tables, figures=figures, notes=notes)
+    return Section(
+        NAME,
+        TITLE,
+        paragraphs=paragraphs,
+        tables=tables,
+        charts=[_rank_chart(rows, arrays, what)],
+        figures=figures,
+        notes=notes,
+    )
+
+
+def _rank_chart(rows: Sequence[Mapping[str, Any]], arrays: Mapping[str, Any], what: str) -> Chart:
+    """The covariance rank spectra (trained, baselines, checkpoints) as an interactive log-log
+    plot, cut 10 decades below the top eigenvalue like the figure."""
+    series = []
+    for row in rows:
+        if row["key"] not in arrays:
+            continue
+        lam = np.sort(np.asarray(arrays[row["key"]], dtype=np.float64))[::-1]
+        lam = lam[lam > (lam[0] * 1e-10 if lam.size and lam[0] > 0 else 0)]
+        series.append((row["label"], np.arange(1, lam.size + 1), lam))
+    return Chart(
+        f"Gradient {what} spectrum, rank-ordered",
+        "rank k",
+        "eigenvalue lambda_k",
+        series,
+        log_y=True,
+        log_x=True,
+        caption="A power law lambda_k ~ k^-s is a straight line on these axes.",
+    )
 
 
 def _colors(count: int) -> list[Any]:
@@ -1119,6 +1150,84 @@ def _colors(count: int) -> list[Any]:
 
     cmap = colormaps["viridis"]
     return [cmap(v) for v in np.linspace(0.0, 0.85, max(count, 1))][:count]
+
+
+#: a rank fit decides on at least this many eigenvalues
+MIN_EIGENVALUES = 10
+#: the trained covariance slope must be this many times the Gaussian matrix's
+RANDOM_FACTOR = 2.0
+#: "s near 1" for the Hessian
+HESSIAN_S = (0.5, 2.0)
+
+
+def _fit_field(row: Mapping[str, Any] | None, field: str) -> Any:
+    """A field of a row's rank fit, None when the row, the fit or the field is missing (a fit
+    without bootstrap has no p-value)."""
+    if row is None or not isinstance(row.get("fit"), Mapping) or "error" in row["fit"]:
+        return None
+    return row["fit"].get(field)
+
+
+def claims(results: Mapping[str, Any]) -> list[Claim]:
+    """Xie et al.'s covariance (2023) and Hessian (2022) power-law claims on the trained
+    checkpoint's rank fits (rules: the ``test_rule`` texts)."""
+    out = []
+    cov = results.get("covariance") or []
+    trained, rand = _row(cov, "trained"), _row(cov, "random")
+    if trained is not None:
+        s, p, n = _fit_field(trained, "s"), _fit_field(trained, "pvalue"), _fit_field(trained, "n")
+        s_rand = _fit_field(rand, "s")
+        if s is None or p is None or n is None or n < MIN_EIGENVALUES:
+            verdict = INCONCLUSIVE
+        elif p > 0.1 and (s_rand is None or s >= RANDOM_FACTOR * s_rand):
+            verdict = SUPPORTS
+        else:
+            verdict = CONTRADICTS
+        out.append(
+            Claim(
+                "Xie et al. 2023",
+                "After training, the covariance spectrum of stochastic gradients follows a power "
+                "law lambda_k ~ k^-s, unlike a random matrix.",
+                verdict,
+                f"{trained['label']}: s = {fmt_num(s, digits=3)} over {fmt_num(n)} ranks, CSN "
+                f"bootstrap p = {fmt_num(p, digits=3)}; a Gaussian matrix of the same shape "
+                f"and trace: s = {fmt_num(s_rand, digits=3)}",
+                f"at least {MIN_EIGENVALUES} eigenvalues in the fitted window (else "
+                f"inconclusive); power law not rejected (CSN bootstrap p > 0.1) and s at least "
+                f"{fmt_num(RANDOM_FACTOR)} times the Gaussian matrix's: supports; otherwise: "
+                "contradicts",
+            )
+        )
+    hess = results.get("hessian") or []
+    h_trained, h_init = _row(hess, "trained"), _row(hess, "init")
+    if h_trained is not None:
+        s, p, n = (
+            _fit_field(h_trained, "s"),
+            _fit_field(h_trained, "pvalue"),
+            _fit_field(h_trained, "n"),
+        )
+        low, high = HESSIAN_S
+        if s is None or p is None or n is None or n < MIN_EIGENVALUES:
+            verdict = INCONCLUSIVE
+        elif p > 0.1 and low <= s <= high:
+            verdict = SUPPORTS
+        else:
+            verdict = CONTRADICTS
+        out.append(
+            Claim(
+                "Xie et al. 2022",
+                "The Hessian spectrum of a well-trained network follows a power law with s near "
+                "1 (and not at initialisation).",
+                verdict,
+                f"{h_trained['label']}: s = {fmt_num(s, digits=3)} over the top "
+                f"{fmt_num(n)} positive eigenvalues, CSN bootstrap p = {fmt_num(p, digits=3)}"
+                f"; at initialisation s = {fmt_num(_fit_field(h_init, 's'), digits=3)}",
+                f"at least {MIN_EIGENVALUES} positive eigenvalues fitted (else inconclusive); "
+                f"power law not rejected (p > 0.1) and {fmt_num(low)} <= s <= {fmt_num(high)}:"
+                " supports; otherwise: contradicts (the initialisation is shown, not tested)",
+            )
+        )
+    return out
 
 
 ANALYSIS = Analysis(
@@ -1131,4 +1240,5 @@ ANALYSIS = Analysis(
     headline=headline,
     options=resolve_options,
     check=check,
+    claims=claims,
 )

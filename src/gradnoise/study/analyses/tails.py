@@ -60,6 +60,8 @@ import numpy as np
 from ...errors import GradnoiseError
 from ...report import Figure, Section, Table
 from ...report.figures import ccdf, figure, save_figure, thin
+from ...report.numbers import fmt_num
+from ..claims import Claim, fraction_rule, fraction_verdict
 from ..context import RunView, StudyContext
 from ..options import check_keys, integer, number
 from ..registry import Analysis
@@ -753,6 +755,67 @@ def _values_cell(row: dict[str, Any]) -> str:
     return "size of the tensor" if n is None else str(n)
 
 
+# (paper's claim, family keys in order of preference, a power law in most samples supports it)
+CLAIMS = (
+    (
+        "Dimension-wise gradients (the coordinates of one minibatch gradient) usually have "
+        "power-law tails.",
+        ("dim_minibatch/layer", "dim_minibatch/model"),
+        True,
+    ),
+    (
+        "Iteration-wise gradients (one coordinate along training) usually do not have "
+        "power-law tails.",
+        ("iter_grad",),
+        False,
+    ),
+    (
+        "Minibatch gradient noise (one coordinate over minibatches at fixed parameters) usually "
+        "does not have power-law tails.",
+        ("iter_sgn",),
+        False,
+    ),
+)
+
+
+def claims(results: dict[str, Any]) -> list[Claim]:
+    """Xie et al. (2023)'s three tail claims, each decided by the share of bootstrapped samples
+    of its family where a power law is plausible (CSN bootstrap p > level)."""
+    rows = {r["key"]: r for r in results["families"]}
+    matched = rows.get("dim_minibatch_matched")
+    out = []
+    for text, keys, majority in CLAIMS:
+        row = next((rows[k] for k in keys if k in rows), None)
+        if row is None:
+            continue
+        k, n = int(row["plausible"]), int(row["bootstrapped"])
+        evidence = (
+            f"{row['label']}: power law plausible (bootstrap p > {fmt_num(row['level'])}) in "
+            f"{fmt_num(k)} of {fmt_num(n)} samples ({fmt_num(k / n if n else None, '%', digits=3)}"
+            f"), "
+            + (
+                f"{fmt_num(row['values_per_sample'])} values per sample"
+                if row.get("values_per_sample")
+                else "one sample per parameter tensor"
+            )
+        )
+        if not majority and matched is not None and matched["bootstrapped"]:
+            evidence += (
+                f"; dimension-wise samples of the same size: {fmt_num(matched['plausible'])} of "
+                f"{fmt_num(matched['bootstrapped'])} (small samples rarely reject a power law)"
+            )
+        out.append(
+            Claim(
+                "Xie et al. 2023",
+                text,
+                fraction_verdict(k, n, majority_supports=majority),
+                evidence,
+                fraction_rule(majority),
+            )
+        )
+    return out
+
+
 ANALYSIS = Analysis(
     NAME,
     "Power-law tails (Xie et al.)",
@@ -761,4 +824,5 @@ ANALYSIS = Analysis(
     description="CSN power-law battery: dimension-wise vs iteration-wise gradients vs SGN",
     headline=headline,
     options=resolve_options,
+    claims=claims,
 )

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import MissingDataError
-from ...report import Figure, Section, Table
+from ...report import Chart, Figure, Section, Table
 from ...report.figures import figure, save_figure
 from ..context import RunView, StudyContext
 from ..registry import Analysis
@@ -101,10 +101,28 @@ def render(view: RunView) -> Section:
         notes.append("No minibatch accuracy was recorded (a probe records it when given).")
     if not evaluated.any():
         notes.append("No test data: test loss and accuracy were not measured.")
+    loss_series = [
+        ("minibatch", steps, s["loss"]),
+        (f"minibatch (mean of {width})", steps[width - 1 :], _smooth(s["loss"], width)),
+    ]
+    acc_series = [("minibatch", steps[width - 1 :], _smooth(s["train_acc"], width))]
+    if evaluated.any():
+        loss_series.append(("test", steps[evaluated], s["test_loss"][evaluated]))
+        acc_series.append(("test", steps[evaluated], s["test_acc"][evaluated]))
+    charts = [
+        Chart("Loss", "step", loss_name, loss_series, log_y=True),
+        Chart("Accuracy", "step", "accuracy", acc_series),
+    ]
     return Section(
         "training",
         "Training",
+        paragraphs=[
+            "The loss and accuracy along training: the context for every other section (a "
+            "network that has not left its initial plateau has the gradient statistics of "
+            "initialisation, not of training)."
+        ],
         tables=[table],
+        charts=charts,
         notes=notes,
         figures=[
             Figure(

@@ -43,8 +43,10 @@ from typing import Any
 import numpy as np
 
 from ...errors import ConfigError, MissingDataError
-from ...report import Figure, Section, Table
+from ...report import Chart, Figure, Section, Table
 from ...report.figures import figure, save_figure
+from ...report.numbers import fmt_num
+from ..claims import CONTRADICTS, INCONCLUSIVE, SUPPORTS, Claim
 from ..context import RunView, StudyContext
 from ..options import boolean, check_keys, integer, number
 from ..registry import Analysis
@@ -487,8 +489,8 @@ def _log(ax: Any, axis: str = "y") -> None:
     target.set_major_formatter(fmt)
 
 
-def _fmt(v: Any) -> Any:
-    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
+def _fmt(v: Any) -> str:
+    return fmt_num(v)
 
 
 def render(view: RunView) -> Section:
@@ -697,14 +699,19 @@ def render(view: RunView) -> Section:
         "average per-coordinate variance of the minibatch estimator (it carries the 1/B scale); "
         "NGV is the per-coordinate ratio Var_j / E[g_j^2], then averaged; GSNR is Liu et al.'s "
         "per-example ratio G_j^2 / sigma_j^2 with the exact full gradient G.",
-        f"Variance: {res['variance_first']:.4g} at step {res['first_step']}, "
-        f"{res['variance_last']:.4g} at step {res['last_step']}; after the first "
-        f"{res['options']['transient']:.0%} of training, late/early growth "
+        f"Variance: {_fmt(res['variance_first'])} at step {_fmt(res['first_step'])}, "
+        f"{_fmt(res['variance_last'])} at step {_fmt(res['last_step'])}; after the first "
+        f"{fmt_num(res['options']['transient'], '%')} of training, late/early growth "
         f"{_fmt(vt['growth'])} and Spearman rho {_fmt(vt['spearman'])} over {vt['points']} "
         f"measurements (Faghri et al. report that variance grows during training). NGV: mean "
-        f"{res['ngv_mean']:.4g}, growth {_fmt(nt['growth'])}. At training loss "
-        f"{at['level']:g}: variance {_fmt(at['variance'])}, NGV {_fmt(at['ngv'])} "
-        "(n/a: not reached).",
+        f"{_fmt(res['ngv_mean'])}, growth {_fmt(nt['growth'])}. "
+        + (
+            f"At training loss {_fmt(at['level'])}: variance {_fmt(at['variance'])}, NGV "
+            f"{_fmt(at['ngv'])}."
+            if at["variance"] is not None or at["ngv"] is not None
+            else f"The training loss never reached {_fmt(at['level'])}, so no values at equal "
+            "loss are available."
+        ),
     ]
     notes = [
         "Faghri et al. estimate the mean from T independent draws and the variance from T fresh "
@@ -719,7 +726,7 @@ def render(view: RunView) -> Section:
             f"Gradient Clustering vs SG-B at the same batch size: variance ratio "
             f"{_fmt(gc['ratio_to_sg_geomean'])} (geometric mean over "
             f"{comp['measurements']} measurements), below SG-B at "
-            f"{gc['below_sg_fraction']:.0%} of them. SG-2B / SG-B: "
+            f"{fmt_num(gc['below_sg_fraction'], '%')} of them. SG-2B / SG-B: "
             f"{_fmt(comp['estimators']['sg2b']['ratio_to_sg_geomean'])} (about 1/2 expected)."
         )
         notes.append(
@@ -727,14 +734,94 @@ def render(view: RunView) -> Section:
             "stale between re-clusterings; the SVRG snapshot and the clustering are refreshed "
             "at the first measurement of each period."
         )
+    charts = [
+        Chart(
+            f"Minibatch gradient variance (B = {b})",
+            "step",
+            "mean over coordinates",
+            [("Var of g_B", steps, a["variance"]), ("G_j^2 (signal)", steps, a["grad_sq_mean"])],
+            log_y=True,
+        ),
+        Chart(
+            "NGV and GSNR",
+            "step",
+            "ratio",
+            [
+                ("NGV", steps, a["ngv"]),
+                ("GSNR mean r_j", steps, a["gsnr_mean"]),
+                ("GSNR median r_j", steps, a["gsnr_median"]),
+                ("||G||^2 / tr(Sigma)", steps, a["gsnr_aggregate"]),
+            ],
+            log_y=True,
+        ),
+    ]
     return Section(
         NAME,
         ANALYSIS.title,
         paragraphs=paragraphs,
         tables=tables,
+        charts=charts,
         figures=figures,
         notes=notes,
     )
+
+
+#: the fewest measurements a trend verdict decides on, and the Spearman threshold
+MIN_POINTS, RHO = 5, 0.5
+
+
+def claims(results: dict[str, Any]) -> list[Claim]:
+    """Faghri et al.'s two claims: variance grows during training, and Gradient Clustering
+    lowers the variance of SG-B at the same batch size (rules: the ``test_rule`` texts)."""
+    vt = results["variance_trend"]
+    growth, rho, points = vt["growth"], vt["spearman"], vt["points"]
+    if points < MIN_POINTS or growth is None or rho is None:
+        verdict = INCONCLUSIVE
+    elif rho >= RHO and growth > 1:
+        verdict = SUPPORTS
+    elif rho <= -RHO and growth < 1:
+        verdict = CONTRADICTS
+    else:
+        verdict = INCONCLUSIVE
+    out = [
+        Claim(
+            "Faghri et al. 2020",
+            "Gradient variance grows during training.",
+            verdict,
+            f"after the first {fmt_num(results['options']['transient'], '%')} of training: "
+            f"late/early growth {fmt_num(growth)}, Spearman rho {fmt_num(rho, digits=3)} "
+            f"over {fmt_num(points)} measurements",
+            f"at least {MIN_POINTS} measurements (else inconclusive); Spearman rho >= {RHO} "
+            f"and growth > 1: supports; rho <= -{RHO} and growth < 1: contradicts; otherwise: "
+            "inconclusive",
+        )
+    ]
+    comp = results.get("comparators")
+    if comp:
+        gc = comp["estimators"]["gc"]
+        ratio, below, n = gc["ratio_to_sg_geomean"], gc["below_sg_fraction"], comp["measurements"]
+        if n < MIN_POINTS or ratio is None or below is None:
+            verdict = INCONCLUSIVE
+        elif ratio < 1 and below >= 0.8:
+            verdict = SUPPORTS
+        elif ratio > 1 and below <= 0.2:
+            verdict = CONTRADICTS
+        else:
+            verdict = INCONCLUSIVE
+        out.append(
+            Claim(
+                "Faghri et al. 2020",
+                "Gradient Clustering (stratified sampling over gradient clusters) has lower "
+                "variance than minibatch SGD of the same batch size.",
+                verdict,
+                f"GC / SG-B variance {fmt_num(ratio, digits=3)} (geometric mean over "
+                f"{fmt_num(n)} measurements), below SG-B at {fmt_num(below, '%')} of them",
+                f"at least {MIN_POINTS} measurements (else inconclusive); ratio < 1 and below "
+                "SG-B at >= 80% of them: supports; ratio > 1 and below at <= 20%: contradicts; "
+                "otherwise: inconclusive",
+            )
+        )
+    return out
 
 
 ANALYSIS = Analysis(
@@ -747,4 +834,5 @@ ANALYSIS = Analysis(
     during_training=during_training,
     options=resolve_options,
     check=check,
+    claims=claims,
 )

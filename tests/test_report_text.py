@@ -1,0 +1,183 @@
+"""The report's text: one number formatter, pipeline order, verdicts first and in summary.json,
+no absolute paths, no references to files outside the project."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+
+import numpy as np
+import pytest
+
+from gradnoise.report import fmt_num
+from gradnoise.report.html import Table, table_csv
+from gradnoise.study.registry import BUILTIN_ANALYSES, pipeline_order
+from gradnoise.study.runner import display_name
+
+
+@pytest.mark.parametrize(
+    ("value", "unit", "text"),
+    [
+        (1.5807352088707018, "", "1.581"),
+        (0.32121212121212117, "", "0.3212"),
+        (0.0001412, "", "1.412e-4"),
+        (1810, "", "1,810"),
+        (-12000, "", "-12,000"),
+        (12345.6, "", "12,350"),
+        (9.99996, "", "10"),
+        (0.5, "", "0.5"),
+        (2e20, "", "2e20"),
+        (float("nan"), "", "n/a"),
+        (None, "", "n/a"),
+        (float("inf"), "", "inf"),
+        (np.float32(0.25), "", "0.25"),
+        (np.int64(4096), "B", "4,096 B"),
+        (1.234567, "s", "1.235 s"),
+        (0.321, "%", "32.1%"),
+        (True, "", "yes"),
+        ("already text", "", "already text"),
+    ],
+)
+def test_fmt_num(value, unit, text):
+    assert fmt_num(value, unit) == text
+
+
+def test_fmt_num_digits_and_csv():
+    assert fmt_num(3.14159, digits=3) == "3.14"
+    table = Table(["a", "b"], [[1.23456789, "x, y"], [None, 12000]])
+    assert table_csv(table) == 'a,b\n1.235,"x, y"\nn/a,"12,000"\n'
+
+
+def test_pipeline_order_and_display_name():
+    assert pipeline_order(["variance", "escape", "training", "tails"]) == [
+        "training",
+        "tails",
+        "variance",
+        "escape",
+    ]
+    assert list(BUILTIN_ANALYSES)[:2] == ["training", "gradients"]
+    assert display_name("/home/me/data/my.npz") == "my.npz"
+    assert display_name("C:\\Users\\me\\my.npz") == "my.npz"
+    assert display_name("digits") == "digits"
+
+
+def _text(page: str) -> str:
+    page = re.sub(r'data:[a-z/]+[;,][^"]*', "DATA", page)
+    page = re.sub(r"<(style|script)>.*?</\1>", "", page, flags=re.S)
+    return html.unescape(re.sub(r"<[^>]+>", " ", page))
+
+
+def _significant(number: str) -> int:
+    mantissa = number.split("e")[0].replace(",", "").replace(".", "").lstrip("-0")
+    return len(mantissa)
+
+
+def test_report_text(full_tiny_report):
+    page = full_tiny_report.read_text(encoding="utf-8")
+    text = _text(page)
+    # every decimal number a reader sees has at most 4 significant digits (one formatter)
+    raw = [n for n in re.findall(r"-?\d[\d,]*\.\d+(?:e-?\d+)?", text) if _significant(n) > 4]
+    assert not raw, raw[:10]
+    assert "methods.md" not in text and "§" not in text
+    assert "not reached" not in text or "never reached" in text
+    # sections in pipeline order, the verdicts first
+    ids = re.findall(r'<section id="([^"]+)"', page)
+    assert ids == [
+        "verdicts",
+        "training",
+        "gradients",
+        "tails",
+        "noise_model",
+        "spectra",
+        "variance",
+        "config",
+        "files",
+    ]
+    # summary.json holds the verdicts the report shows, the existing keys untouched
+    summary = json.loads((full_tiny_report.parent / "summary.json").read_text())
+    rows = summary["verdicts"]
+    assert rows and {r["verdict"] for r in rows} <= {"supports", "contradicts", "inconclusive"}
+    assert page.count('<span class="verdict verdict-') == len(rows)
+    assert {r["analysis"] for r in rows} == {"tails", "noise_model", "spectra", "variance"}
+    for row in rows:
+        assert html.escape(row["claim"], quote=False) in page
+    assert set(summary) >= {"config", "data", "model", "final", "analyses", "verdicts"}
+    assert '<a href="summary.json">' in page
+
+
+def test_partial_results_survive_a_failing_analysis(tmp_path):
+    """Each analysis's results are committed when it finishes: a later failure leaves a report
+    of what completed, the failure in its section; ``analyze`` finishes the rest."""
+    from cases import TINY_STUDY
+    from gradnoise.report import Section
+    from gradnoise.study import Analysis, StudyConfig, register_analysis, registry
+
+    def boom(ctx):
+        raise RuntimeError("disk on fire")
+
+    register_analysis(
+        Analysis("boom", "Boom", boom, lambda view: Section("boom", "Boom")), overwrite=True
+    )
+    config = StudyConfig(**{**TINY_STUDY, "analyses": ("training", "boom", "gradients")})
+    try:
+        _partial(config, tmp_path / "run")
+    finally:
+        registry._ANALYSES.pop("boom", None)
+
+
+def _partial(config, run):
+    import gradnoise
+    from gradnoise.study import run_study
+
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        run_study(config, run)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["analyses"]["training"]["recorded_steps"] == 20
+    assert "disk on fire" in summary["analyses"]["boom"]["unavailable"]
+    assert "gradients" not in summary["analyses"]
+    page = (run / "report.html").read_text()
+    sections = re.findall(r'<section id="([^"]+)"', page)
+    assert sections[:3] == ["training", "boom", "gradients"]  # no verdicts: none measured yet
+    assert "the analysis failed (RuntimeError: disk on fire)" in page
+    assert "Not computed: the study stopped before it." in page
+    assert "training-table-1" in page  # the completed section is rendered in full
+    gradnoise.analyze(run, ["gradients"])
+    page = (run / "report.html").read_text()
+    assert "gradients-table-1" in page and "Not computed" not in page
+
+
+def test_compare_labels_runs_by_what_differs(compare_report):
+    page = (compare_report / "report.html").read_text(encoding="utf-8")
+    assert "<title>gradnoise compare: lr 0.1 vs lr 0.03</title>" in page
+    ids = re.findall(r'<section id="([^"]+)"', page)
+    assert ids == ["runs", "verdicts", "headlines", "curves", "config"]
+    # the verdicts side by side: the second run did not measure the tails
+    assert page.count("not measured") >= 3
+    specs = [json.loads(html.unescape(s)) for s in re.findall(r'data-spec="([^"]+)"', page)]
+    titles = [s["title"] for s in specs]
+    assert titles[:3] == ["Minibatch loss", "Test accuracy", "Minibatch gradient norm ||g_B||"]
+    assert "NGV" in titles
+    assert specs[0]["labels"] == ["lr 0.1", "lr 0.03"]
+    assert all(set(s["labels"]) <= {"lr 0.1", "lr 0.03"} for s in specs)
+    # the second run has no tails or spectra: those overlays hold the first run alone
+    spectrum = next(s for s in specs if s["title"].startswith("Gradient covariance spectrum"))
+    assert spectrum["labels"] == ["lr 0.1"] and spectrum["logx"]
+    assert any(s["title"].startswith("Power law plausible") for s in specs)
+    links = re.findall(r'href="([^"#][^"]*report\.html)"', page)
+    assert "../slow/report.html" in links and len(links) == 2
+    assert not [link for link in links if link.startswith(("/", "file:"))]  # relative only
+    assert str(compare_report.parent) not in page
+
+
+def test_run_labels():
+    from gradnoise.study.compare import run_labels
+
+    a = {"lr": 0.1, "seed": 0, "threads": 1, "options": {"variance": {"every": 4}}}
+    b = {"lr": 0.1, "seed": 1, "threads": 2, "options": {"variance": {"every": 8}}}
+    assert run_labels([a, b], ["x", "y"]) == [
+        "options.variance.every 4, seed 0",
+        "options.variance.every 8, seed 1",
+    ]
+    assert run_labels([a, a], ["x", "y"]) == ["x", "y"]
+    assert run_labels([a, a], ["run", "run"]) == ["run 1: run", "run 2: run"]
