@@ -112,7 +112,7 @@ def covariance_spectrum(
     centered: bool = True,
     params: ParamsArg = None,
     block_size: int = 256,
-    max_memory: int = 1 << 28,
+    max_memory: int | str = 1 << 28,
     factor: Factor = "auto",
     dropout: Literal["error", "eval"] = "error",
     device: torch.device | str | None = None,
