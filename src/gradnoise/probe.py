@@ -433,8 +433,7 @@ class Probe:
         self.process_group = process_group if shard.shared else None
         if config.max_memory is not None:  # refused before anything is written
             chunk_for((p for p in model.parameters() if p.requires_grad), config.max_memory)
-        if self.writes:
-            check_run_dir(run_dir)
+        _on_writer(shard, lambda: check_run_dir(run_dir))
         self.model, self.config, self.run_dir, self.source = model, config, run_dir, source
         self.user_model = source == "probe" or model_factory is not None
         self._shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
@@ -471,8 +470,7 @@ class Probe:
             selection = select_params(model, select)
         else:
             selection = select
-        if self.writes:
-            create_run_dir(run_dir)
+        _on_writer(shard, lambda: create_run_dir(run_dir))
         self.ctx.probe_index = np.sort(
             self.ctx.rng("probe").choice(
                 n_train, size=min(config.per_sample_examples, n_train), replace=False
@@ -846,6 +844,23 @@ class Probe:
     def __exit__(self, *exc: object) -> None:
         if not self.finished:
             self.close()
+
+
+def _on_writer(shard: Any, fn: Callable[[], None]) -> None:
+    """Run ``fn`` on the writing rank (rank 0, or a process alone); under a process group every
+    rank learns whether it failed and raises too, so no rank waits for one that gave up."""
+    failure: Exception | None = None
+    if shard.rank == 0:
+        try:
+            fn()
+        except Exception as err:
+            failure = err
+    if shard.shared:
+        problem = shard.gather_objects(None if failure is None else str(failure))[0]
+        if failure is None and problem is not None:
+            raise ConfigError(f"rank 0 of the process group could not start the run: {problem}")
+    if failure is not None:
+        raise failure
 
 
 def _check_writer_rank(process_group: Any) -> None:
