@@ -46,25 +46,28 @@ import sys
 import time
 from pathlib import Path
 
-#: operation -> (examples at the stated size, examples run here by default, --quick)
+#: operation -> (N at the stated size, N run here by default, N with --quick); for "sgn", the
+#: number of minibatches K (of B = SGN_BATCH examples; G over 1,024 examples)
 SIZES = {
     "cnn": {
-        "per_sample": (64, 64, 16),
-        "sgn": (1024, 1024, 256),
-        "full_grad": (10_000, 10_000, 512),
-        "spectrum": (1024, 256, 32),
-        "hessian": (256, 64, 16),
+        "per_sample": (64, 64, 8),
+        "sgn": (64, 64, 4),
+        "full_grad": (10_000, 2_000, 64),
+        "spectrum": (1024, 128, 8),
+        "hessian": (256, 32, 8),
         "study": (256, 256, 64),
     },
     "gpt": {
-        "per_sample": (64, 64, 16),
-        "sgn": (1024, 1024, 256),
-        "full_grad": (10_000, 1_000, 128),
-        "spectrum": (1024, 64, 16),
-        "hessian": (256, 16, 8),
+        "per_sample": (64, 64, 8),
+        "sgn": (64, 16, 4),
+        "full_grad": (10_000, 256, 16),
+        "spectrum": (1024, 32, 8),
+        "hessian": (256, 8, 4),
         "study": (256, 64, 32),
     },
 }
+SGN_BATCH = 64
+SGN_DATA = 1024
 OPS = ("per_sample", "sgn", "full_grad", "spectrum", "hessian", "study")
 COORDS = 100_000
 KIB = 1024
@@ -182,7 +185,7 @@ def run_op(model_name: str, op: str, n: int, max_memory: str) -> dict:
 
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
-    model, x, y = build(model_name, n)
+    model, x, y = build(model_name, SGN_DATA if op == "sgn" else n)
     loss_fn = nn.CrossEntropyLoss()
     params = [p for p in model.parameters() if p.requires_grad]
     budget = parse_memory(max_memory)
@@ -200,7 +203,13 @@ def run_op(model_name: str, op: str, n: int, max_memory: str) -> dict:
         info["held"] = 0
     elif op == "sgn":
         xi = gradnoise.gradient_noise(
-            model, loss_fn, (x, y), batch_size=64, num_batches=64, params=sel, full_batch_size=64
+            model,
+            loss_fn,
+            (x, y),
+            batch_size=SGN_BATCH,
+            num_batches=n,
+            params=sel,
+            full_batch_size=64,
         )
         info["held"] = xi.numel() * 4
         info["mean_sgn_norm"] = float(torch.linalg.vector_norm(xi, dim=1).mean())
@@ -307,14 +316,14 @@ def main() -> None:
                 continue
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             added = (r["peak_kib"] - r["base_kib"]) * KIB
-            rows = 64 if op in ("per_sample", "sgn") else n
+            rows = n
             nxp = rows * r["P"] * 4
             budget = r["budget"] + r["held"]
             notes = []
             if n < full:
-                notes.append(f"reduced from N={full}")
+                notes.append(f"reduced from {'K' if op == 'sgn' else 'N'}={full}")
             if op == "sgn":
-                notes.append(f"K=64 x B=64, G over N, C={COORDS}")
+                notes.append(f"N=K minibatches of {SGN_BATCH}, G over {SGN_DATA}, C={COORDS:,}")
             if op == "hessian":
                 notes.append(f"{r['converged']}/10 converged, {r['matvecs']} HVPs")
             if op == "study" and r["unavailable"]:
