@@ -31,9 +31,11 @@ Operations: ``per_sample`` (per-sample gradients of B = 64 examples over all P, 
 minibatches of 64 on the 10^5 followed coordinates, as the Recorder stores them), ``full_grad``
 (``full_grad`` over N examples in batches of 64), ``spectrum`` (``covariance_spectrum`` of N
 examples from the factored Gram matrix, ``max_memory`` bounding its blocks), ``hessian``
-(``hessian_eigs`` top 10 by Lanczos on N examples, float32) and ``study`` (``Probe`` with the
+(``hessian_eigs`` top 10 by Lanczos on N examples, float32, basis of 21 vectors, at most 40
+Hessian-vector products: its (ncv + 1) x P float64 basis is not sized by ``max_memory``) and ``study`` (``Probe`` with the
 default analyses, quick analysis options, on a 10^5-coordinate selection, 2 training steps and
-checkpoints [0, 2]). A size below the stated one is marked ``(reduced)`` with the full size.
+checkpoints [0, 2]; the spectra analysis without its Hessian, which the ``hessian`` row measures:
+the study's own runs in float64 to tol 1e-6 with up to 1,000 products, hours at this size). A size below the stated one is marked ``(reduced)`` with the full size.
 """
 
 from __future__ import annotations
@@ -46,28 +48,31 @@ import sys
 import time
 from pathlib import Path
 
-#: operation -> (N at the stated size, N run here by default, N with --quick); for "sgn", the
-#: number of minibatches K (of B = SGN_BATCH examples; G over 1,024 examples)
+#: operation -> (N at the stated size, N run here by default, N with --quick); for "sgn" the
+#: number K of minibatches (of SGN_BATCH examples, G over SGN_DATA[model] examples). The
+#: defaults are reduced where the stated size takes far longer than ~40 min on one shared core.
 SIZES = {
     "cnn": {
         "per_sample": (64, 64, 8),
-        "sgn": (64, 64, 4),
+        "sgn": (64, 16, 4),
         "full_grad": (10_000, 2_000, 64),
         "spectrum": (1024, 128, 8),
-        "hessian": (256, 32, 8),
-        "study": (256, 256, 64),
+        "hessian": (256, 16, 8),
+        "study": (256, 64, 32),
     },
     "gpt": {
         "per_sample": (64, 64, 8),
-        "sgn": (64, 16, 4),
+        "sgn": (64, 4, 2),
         "full_grad": (10_000, 256, 16),
         "spectrum": (1024, 32, 8),
-        "hessian": (256, 8, 4),
-        "study": (256, 64, 32),
+        "hessian": (256, 4, 4),
+        "study": (256, 32, 16),
     },
 }
 SGN_BATCH = 64
-SGN_DATA = 1024
+SGN_DATA = {"cnn": 1024, "gpt": 256}
+#: Lanczos: basis size and cap on Hessian-vector products (the basis is (NCV + 1) x P float64)
+NCV, MAX_HVP = 21, 40
 OPS = ("per_sample", "sgn", "full_grad", "spectrum", "hessian", "study")
 COORDS = 100_000
 KIB = 1024
@@ -185,7 +190,7 @@ def run_op(model_name: str, op: str, n: int, max_memory: str) -> dict:
 
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
-    model, x, y = build(model_name, SGN_DATA if op == "sgn" else n)
+    model, x, y = build(model_name, SGN_DATA[model_name] if op == "sgn" else n)
     loss_fn = nn.CrossEntropyLoss()
     params = [p for p in model.parameters() if p.requires_grad]
     budget = parse_memory(max_memory)
@@ -223,9 +228,18 @@ def run_op(model_name: str, op: str, n: int, max_memory: str) -> dict:
         info["top"] = float(eig[0])
     elif op == "hessian":
         res = gradnoise.hessian_eigs(
-            model, loss_fn, (x, y), k=10, rng=0, tol=1e-3, batch_size=16, cache_graphs=False
+            model,
+            loss_fn,
+            (x, y),
+            k=10,
+            rng=0,
+            tol=1e-3,
+            ncv=NCV,
+            max_steps=MAX_HVP,
+            batch_size=16,
+            cache_graphs=False,
         )
-        info["held"] = 0
+        info["held"] = (NCV + 1) * info["P"] * 8  # the Lanczos basis, float64
         info["top"] = float(res.eigenvalues[0])
         info["converged"] = int(res.converged.sum())
         info["matvecs"] = int(getattr(res, "num_matvecs", -1))
@@ -244,7 +258,10 @@ def run_op(model_name: str, op: str, n: int, max_memory: str) -> dict:
                 batch_size=16,
                 optimizer=opt,
                 checkpoints=[0, 2],
-                options={**QUICK_OPTIONS, "spectra": {**QUICK_OPTIONS["spectra"], "examples": 16}},
+                options={  # the Hessian is the "hessian" row (the study's: float64, tol 1e-6)
+                    **QUICK_OPTIONS,
+                    "spectra": {**QUICK_OPTIONS["spectra"], "examples": 16, "hessian": False},
+                },
                 per_sample_examples=32,
                 noise_batches=16,
                 track_coords=COORDS,
@@ -258,6 +275,12 @@ def run_op(model_name: str, op: str, n: int, max_memory: str) -> dict:
                 opt.step()
             probe.finish(final_step=2)
             summary = json.loads((Path(tmp) / "run" / "summary.json").read_text())
+            timings = json.loads((Path(tmp) / "run" / "manifest.json").read_text())["timings"]
+        info["analysis_s"] = {
+            k.removeprefix("analysis_").removesuffix("_s"): round(v, 1)
+            for k, v in timings.items()
+            if k.startswith("analysis_")
+        }
         info["held"] = 0
         info["unavailable"] = [k for k, v in summary["analyses"].items() if "unavailable" in v]
     else:
@@ -323,11 +346,18 @@ def main() -> None:
             if n < full:
                 notes.append(f"reduced from {'K' if op == 'sgn' else 'N'}={full}")
             if op == "sgn":
-                notes.append(f"N=K minibatches of {SGN_BATCH}, G over {SGN_DATA}, C={COORDS:,}")
+                notes.append(
+                    f"N=K minibatches of {SGN_BATCH}, G over {SGN_DATA[model]}, C={COORDS:,}"
+                )
             if op == "hessian":
-                notes.append(f"{r['converged']}/10 converged, {r['matvecs']} HVPs")
-            if op == "study" and r["unavailable"]:
-                notes.append(f"unavailable: {r['unavailable']}")
+                notes.append(
+                    f"{r['converged']}/10 converged, {r['matvecs']} HVPs (cap {MAX_HVP}); budget: "
+                    f"+ Lanczos basis ({NCV + 1} x P float64)"
+                )
+            if op == "study":
+                notes.append(f"analyses (s): {r['analysis_s']}; Hessian off (see hessian row)")
+                if r["unavailable"]:
+                    notes.append(f"unavailable: {r['unavailable']}")
             notes.append("within budget" if added <= budget else "OVER budget")
             print(
                 f"{model:5} {op:10} {n:>6} {r['P']:>11,} {r.get('chunk') or '':>5} "
