@@ -66,7 +66,7 @@ SIZES = {
         "full_grad": (10_000, 256, 16),
         "spectrum": (1024, 32, 8),
         "hessian": (256, 4, 4),
-        "study": (256, 32, 16),
+        "study": (256, 32, 32),
     },
 }
 SGN_BATCH = 64

@@ -94,7 +94,7 @@ def per_sample_grads(
         chunk_size: examples per forward/backward; bounds the working memory beyond ``out``.
         max_memory: instead of ``chunk_size``, a budget for the chunk's per-example gradient
             working set (``"4GiB"``, or bytes): ``chunk = max_memory // (3 * P * itemsize)`` over
-            the selected parameter tensors (see :mod:`gradnoise.capture.budget`); a budget below
+            the selected parameter tensors (see :mod:`gradnoise.memory`); a budget below
             one example is refused. To avoid holding ``[N, C]`` use
             :func:`iter_per_sample_grads`.
         out: optional preallocated ``[N, C]`` tensor to fill (reusing it avoids page faults on big
@@ -160,7 +160,7 @@ def iter_per_sample_grads(
     The numbers are those of :func:`per_sample_grads` with the same arguments (one audit for the
     whole stream; the same per-chunk checks). Reduce each chunk as it comes (norms, sums,
     sketches): the yielded tensor is a buffer that the next chunk overwrites (``.clone()`` a
-    chunk to keep it). ``chunk_size`` or ``max_memory`` (see :mod:`gradnoise.capture.budget`)
+    chunk to keep it). ``chunk_size`` or ``max_memory`` (see :mod:`gradnoise.memory`)
     bound the memory to a chunk's working set; with neither, the whole batch is one chunk.
 
     Example:
