@@ -309,6 +309,9 @@ def main() -> None:
     parser.add_argument("--models", default="cnn,gpt")
     parser.add_argument("--ops", default=",".join(OPS))
     parser.add_argument("--max-memory", default="2GiB")
+    parser.add_argument(
+        "--timeout", type=float, default=2400, help="seconds per operation (default 40 min)"
+    )
     parser.add_argument("--one", nargs=3, metavar=("MODEL", "OP", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -333,7 +336,13 @@ def main() -> None:
             n = quick if args.quick else here
             cmd = [sys.executable, __file__, "--one", model, op, str(n)]
             cmd += ["--max-memory", args.max_memory]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            try:
+                proc = subprocess.run(
+                    cmd, capture_output=True, text=True, env=env, timeout=args.timeout
+                )
+            except subprocess.TimeoutExpired:
+                print(f"{model:5} {op:10} {n:>6} not finished in {args.timeout:.0f} s", flush=True)
+                continue
             if proc.returncode != 0:
                 print(f"{model:5} {op:10} {n:>6} failed: {proc.stderr.strip()[-300:]}")
                 continue
