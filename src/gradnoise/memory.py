@@ -16,8 +16,10 @@ convolution input, a reshaped copy). A chunk then holds::
 
 The budget bounds this per-example working set only: the model, the optimizer, the data held in
 memory, a chunk's activations and the returned arrays (``[N, C]`` per-sample gradients of ``C``
-selected coordinates, ``[K, C]`` SGN) come on top. ``benchmarks/scale.py`` measures peak memory
-against ``baseline + max_memory``.
+selected coordinates, ``[K, C]`` SGN) come on top. The batch gradients (``full_grad``,
+``minibatch_grads``, ``gradient_noise``) hold one gradient of P and the activations of one batch
+(``batch_size``, ``full_batch_size``; a minibatch is one forward): ``max_memory`` does not size
+them. ``benchmarks/scale.py`` measures peak memory against ``baseline + max_memory``.
 """
 
 from __future__ import annotations
