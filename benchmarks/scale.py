@@ -282,7 +282,11 @@ def run_op(model_name: str, op: str, n: int, max_memory: str) -> dict:
             if k.startswith("analysis_")
         }
         info["held"] = 0
-        info["unavailable"] = [k for k, v in summary["analyses"].items() if "unavailable" in v]
+        info["unavailable"] = {
+            k: str(v["unavailable"])[:160]
+            for k, v in summary["analyses"].items()
+            if "unavailable" in v
+        }
     else:
         raise SystemExit(f"unknown operation {op}")
     info.update(
