@@ -382,3 +382,30 @@ def test_hessian_power_law_fits_the_positive_top_k_and_its_eigengaps():
     fit = mixed.power_law()  # negative eigenvalues are excluded: fit on ranks 1..4
     assert (fit.k_max, fit.n) == (4, 4)
     assert fit.s == fit_rank_power_law([4.0, 2.0, 1.0, 0.5]).s
+
+
+def test_hessian_through_fused_attention():
+    """F.scaled_dot_product_attention's fused CPU kernel has no double backward: the Hessian
+    functions run attention on the math kernel (it failed with 'derivative ... not implemented')."""
+    import torch.nn.functional as F
+
+    class Attend(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = torch.nn.Embedding(11, 8)
+            self.qkv = torch.nn.Linear(8, 24)
+            self.out = torch.nn.Linear(8, 11)
+
+        def forward(self, t):
+            q, k, v = self.qkv(self.emb(t)).split(8, dim=2)
+            a = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None], is_causal=True)
+            return self.out(a[:, 0]).transpose(1, 2)
+
+    torch.manual_seed(0)
+    model = Attend()
+    tokens = torch.randint(0, 11, (4, 6))
+    loss = torch.nn.CrossEntropyLoss()
+    data = (tokens[:, :-1], tokens[:, 1:])
+    eigs = gradnoise.hessian_eigs(model, loss, data, k=2, rng=0, tol=1e-3).eigenvalues
+    assert np.isfinite(eigs).all() and eigs[0] >= eigs[1]
+    assert np.isfinite(gradnoise.hessian_trace(model, loss, data, num_matvecs=6, rng=0).estimate)

@@ -22,6 +22,7 @@ sys.meta_path.insert(0, _NoTorch())
 TORCH_FREE = [
     "gradnoise",
     "gradnoise.selection",
+    "gradnoise.memory",
     "gradnoise.store",
     "gradnoise.cluster",
     "gradnoise.stats",

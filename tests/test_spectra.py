@@ -327,3 +327,16 @@ def test_slq_moments_are_exact_on_a_diagonal_and_unbiased_in_general():
         assert err < 4 * dens.moment_stderr(p) + 1e-12
     trace, se = dens.trace()
     assert abs(trace - w.sum()) < 4 * se
+
+
+def test_thick_restart_rotates_the_basis_in_place_block_by_block():
+    """The restart's [m, dim] product is formed a block of columns at a time (a 10^7-coordinate
+    Hessian held gigabytes of it on top of the basis); the result is the whole product's."""
+    from gradnoise.spectra.krylov import _rotate_rows
+
+    rng = np.random.default_rng(0)
+    basis = rng.standard_normal((9, 1001))
+    rotation = rng.standard_normal((5, 8))
+    want = rotation @ basis[:8]
+    _rotate_rows(basis, rotation, 8, block_bytes=8 * 8 * 37)  # 37 columns per block
+    np.testing.assert_allclose(basis[:5], want, rtol=1e-12, atol=1e-12)

@@ -97,6 +97,13 @@ def run(
             "0 leaves torch's default)"
         ),
     ] = None,
+    max_memory: Annotated[
+        str | None,
+        typer.Option(
+            "--max-memory",
+            help="budget for per-example gradient chunks, e.g. 4GiB (sets capture chunk sizes)",
+        ),
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="run directory (default runs/<id>)")] = None,
     tensorboard: Annotated[
         Path | None,
@@ -122,6 +129,7 @@ def run(
             seed=seed,
             device=device,
             threads=threads,
+            max_memory=max_memory,
             analyses=None if analyses is None else tuple(analyses.split(",")),
         )
         with _progress(quiet) as progress:

@@ -112,7 +112,7 @@ def covariance_spectrum(
     centered: bool = True,
     params: ParamsArg = None,
     block_size: int = 256,
-    max_memory: int = 1 << 28,
+    max_memory: int | str = 1 << 28,
     factor: Factor = "auto",
     dropout: Literal["error", "eval"] = "error",
     device: torch.device | str | None = None,
@@ -510,6 +510,21 @@ def hessian_operator(
     return HessianOperator(model, loss_fn, data, **kwargs)
 
 
+def double_backward_attention(fn: Any) -> Any:
+    """Run ``fn`` with scaled-dot-product attention on its math kernel: the fused CPU and GPU
+    kernels (flash, memory-efficient) have no double backward, so Hessian-vector products
+    through ``F.scaled_dot_product_attention`` would fail with them."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel(SDPBackend.MATH):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 @contextmanager
 def _blas_limit(threads: int | None) -> Iterator[None]:
     if threads is None:
@@ -568,6 +583,7 @@ class HessianEigs(StatResult):
         )
 
 
+@double_backward_attention
 def hessian_eigs(
     model: nn.Module,
     loss_fn: Any,
@@ -667,6 +683,7 @@ def hessian_eigs(
     )
 
 
+@double_backward_attention
 def hessian_trace(
     model: nn.Module,
     loss_fn: Any,
@@ -712,6 +729,7 @@ def hessian_trace(
         op.release()
 
 
+@double_backward_attention
 def hessian_density(
     model: nn.Module,
     loss_fn: Any,

@@ -248,6 +248,18 @@ class Probe:
         tensorboard: write headline scalars along training with
             ``torch.utils.tensorboard.SummaryWriter``: True (into ``<out>/tensorboard``), a
             directory, or a ``SummaryWriter``.
+        max_memory: a budget for the per-example gradient working set of the captures
+            (``"4GiB"``, or bytes): chunk sizes follow it (``max_memory // (3 * P * itemsize)``
+            examples, :mod:`gradnoise.memory`); a budget below one example is refused here.
+            None: the built-in chunk sizes.
+        process_group: under ``torch.distributed`` (DDP), a group or ``"world"``: every rank
+            constructs the probe with the same arguments and data and calls :meth:`step` and
+            :meth:`finish` at the same steps; rank 0 alone writes the run directory (the
+            minibatch gradient it records is DDP's all-reduced one, i.e. the global
+            minibatch's), the checkpoint captures are shared among the ranks, and the analyses
+            run on rank 0 at :meth:`finish` (which returns None on the other ranks). None: this
+            process alone; a probe made without a process group on a rank other than 0 of an
+            initialised group is refused (two ranks would write the same run).
     """
 
     def __init__(
@@ -273,11 +285,16 @@ class Probe:
         eval_every: int = 10,
         scalars: Sequence[str] = (),
         tensorboard: Any = False,
+        max_memory: int | str | None = None,
+        process_group: Any = None,
     ) -> None:
+        from .capture._dist import unwrap
         from .datasets import as_tensors
 
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        model = unwrap(model)  # DistributedDataParallel: its module (the same parameters)
+        _check_writer_rank(process_group)
         if not callable(loss_fn):
             raise ConfigError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
         if dropout not in DROPOUT:
@@ -323,6 +340,7 @@ class Probe:
             options=dict(options or {}),
             device=str(device),
             threads=0,
+            max_memory=max_memory,
         )
         from .study._torch import accuracy
 
@@ -341,6 +359,7 @@ class Probe:
             source="probe",
             progress=None,
             tensorboard=tensorboard,
+            process_group=process_group,
         )
 
     @classmethod
@@ -397,15 +416,25 @@ class Probe:
         model_factory: Callable[[], Any] | None = None,
         save_initial: bool = True,
         checks: Callable[[StudyContext, nn.Module], None] | None = None,
+        process_group: Any = None,
     ) -> None:
         from .capture import select_params
+        from .capture._dist import shard_of
+        from .memory import chunk_for
         from .recorder import Recorder
         from .study.registry import check_study
         from .study.runner import check_run_dir, create_run_dir
 
         self._t0 = time.perf_counter()
         self.analyses = check_study(config)
-        check_run_dir(run_dir)
+        shard = shard_of(process_group)
+        #: rank 0 of the process group (or a process alone) writes the run; the others share
+        #: the captures and write nothing
+        self.writes = shard.rank == 0
+        self.process_group = process_group if shard.shared else None
+        if config.max_memory is not None:  # refused before anything is written
+            chunk_for((p for p in model.parameters() if p.requires_grad), config.max_memory)
+        _on_writer(shard, lambda: check_run_dir(run_dir))
         self.model, self.config, self.run_dir, self.source = model, config, run_dir, source
         self.user_model = source == "probe" or model_factory is not None
         self._shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
@@ -442,7 +471,7 @@ class Probe:
             selection = select_params(model, select)
         else:
             selection = select
-        create_run_dir(run_dir)
+        _on_writer(shard, lambda: create_run_dir(run_dir))
         self.ctx.probe_index = np.sort(
             self.ctx.rng("probe").choice(
                 n_train, size=min(config.per_sample_examples, n_train), replace=False
@@ -456,9 +485,13 @@ class Probe:
             config=config.to_dict(),
             seed=config.seed,
             scalars=("grad_norm", *scalars, "test_loss", "test_acc"),
+            process_group=self.process_group,
         )
-        (run_dir / "checkpoints").mkdir()
-        if save_initial:  # the user's model: copies loaded with the state it started from
+        if self.writes:
+            (run_dir / "checkpoints").mkdir()
+        if (
+            save_initial and self.writes
+        ):  # the user's model: copies loaded with the state it started from
             initial = run_dir / "checkpoints" / INITIAL
             torch.save(model.state_dict(), initial)
             model_factory = _factory(model, initial)
@@ -471,7 +504,7 @@ class Probe:
         # time spent in step(): recording rows, checkpoint captures, during-training measurements
         self.seconds = {"record_s": 0.0, "capture_s": 0.0, "measure_s": 0.0}
         self.steps_seen = 0
-        self.tensorboard = _writer(tensorboard, run_dir)
+        self.tensorboard = _writer(tensorboard, run_dir) if self.writes else None
 
     # ------------------------------------------------------------------------------------------
     # during training
@@ -558,7 +591,7 @@ class Probe:
         started = time.perf_counter()
         with preserved_rng(), exact_float32():
             headline: dict[str, float] = {}
-            if self.recorder.should_record(step):
+            if self.writes and self.recorder.should_record(step):
                 values = self._recorded_scalars(step, scalars)
                 self.recorder.record(step, self.model, loss=loss, lr=lr, **values)
                 headline.update({k: v for k, v in values.items() if v is not None})
@@ -566,9 +599,10 @@ class Probe:
             if step in self.checkpoint_steps and step not in self.ctx.checkpoints:
                 headline.update(self._checkpoint(step))
             captured = time.perf_counter()
-            for hook in self.hooks:
-                hook(self.ctx, step, self.model)
-            headline.update(self._measured(step))
+            if self.writes:  # the analyses' measurements belong to the run rank 0 writes
+                for hook in self.hooks:
+                    hook(self.ctx, step, self.model)
+                headline.update(self._measured(step))
         self.last_step = step
         self.steps_seen += 1
         done = time.perf_counter()
@@ -601,13 +635,20 @@ class Probe:
         at these parameters (on the probe's own seeded streams)."""
         ctx, rec, cfg = self.ctx, self.recorder, self.config
         path = checkpoint_path(self.run_dir, step)
-        torch.save(self.model.state_dict(), path)
+        if self.writes:
+            torch.save(self.model.state_dict(), path)
         ctx.checkpoints[step] = path
         x, y = ctx.train_tensors
         probe = torch.as_tensor(ctx.probe_index)
         dev = ctx.device
         rec.record_per_sample(
-            step, self.model, ctx.loss_fn, x[probe].to(dev), y[probe].to(dev), dropout=ctx.dropout
+            step,
+            self.model,
+            ctx.loss_fn,
+            x[probe].to(dev),
+            y[probe].to(dev),
+            dropout=ctx.dropout,
+            chunk_size=ctx.chunk_size(self.model, None, rec.selection),
         )
         rec.record_full(step, self.model, ctx.loss_fn, (x, y), dropout=ctx.dropout)
         rec.record_noise(
@@ -650,9 +691,10 @@ class Probe:
     # ------------------------------------------------------------------------------------------
     # after training
 
-    def finish(self, *, final_step: int | None = None) -> Path:
+    def finish(self, *, final_step: int | None = None) -> Path | None:
         """Run the analyses and write ``summary.json``, ``manifest.json`` and ``report.html``;
-        returns the report's path.
+        returns the report's path (None on ranks other than 0 of a ``process_group``, which
+        only share the final checkpoint's capture).
 
         Args:
             final_step: the step count after the last optimizer step, when the model's final
@@ -681,11 +723,14 @@ class Probe:
                     headline: dict[str, float] = {}
                     if final_step in self.checkpoint_steps:
                         headline.update(self._checkpoint(final_step))
-                    for hook in self.hooks:
-                        hook(self.ctx, final_step, self.model)
-                    headline.update(self._measured(final_step))
+                    if self.writes:
+                        for hook in self.hooks:
+                            hook(self.ctx, final_step, self.model)
+                        headline.update(self._measured(final_step))
                     if self.tensorboard is not None:
                         self._tensorboard(final_step, headline)
+                if not self.writes:
+                    return None
                 return self._write(final_step)
         finally:
             self.close()
@@ -812,6 +857,38 @@ class Probe:
     def __exit__(self, *exc: object) -> None:
         if not self.finished:
             self.close()
+
+
+def _on_writer(shard: Any, fn: Callable[[], None]) -> None:
+    """Run ``fn`` on the writing rank (rank 0, or a process alone); under a process group every
+    rank learns whether it failed and raises too, so no rank waits for one that gave up."""
+    failure: Exception | None = None
+    if shard.rank == 0:
+        try:
+            fn()
+        except Exception as err:
+            failure = err
+    if shard.shared:
+        problem = shard.gather_objects(None if failure is None else str(failure))[0]
+        if failure is None and problem is not None:
+            raise ConfigError(f"rank 0 of the process group could not start the run: {problem}")
+    if failure is not None:
+        raise failure
+
+
+def _check_writer_rank(process_group: Any) -> None:
+    """Refuse a probe of its own on a rank other than 0 of an initialised process group: every
+    rank would write the same run directory."""
+    if process_group is not None or not torch.distributed.is_available():
+        return
+    dist = torch.distributed
+    if dist.is_initialized() and dist.get_world_size() > 1 and dist.get_rank() != 0:
+        raise ConfigError(
+            f"a Probe on rank {dist.get_rank()} of {dist.get_world_size()} without "
+            "process_group= would write the same run as rank 0; pass process_group='world' on "
+            "every rank (rank 0 writes, the captures are shared), or make the probe on rank 0 "
+            "only"
+        )
 
 
 def run_analysis(analysis: Any, ctx: StudyContext, missed: Sequence[int] = ()) -> dict[str, Any]:

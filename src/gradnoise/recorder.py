@@ -47,6 +47,14 @@ class Recorder:
         scalars: names of extra per-step scalars (``loss`` and ``lr`` are always there).
         dtype: dtype of stored gradients. ``None``: float32 for a new store, the stored dtype on
             resume (a different explicit dtype on resume is refused).
+        process_group: under ``torch.distributed`` (e.g. DDP), a group (or ``"world"``) whose
+            ranks all construct the Recorder with the same arguments: rank 0 of the group is the
+            store's only writer; the other ranks write nothing (:meth:`record` returns whether
+            the step is recorded, as on rank 0) and share the work of the captures
+            (:meth:`record_per_sample`, :meth:`record_full`, :meth:`record_noise` are collective
+            calls: every rank calls them with the same data). A failure to open the store on
+            rank 0 (e.g. :class:`StoreLockedError`) is raised on every rank. None: this process
+            alone (two processes recording into one path are refused by the store's lock).
     """
 
     def __init__(
@@ -62,11 +70,19 @@ class Recorder:
         scalars: tuple[str, ...] = (),
         dtype: torch.dtype | None = None,
         chunk_rows: int | None = None,
+        process_group: Any = None,
     ) -> None:
+        from .capture._dist import shard_of, unwrap
+
         if every is not None:
             every = as_int("every", every, minimum=1)
         if on_nonfinite not in ("raise", "flag"):
             raise ValueError(f"on_nonfinite must be 'raise' or 'flag', got {on_nonfinite!r}")
+        model = unwrap(model)
+        self.shard = shard_of(process_group)
+        self.process_group = process_group if self.shard.shared else None
+        #: whether this process writes the store (rank 0 of the group, or a process alone)
+        self.writes = self.shard.rank == 0
         self.selection, tensors = resolve_selection(model, select)
         self.on_nonfinite = on_nonfinite
         self._index = [
@@ -81,25 +97,43 @@ class Recorder:
             "torch_version": torch.__version__,
             "platform": platform.platform(),
         }
-        self.writer = RunWriter(
-            path,
-            self.selection,
-            metadata=metadata,
-            scalars=scalars,
-            dtype=None if dtype is None else str(dtype).removeprefix("torch."),
-            chunk_rows=chunk_rows,
-        )
-        self.path = self.writer.path
-        stored = self.writer.metadata.get("every")
-        if every is not None and stored is not None and every != stored:
-            self.writer.close()
-            raise StoreError(
-                f"{self.path} was recorded with every={stored}; resuming with every={every} "
-                f"would mix two cadences under one stored value. Pass every={stored} (or no "
-                "every, to follow the store), or record into a new path"
-            )
-        self.every: int = every if every is not None else (stored or 1)
-        self.dtype: torch.dtype = getattr(torch, self.writer.dtype.name)
+        self.writer: RunWriter | None = None
+        failure: Exception | None = None
+        if self.writes:
+            try:
+                self.writer = RunWriter(
+                    path,
+                    self.selection,
+                    metadata=metadata,
+                    scalars=scalars,
+                    dtype=None if dtype is None else str(dtype).removeprefix("torch."),
+                    chunk_rows=chunk_rows,
+                )
+                stored = self.writer.metadata.get("every")
+                if every is not None and stored is not None and every != stored:
+                    self.writer.close()
+                    raise StoreError(
+                        f"{self.writer.path} was recorded with every={stored}; resuming with "
+                        f"every={every} would mix two cadences under one stored value. Pass "
+                        f"every={stored} (or no every, to follow the store), or record into a "
+                        "new path"
+                    )
+                state = (every if every is not None else (stored or 1), self.writer.dtype.name)
+            except Exception as err:  # every rank learns of it below, then raises
+                failure, state = err, (1, "float32")
+        else:
+            state = (1, "float32")
+        if self.shard.shared:  # rank 0's outcome, cadence and dtype, on every rank
+            problem, state = self.shard.gather_objects(
+                (None if failure is None else str(failure), state)
+            )[0]
+            if failure is None and problem is not None:
+                raise StoreError(f"rank 0 could not open the store {path}: {problem}")
+        if failure is not None:
+            raise failure
+        self.path = self.writer.path if self.writer is not None else Path(path)
+        self.every: int = state[0]
+        self.dtype: torch.dtype = getattr(torch, state[1])
 
     def should_record(self, step: int) -> bool:
         """Whether ``record`` at this step writes anything (``step``: an integer within ±2**53)."""
@@ -135,6 +169,12 @@ class Recorder:
         """
         if not self.should_record(step):
             return False
+        if self.writer is None:  # a rank other than 0: rank 0 records the (all-reduced) gradient
+            if per_sample is not None:
+                self.record_per_sample(step, model, *per_sample)
+            if noise is not None:
+                self.record_noise(step, model, **noise)
+            return True
         row = self._current_grad(step, model)
         finite = bool(np.isfinite(row).all())
         if not finite and self.on_nonfinite == "raise":
@@ -171,6 +211,8 @@ class Recorder:
         )
 
     def _snapshot(self, kind: str, step: int, values: Tensor, attrs: Mapping[str, Any]) -> str:
+        if self.writer is None:  # a rank other than 0 computed its share; rank 0 writes
+            return kind
         array = values.detach().to(self.dtype).cpu().numpy()
         if not np.isfinite(array).all() and self.on_nonfinite == "raise":
             self._raise_nonfinite(array, step)
@@ -189,7 +231,9 @@ class Recorder:
 
         ``kwargs`` go to :func:`gradnoise.per_sample_grads` (``chunk_size``, ``dropout``...).
         """
-        values = per_sample_grads(model, loss_fn, inputs, targets, params=self.selection, **kwargs)
+        values = per_sample_grads(
+            model, loss_fn, inputs, targets, params=self.selection, **self._shared(kwargs)
+        )
         return self._snapshot("per_sample", step, values, {"n": int(inputs.shape[0])})
 
     def record_noise(
@@ -213,7 +257,7 @@ class Recorder:
             num_batches=num_batches,
             seed=seed,
             params=self.selection,
-            **kwargs,
+            **self._shared(kwargs),
         )
         return self._snapshot(
             "noise",
@@ -237,17 +281,30 @@ class Recorder:
         ``kwargs`` go to :func:`gradnoise.full_grad` (``dropout``...).
         """
         values = full_grad(
-            model, loss_fn, data, batch_size=batch_size, params=self.selection, **kwargs
+            model,
+            loss_fn,
+            data,
+            batch_size=batch_size,
+            params=self.selection,
+            **self._shared(kwargs),
         )
         return self._snapshot("full", step, values[None, :], {"batch_size": batch_size})
 
+    def _shared(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Capture keyword arguments, with the recorder's process group unless given."""
+        if self.process_group is not None:
+            kwargs.setdefault("process_group", self.process_group)
+        return kwargs
+
     def update_metadata(self, **entries: Any) -> None:
-        """Store extra JSON-safe metadata with the run."""
-        self.writer.update_metadata(**entries)
+        """Store extra JSON-safe metadata with the run (rank 0 only under a process group)."""
+        if self.writer is not None:
+            self.writer.update_metadata(**entries)
 
     def close(self) -> None:
         """Release the store's writer lock (nothing is buffered: every record is committed)."""
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
 
     def __enter__(self) -> Recorder:
         return self

@@ -696,6 +696,8 @@ class _Proof:
             self.single = loop_rows(
                 self.model, self.loss_fn, self.x, self.y, self.columns, self.loop
             )
+            # the loop's scale, once: per column it cost k x P per parameter (seconds at 10M)
+            self.floor = _floor(self.loop)
         except (RuntimeError, ValueError, IndexError, TypeError) as err:
             raise UnsupportedLayerError(
                 f"computing one example alone (a batch of one) failed: {_short(err)}. "
@@ -739,7 +741,7 @@ class _Proof:
                 if g is None
                 else flat_selected(g.to_dense() if g.is_sparse else g, col.index)
             )
-            if not relative_gap(value, total, _floor(loop)) <= tol:
+            if not relative_gap(value, total, self.floor) <= tol:
                 bad.append(col.name)
         if bad:
             raise UnsupportedLayerError(
@@ -779,7 +781,7 @@ class _Proof:
                 rule.compute(module, pname, inp, g, col.index, rows, r > 0)
         except (RuntimeError, ValueError, IndexError) as err:
             return f"the {type(module).__name__} rule failed ({_short(err)})"
-        gap = relative_gap(rows, self.loop[:, col.cols], _floor(self.loop))
+        gap = relative_gap(rows, self.loop[:, col.cols], self.floor)
         if not gap <= probe_tolerance(rows.dtype):
             return (
                 f"the {type(module).__name__} rule differs from the one-example-at-a-time "
@@ -795,7 +797,7 @@ class _Proof:
         except Exception as err:  # any failure to trace means: use the loop (and say why)
             return f"torch.func cannot trace the model ({_short(err)})"
         for col in columns:
-            gap = relative_gap(rows[:, col.cols], self.loop[:, col.cols], _floor(self.loop))
+            gap = relative_gap(rows[:, col.cols], self.loop[:, col.cols], self.floor)
             if not gap <= probe_tolerance(rows.dtype):
                 return f"torch.func differs from the per-example loop on {col.name!r} ({gap:.1e})"
         return ""

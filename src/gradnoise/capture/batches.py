@@ -7,6 +7,7 @@ of one), full gradient ``G = (1/N) sum_i grad l_i``, minibatch gradient
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from ._common import (
     check_batchnorm,
     check_finite,
     dataset_size,
+    exact_float32,
     fetch,
     in_float32,
     model_device,
@@ -207,6 +209,50 @@ def minibatch_grads(
     setup.shard.sum_(out)
     check_finite(out, setup.selection, where="in a minibatch gradient")
     return out
+
+
+def iter_minibatch_grads(
+    model: nn.Module,
+    loss_fn: Any,
+    data: DataArg,
+    *,
+    batch_size: int,
+    num_batches: int,
+    seed: int = 0,
+    params: ParamsArg = None,
+    dropout: DropoutChoice = "error",
+    device: torch.device | str | None = None,
+) -> Iterator[tuple[int, Tensor]]:
+    """The minibatch gradients of :func:`minibatch_grads` (same arguments, same numbers), one
+    ``[C]`` row at a time: yields ``(k, g_k)``, never holding ``[K, C]``. Reduce each row as it
+    comes (its norm, its distance to the full gradient)."""
+    if batch_size < 1 or num_batches < 1:
+        raise ValueError(
+            f"batch_size and num_batches must be >= 1, got {batch_size}, {num_batches}"
+        )
+    n = dataset_size(data)
+    require_examples(n, batch_size, f"minibatches of size {batch_size} without replacement")
+    with exact_float32():
+        setup = _Setup(model, loss_fn, data, params, dropout, device, None, "minibatch_grads")
+    rng = np.random.default_rng(seed)
+    for k in range(num_batches):
+        index = rng.choice(n, size=batch_size, replace=False)
+        with exact_float32(), setup.audit.randomness(dropout) as random:
+            x, y = fetch(data, index, setup.device)
+            row = (
+                _summed_grad(
+                    setup.model,
+                    loss_fn,
+                    x,
+                    y,
+                    setup.tensors,
+                    setup.indices,
+                    None if random else k,
+                )
+                / batch_size
+            )
+        check_finite(row[None, :], setup.selection, where="in a minibatch gradient")
+        yield k, row
 
 
 @in_float32

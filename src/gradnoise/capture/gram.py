@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import NonFiniteGradientError, PerSampleFallbackWarning
+from ..memory import GRADIENT_COPIES, bytes_per_example, parse_memory
 from ..selection import ParamSelection
 from ._common import (
     ParamsArg,
@@ -283,7 +284,7 @@ def per_sample_gram(
     *,
     params: ParamsArg = None,
     block_size: int = 256,
-    max_memory: int = 1 << 28,
+    max_memory: int | str = 1 << 28,
     factor: Factor = "auto",
     dropout: Literal["error", "eval"] = "error",
     device: torch.device | str | None = None,
@@ -300,9 +301,13 @@ def per_sample_gram(
         params: None (all trainable parameters), glob(s), or a :class:`ParamSelection`; coordinate
             subsets are materialised (not factored).
         block_size: examples per forward/backward.
-        max_memory: bytes allowed for the per-example features of all N examples; beyond it the
-            Gram matrix is built from pairs of blocks, recomputing one side (more compute, bounded
-            memory).
+        max_memory: bytes (or a size such as ``"4GiB"``) allowed for the per-example features
+            of all N examples; beyond it the Gram matrix is built from pairs of blocks of
+            ``max_memory // (3 * per-example features)`` examples (two held, one being
+            computed), recomputing one side (more compute, bounded memory). The first block
+            (which measures the features' size) holds at most ``max_memory // (2 * 3 * P *
+            itemsize)`` examples (:mod:`gradnoise.memory`), so a large model never
+            materialises ``block_size`` full gradients at once.
         factor: ``"auto"`` (factor Linear/Conv weights when cheaper), ``"always"`` or ``"never"``.
         dropout: ``"error"`` or ``"eval"`` (random masks would differ between recomputed blocks).
         process_group: share the block pairs among the ranks of a ``torch.distributed`` group
@@ -319,6 +324,8 @@ def per_sample_gram(
     n = _check_batch(inputs, targets)
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
+    budget = parse_memory(max_memory) or 1
+    block_size = min(block_size, max(1, budget // (2 * max(1, bytes_per_example(tensors)))))
     if factor not in ("auto", "always", "never"):
         raise ValueError(f"factor must be 'auto', 'always' or 'never', got {factor!r}")
     if dropout not in ("error", "eval"):
@@ -334,7 +341,7 @@ def per_sample_gram(
         while True:
             plan = _GramPlan(model, loss_fn, selection, tensors, result, dev, factor)
             try:
-                return _assemble(plan, inputs, targets, n, block_size, max_memory, dev, shard)
+                return _assemble(plan, inputs, targets, n, block_size, budget, dev, shard)
             except _StepAside as err:
                 path: Path = "loop"  # always exact, whatever the model
                 result = demote(model, result, err.names, path, err.reason)
@@ -386,8 +393,10 @@ def _assemble(
         for p, (i, j) in enumerate(_pairs(len(starts))):
             if shard.mine(p):
                 _fill(gram, starts[i], starts[j], _gram_block(feats[i], feats[j]))
-    else:  # bounded memory: two blocks of features at a time, recomputing the inner block
-        size = max(1, min(block_size, max_memory // (2 * per_example)))
+    else:  # bounded memory: two blocks of features at a time, recomputing the inner block; the
+        # budget also covers computing a block (its layer inputs, output gradients and rule
+        # temporaries: one more block's worth), so GRADIENT_COPIES blocks in all
+        size = max(1, min(block_size, max_memory // (GRADIENT_COPIES * per_example)))
         starts = list(range(0, n, size))
         failure = None
         cached: tuple[int, _Features] | None = None

@@ -21,6 +21,7 @@ All three are checked against a naive loop of one backward per example
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -33,11 +34,13 @@ from ..errors import (
     PerSampleFallbackWarning,
     UnsupportedLayerError,
 )
+from ..memory import chunk_for
 from ..selection import ParamSelection
 from ._common import (
     DropoutChoice,
     ParamsArg,
     check_batchnorm,
+    exact_float32,
     in_float32,
     model_device,
     resolve_selection,
@@ -67,6 +70,7 @@ def per_sample_grads(
     *,
     params: ParamsArg = None,
     chunk_size: int | None = None,
+    max_memory: int | str | None = None,
     out: Tensor | None = None,
     backend: Backend = "auto",
     dropout: DropoutChoice = "error",
@@ -88,6 +92,11 @@ def per_sample_grads(
         inputs: ``[N, ...]`` examples; targets: ``[N, ...]`` targets.
         params: None (all trainable parameters), glob(s) of names, or a :class:`ParamSelection`.
         chunk_size: examples per forward/backward; bounds the working memory beyond ``out``.
+        max_memory: instead of ``chunk_size``, a budget for the chunk's per-example gradient
+            working set (``"4GiB"``, or bytes): ``chunk = max_memory // (3 * P * itemsize)`` over
+            the selected parameter tensors (see :mod:`gradnoise.memory`); a budget below
+            one example is refused. To avoid holding ``[N, C]`` use
+            :func:`iter_per_sample_grads`.
         out: optional preallocated ``[N, C]`` tensor to fill (reusing it avoids page faults on big
             outputs). Its dtype must match the parameters'.
         backend: ``"auto"`` (per parameter, as the audit decides), or force ``"structured"``
@@ -112,19 +121,119 @@ def per_sample_grads(
         >>> tuple(G.shape)
         (5, 8)
     """
+    shard = shard_of(process_group)
+    plan = _plan(
+        model, loss_fn, inputs, targets, params, chunk_size, max_memory, backend, dropout, device
+    )
+    n, dev, engine, result = plan.n, plan.device, plan.engine, plan.audit
+    out = _prepare_out(out, (n, plan.selection.num_columns), plan.dtype, dev)
+    rows = shard.block(n)
+    if shard.shared:
+        shard.check_same_data(n, inputs[: min(n, PROBE_SIZE)].to(dev), "per_sample_grads")
+        out[: rows.start].zero_()
+        out[rows.stop :].zero_()
+    with result.randomness(dropout) as random:
+        for start in range(rows.start, rows.stop, plan.chunk):
+            stop = min(start + plan.chunk, rows.stop)
+            x = inputs[start:stop].to(dev, non_blocking=True)
+            y = targets[start:stop].to(dev, non_blocking=True)
+            engine.fill(x, y, out[start:stop], random)
+    return shard.sum_(out)
+
+
+def iter_per_sample_grads(
+    model: nn.Module,
+    loss_fn: Any,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    params: ParamsArg = None,
+    chunk_size: int | None = None,
+    max_memory: int | str | None = None,
+    backend: Backend = "auto",
+    dropout: DropoutChoice = "error",
+    device: torch.device | str | None = None,
+) -> Iterator[tuple[slice, Tensor]]:
+    """Per-example gradients streamed a chunk at a time: yields ``(rows, G[rows])`` for
+    consecutive chunks, never holding ``[N, C]``.
+
+    The numbers are those of :func:`per_sample_grads` with the same arguments (one audit for the
+    whole stream; the same per-chunk checks). Reduce each chunk as it comes (norms, sums,
+    sketches): the yielded tensor is a buffer that the next chunk overwrites (``.clone()`` a
+    chunk to keep it). ``chunk_size`` or ``max_memory`` (see :mod:`gradnoise.memory`)
+    bound the memory to a chunk's working set; with neither, the whole batch is one chunk.
+
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Linear(3, 2)
+        >>> x, y = torch.randn(5, 3), torch.randn(5, 2)
+        >>> [tuple(g.shape) for _, g in iter_per_sample_grads(model, torch.nn.MSELoss(), x, y,
+        ...                                                   chunk_size=2)]
+        [(2, 8), (2, 8), (1, 8)]
+    """
+    with exact_float32():
+        plan = _plan(
+            model,
+            loss_fn,
+            inputs,
+            targets,
+            params,
+            chunk_size,
+            max_memory,
+            backend,
+            dropout,
+            device,
+        )
+    buffer = torch.empty(
+        (min(plan.chunk, plan.n), plan.selection.num_columns), dtype=plan.dtype, device=plan.device
+    )
+    for start in range(0, plan.n, plan.chunk):
+        stop = min(start + plan.chunk, plan.n)
+        x = inputs[start:stop].to(plan.device, non_blocking=True)
+        y = targets[start:stop].to(plan.device, non_blocking=True)
+        dest = buffer[: stop - start]
+        with exact_float32(), plan.audit.randomness(dropout) as random:  # per chunk: the model
+            plan.engine.fill(x, y, dest, random)  # is the caller's between chunks
+        yield slice(start, stop), dest
+
+
+@dataclass
+class _Plan:
+    n: int
+    chunk: int
+    device: torch.device
+    dtype: torch.dtype
+    selection: ParamSelection
+    audit: ModelAudit
+    engine: _Engine
+
+
+def _plan(
+    model: nn.Module,
+    loss_fn: Any,
+    inputs: Tensor,
+    targets: Tensor,
+    params: ParamsArg,
+    chunk_size: int | None,
+    max_memory: int | str | None,
+    backend: Backend,
+    dropout: DropoutChoice,
+    device: torch.device | str | None = None,
+) -> _Plan:
+    """Validated arguments, the model's audit and the engine that fills chunks."""
     model = unwrap(model)
     selection, tensors = resolve_selection(model, params)
     dev = model_device(model, device)
     check_batchnorm(model)
     n = _check_batch(inputs, targets)
-    shard = shard_of(process_group)
-    chunk = n if chunk_size is None else int(chunk_size)
-    if chunk < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if chunk_size is not None:
+        chunk = int(chunk_size)
+        if chunk < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    else:
+        chunk = chunk_for(tensors, max_memory) or n
     if backend not in ("auto", "structured", "func", "loop"):
         raise ValueError(f"backend must be 'auto', 'structured', 'func' or 'loop', got {backend!r}")
-    dtype = tensors[0].dtype
-    out = _prepare_out(out, (n, selection.num_columns), dtype, dev)
     probe = min(n, PROBE_SIZE)
     result = audit(
         model,
@@ -139,18 +248,7 @@ def per_sample_grads(
     routes = _forced_routes(result, backend)
     engine = _Engine(model, loss_fn, columns_of(selection, tensors), routes, result)
     engine.forced = backend != "auto"
-    rows = shard.block(n)
-    if shard.shared:
-        shard.check_same_data(n, inputs[:probe].to(dev), "per_sample_grads")
-        out[: rows.start].zero_()
-        out[rows.stop :].zero_()
-    with result.randomness(dropout) as random:
-        for start in range(rows.start, rows.stop, chunk):
-            stop = min(start + chunk, rows.stop)
-            x = inputs[start:stop].to(dev, non_blocking=True)
-            y = targets[start:stop].to(dev, non_blocking=True)
-            engine.fill(x, y, out[start:stop], random)
-    return shard.sum_(out)
+    return _Plan(n, min(chunk, n), dev, tensors[0].dtype, selection, result, engine)
 
 
 def _forced_routes(result: ModelAudit, backend: Backend) -> dict[str, str]:

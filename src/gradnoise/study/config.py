@@ -11,6 +11,7 @@ from typing import Any
 import tomllib
 
 from ..errors import ConfigError
+from ..memory import parse_memory
 from .optim import BUILTIN, check_optimizer_options
 from .options import INT64_MAX, check_keys, choice, int_list, integer, number, sequence, table
 
@@ -59,6 +60,12 @@ class StudyConfig:
         threads: CPU threads of torch and of the BLAS libraries during the study (restored
             afterwards). Results are byte-identical only at the same thread count: reductions
             split across threads add in a different order. ``0`` leaves the process's setting.
+        max_memory: a budget for the per-example gradient working set of captures, as bytes or
+            a size string (``"4GiB"``, ``"512MiB"``; stored as bytes): per-sample gradients are
+            computed ``max_memory // (3 * P * itemsize)`` examples at a time and Gram-matrix
+            blocks are sized to it (:mod:`gradnoise.memory` states the formula). None (default):
+            the built-in chunk sizes. A budget below one example's working set is refused
+            before training.
 
     Every value is checked when the config is made: wrong types and out-of-range values raise
     a :class:`~gradnoise.errors.ConfigError` naming the field.
@@ -86,6 +93,7 @@ class StudyConfig:
     threads: int = 1
     optimizer: str = "sgd"
     optimizer_options: Mapping[str, Any] = field(default_factory=dict)
+    max_memory: int | None = None
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -211,6 +219,8 @@ def read_options(path: str | Path) -> dict[str, dict[str, Any]]:
 def _check_field(name: str, value: Any) -> Any:
     """One field's value, type-checked against its default's type, range-checked, normalised."""
     default = _DEFAULTS[name]
+    if name == "max_memory":
+        return parse_memory(value)
     if isinstance(default, str):
         if not isinstance(value, str) or not value.strip():
             raise ConfigError(f"{name} must be a non-empty string, got {value!r}")

@@ -235,6 +235,22 @@ class StudyContext:
         """A generator seeded from the study seed and ``name`` (independent streams per use)."""
         return np.random.default_rng(derive_seed(self.config.seed, name))
 
+    def chunk_size(self, model: Any, default: int | None, params: Any = None) -> int | None:
+        """Examples per per-sample chunk for ``model`` (its ``params`` selection): from the
+        study's ``max_memory`` (:func:`gradnoise.memory.chunk_for`), else ``default``."""
+        if self.config.max_memory is None:
+            return default
+        from ..capture._common import resolve_selection
+        from ..memory import chunk_for
+
+        _, tensors = resolve_selection(model, params)
+        return chunk_for(tensors, self.config.max_memory)
+
+    def gram_memory(self) -> dict[str, Any]:
+        """``max_memory=`` for Gram matrices when the study has a budget (else the default)."""
+        budget = self.config.max_memory
+        return {} if budget is None else {"max_memory": budget}
+
     def seed_for(self, name: str) -> int:
         """An integer seed derived from the study seed and ``name``."""
         return derive_seed(self.config.seed, name) % (2**31)

@@ -68,10 +68,13 @@ def per_sample_and_mean(
     y: torch.Tensor,
     selection: ParamSelection,
     dropout: Any = "error",
+    chunk_size: int | None = 256,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-example gradients of the whole train split on ``selection`` (``[N, C]``, the
     parameters' dtype) and their mean, the full gradient G (``[C]``, float64)."""
-    g = per_sample_grads(model, loss_fn, x, y, params=selection, chunk_size=256, dropout=dropout)
+    g = per_sample_grads(
+        model, loss_fn, x, y, params=selection, chunk_size=chunk_size, dropout=dropout
+    )
     return g.cpu().numpy(), g.double().mean(0).cpu().numpy()
 
 

@@ -21,7 +21,7 @@ from ..registry import Analysis
 def compute(ctx: StudyContext) -> dict[str, Any]:
     import torch
 
-    from ...capture import full_grad, minibatch_grads, per_sample_grads
+    from ...capture import full_grad, iter_minibatch_grads, iter_per_sample_grads
 
     cfg = ctx.config
     x, y = ctx.train_tensors
@@ -29,18 +29,22 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
     rows, arrays = [], {}
     for step in ctx.progress.track(sorted(ctx.checkpoints), "gradient norms at checkpoints"):
         model = ctx.load_model(step)
-        ps = per_sample_grads(
+        # streamed: only norms are kept, so memory holds one chunk of [examples, P], never
+        # [per_sample_examples, P] or [noise_batches, P]
+        ps_parts = []
+        for _, g in iter_per_sample_grads(
             model,
             ctx.loss_fn,
             x[probe].to(ctx.device),
             y[probe].to(ctx.device),
-            chunk_size=64,
+            chunk_size=ctx.chunk_size(model, 64),
             dropout=ctx.dropout,
-        )
-        ps_norm = torch.linalg.vector_norm(ps, dim=1).cpu().numpy()
-        del ps
+        ):
+            ps_parts.append(torch.linalg.vector_norm(g, dim=1))
+        ps_norm = torch.cat(ps_parts).cpu().numpy()
         full = full_grad(model, ctx.loss_fn, (x, y), batch_size=512, dropout=ctx.dropout)
-        mb = minibatch_grads(
+        mb_parts, sgn_parts = [], []
+        for _, g in iter_minibatch_grads(
             model,
             ctx.loss_fn,
             (x, y),
@@ -48,9 +52,11 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
             num_batches=cfg.noise_batches,
             seed=ctx.seed_for(f"gradients-{step}"),
             dropout=ctx.dropout,
-        )
-        mb_norm = torch.linalg.vector_norm(mb, dim=1).cpu().numpy()
-        sgn_norm = torch.linalg.vector_norm(mb - full, dim=1).cpu().numpy()
+        ):
+            mb_parts.append(torch.linalg.vector_norm(g))
+            sgn_parts.append(torch.linalg.vector_norm(g - full))
+        mb_norm = torch.stack(mb_parts).cpu().numpy()
+        sgn_norm = torch.stack(sgn_parts).cpu().numpy()
         full_norm = float(torch.linalg.vector_norm(full))
         arrays[f"per_sample_norm_{step}"] = ps_norm
         arrays[f"minibatch_norm_{step}"] = mb_norm

@@ -231,7 +231,9 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
         model = ctx.load_model(step)
         need_gamma = bool({"panigrahi", "battash"} & set(studies)) or opts["resampled"]
         gamma = (
-            nt.per_sample_and_mean(model, loss_fn, x, y, selection, ctx.dropout)
+            nt.per_sample_and_mean(
+                model, loss_fn, x, y, selection, ctx.dropout, ctx.chunk_size(model, 256, selection)
+            )
             if need_gamma
             else None
         )
@@ -278,7 +280,9 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
                 bat_rows.append({"step": step, "batch_size": b, **summ})
                 bat_layers += [{"step": step, "batch_size": b, **r} for r in layers]
                 arrays.update({f"battash_{key}_{step}_{b}": v for key, v in arr.items()})
-            gamma_map = nt.per_sample_and_mean(model, loss_fn, x, y, map_sel, ctx.dropout)
+            gamma_map = nt.per_sample_and_mean(
+                model, loss_fn, x, y, map_sel, ctx.dropout, ctx.chunk_size(model, 256, map_sel)
+            )
             xi_map = ns.sgn_from_per_sample(
                 gamma_map[0], gamma_map[1], batches(f"map-{step}", cfg.batch_size)
             )
@@ -389,7 +393,9 @@ def _arms(
             rng=ctx.rng(f"{NAME}-arm-order-{arm}"),
         )
         arrays[f"arm_loss_{arm}"] = losses.astype(np.float32)
-        gamma = nt.per_sample_and_mean(model, ctx.loss_fn, x, y, selection, ctx.dropout)
+        gamma = nt.per_sample_and_mean(
+            model, ctx.loss_fn, x, y, selection, ctx.dropout, ctx.chunk_size(model, 256, selection)
+        )
         xi = ns.sgn_from_per_sample(
             gamma[0],
             gamma[1],

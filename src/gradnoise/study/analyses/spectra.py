@@ -328,6 +328,7 @@ def _compute(ctx: StudyContext, opts: dict[str, Any]) -> dict[str, Any]:
             xs.to(ctx.device),
             targets.to(ctx.device),
             dropout=ctx.fixed_dropout,
+            **ctx.gram_memory(),
         )
         grams[key] = gram
         spectra[key] = gram_spectrum(gram, centered=centered, num_params=num_params)
@@ -501,6 +502,7 @@ def _batch_sweep(
         x[take].to(ctx.device),
         y[take].to(ctx.device),
         dropout=ctx.fixed_dropout,
+        **ctx.gram_memory(),
     )
     del model
     centered = opts["centered"]

@@ -1,0 +1,145 @@
+"""A memory budget for captures (torch-free): ``max_memory="4GiB"`` sets how many examples a chunk holds.
+
+Per-example gradients are computed a chunk of examples at a time. One example's gradient
+working set is estimated as::
+
+    bytes_per_example = GRADIENT_COPIES * P * itemsize
+
+where ``P`` counts every element of the parameter *tensors* being differentiated (a coordinate
+subset of a tensor still has its whole per-example gradient computed before the subset is taken),
+``itemsize`` is the parameters' dtype size (4 for float32, 8 for float64) and ``GRADIENT_COPIES``
+(3) covers the per-example gradient as a layer rule or ``torch.func`` produces it, its row in the
+output (or the Gram matrix's feature buffer) and one temporary of the same size (an unfolded
+convolution input, a reshaped copy). A chunk then holds::
+
+    chunk = max_memory // bytes_per_example     (at least 1; a smaller budget is refused)
+
+The budget bounds this per-example working set only: the model, the optimizer, the data held in
+memory, a chunk's activations and the returned arrays (``[N, C]`` per-sample gradients of ``C``
+selected coordinates, ``[K, C]`` SGN) come on top. The batch gradients (``full_grad``,
+``minibatch_grads``, ``gradient_noise``) hold one gradient of P and the activations of one batch
+(``batch_size``, ``full_batch_size``; a minibatch is one forward): ``max_memory`` does not size
+them. ``benchmarks/scale.py`` measures peak memory against ``baseline + max_memory``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:  # torch-free at import: the study's config parses budgets
+    import torch
+    from torch import nn
+
+#: copies of one example's gradient held while it is computed (see the module docstring)
+GRADIENT_COPIES = 3
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+    "k": 2**10,
+    "m": 2**20,
+    "g": 2**30,
+    "t": 2**40,
+}
+_PATTERN = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_memory(value: object, what: str = "max_memory") -> int | None:
+    """A memory size in bytes: None (no budget), a positive integer of bytes, or a string such
+    as ``"4GiB"``, ``"512MiB"``, ``"2.5GB"``, ``"1000000"`` (units B, KB/MB/GB/TB = powers of
+    1000, KiB/MiB/GiB/TiB = powers of 1024, K/M/G/T = powers of 1024; case-insensitive).
+
+    Raises:
+        ConfigError: anything else, naming ``what`` and an example of a valid value.
+    """
+    if value is None:
+        return None
+    hint = f'{what} must be a size such as "4GiB", "512MiB" or a number of bytes'
+    if isinstance(value, bool):
+        raise ConfigError(f"{hint}, got {value!r}")
+    if isinstance(value, int):
+        if value < 1:
+            raise ConfigError(f"{hint} (at least 1 byte), got {value}")
+        return int(value)
+    if isinstance(value, float):
+        raise ConfigError(f'{hint}; write a float as a string with its unit ("{value}GiB")')
+    if not isinstance(value, str):
+        raise ConfigError(f"{hint}, got {type(value).__name__}")
+    match = _PATTERN.match(value)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _UNITS:
+        raise ConfigError(f"{hint} (units B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), got {value!r}")
+    size = int(float(match.group(1)) * _UNITS[unit])
+    if size < 1:
+        raise ConfigError(f"{hint} (at least 1 byte), got {value!r}")
+    return size
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes in binary units (``"3.2 GiB"``)."""
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def bytes_per_example(tensors: Iterable[torch.Tensor]) -> int:
+    """``GRADIENT_COPIES * P * itemsize`` over the parameter tensors ``tensors``."""
+    tensors = list(tensors)
+    if not tensors:
+        return 0
+    itemsize = max(t.element_size() for t in tensors)
+    return GRADIENT_COPIES * sum(t.numel() for t in tensors) * itemsize
+
+
+def chunk_for(
+    tensors: Iterable[torch.Tensor], max_memory: object, *, what: str = "max_memory"
+) -> int | None:
+    """Examples per chunk so that their gradient working set fits ``max_memory`` (None: no
+    budget, None back).
+
+    Raises:
+        ConfigError: the budget is below one example's working set; the message names the
+            smallest budget that works.
+    """
+    budget = parse_memory(max_memory, what)
+    if budget is None:
+        return None
+    tensors = list(tensors)
+    per_example = bytes_per_example(tensors)
+    if per_example == 0:
+        return None
+    if budget < per_example:
+        params = sum(t.numel() for t in tensors)
+        itemsize = max(t.element_size() for t in tensors)
+        raise ConfigError(
+            f"{what}={max_memory!r} ({budget:,} bytes) is below one example's gradient working "
+            f"set ({GRADIENT_COPIES} x {params:,} parameters x {itemsize} bytes = "
+            f"{per_example:,} bytes, {format_bytes(per_example)}); raise {what} to at least "
+            f'"{_round_up(per_example)}", or capture fewer parameters (params=/select=)'
+        )
+    return budget // per_example
+
+
+def model_chunk(model: nn.Module, max_memory: object, *, what: str = "max_memory") -> int | None:
+    """:func:`chunk_for` over all trainable parameters of ``model``."""
+    return chunk_for((p for p in model.parameters() if p.requires_grad), max_memory, what=what)
+
+
+def _round_up(n: int) -> str:
+    if n < 2**20:
+        return f"{-(-n // 2**10)}KiB"
+    mib = -(-n // 2**20)
+    return f"{mib}MiB" if mib < 1024 else f"{-(-mib // 1024)}GiB"
