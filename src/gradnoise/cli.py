@@ -1,4 +1,5 @@
-"""Command line: ``gradnoise run | report | reproduce | info``. No mathematics here."""
+"""Command line: ``gradnoise run | report | compare | sweep | analyze | reproduce | info``.
+No mathematics here."""
 
 from __future__ import annotations
 
@@ -163,6 +164,34 @@ def compare(
 
     with _errors():
         path = compare_runs(run_dirs, out)
+    typer.echo(str(path))
+
+
+@app.command()
+def sweep(
+    param: Annotated[
+        list[str],
+        typer.Option("--param", help="NAME=V1,V2,... (repeat for a grid), e.g. lr=0.1,0.03"),
+    ],
+    config: Annotated[
+        Path | None, typer.Option("--config", help="study.toml with the other settings")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="sweep directory (default runs/<id>-sweep)")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+) -> None:
+    """Run the study at every point of a grid of settings (every combination of the --param
+    values) and write one report comparing the runs (OUT/compare/report.html)."""
+    from .study import StudyConfig
+    from .study.sweep import parse_params, run_sweep
+
+    with _errors():
+        base = StudyConfig.from_toml(config) if config else StudyConfig()
+        grid = parse_params(param)
+        with _progress(quiet) as progress:
+            path = run_sweep(base, grid, out, progress=progress)
+    console.print(f"[green]done[/green]: {escape(str(path))}", soft_wrap=True)
     typer.echo(str(path))
 
 
