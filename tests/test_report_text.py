@@ -181,3 +181,32 @@ def test_run_labels():
     ]
     assert run_labels([a, a], ["x", "y"]) == ["x", "y"]
     assert run_labels([a, a], ["run", "run"]) == ["run 1: run", "run 2: run"]
+
+
+def _spectra_tables(page: str) -> str:
+    start = page.index('<section id="spectra"')
+    return page[start : page.index("</section>", start)]
+
+
+def test_spectra_tables_drop_an_empty_trace_column_and_mark_vacuous_bounds(
+    full_tiny_report, tmp_path
+):
+    import shutil
+
+    from gradnoise.study.runner import render_run
+
+    section = _spectra_tables(full_tiny_report.read_text(encoding="utf-8"))
+    assert "<th>tr(H)</th>" in section  # the tiny study estimates it (hessian_trace = 10)
+    summary = json.loads((full_tiny_report.parent / "summary.json").read_text())
+    bounds = [s["davis_kahan_bound"] for s in summary["analyses"]["spectra"]["stability"]]
+    assert section.count("(vacuous)") == sum(b >= 1 for b in bounds)
+
+    run = tmp_path / "run"
+    shutil.copytree(full_tiny_report.parent, run)
+    for row in summary["analyses"]["spectra"]["hessian"]:  # as a study without hessian_trace
+        row.pop("trace", None)
+        row.pop("trace_stderr", None)
+    (run / "summary.json").write_text(json.dumps(summary))
+    section = _spectra_tables(render_run(run).read_text(encoding="utf-8"))
+    assert "<th>tr(H)</th>" not in section
+    assert "tr(H) was not estimated (option hessian_trace = 0" in section

@@ -870,14 +870,17 @@ def render(view: RunView) -> Section:
                         s["k"],
                         _fmt(s["sin_theta"]),
                         _fmt(s["sin_theta_rms"]),
-                        _fmt(s["davis_kahan_bound"]),
+                        _fmt(s["davis_kahan_bound"])
+                        + (" (vacuous)" if s["davis_kahan_bound"] >= 1 else ""),
                         _fmt(s["eigengap"]),
                     ]
                     for s in res["stability"]
                 ],
                 caption="Stability of the top-k covariance eigenspace between two random halves "
                 "of the examples: sines of the principal angles (0 = the same subspace) and the "
-                "Davis–Kahan bound 2 ||C_1 - C_2|| / (lambda_k - lambda_k+1) (Yu et al. 2015).",
+                "Davis–Kahan bound min(1, 2 ||C_1 - C_2|| / (lambda_k - lambda_k+1)) (Yu et al. "
+                "2015); a bound of 1 is vacuous: the eigengap is smaller than twice the halves' "
+                "difference, so only the measured angles speak.",
             )
         )
 
@@ -1018,6 +1021,7 @@ def render(view: RunView) -> Section:
                 )
             )
         hrows = []
+        with_trace = any("trace" in r for r in hess)
         for r in hess:
             trace = f"{_fmt(r['trace'])} ± {_fmt(r['trace_stderr'], 2)}" if "trace" in r else "-"
             hrows.append(
@@ -1027,7 +1031,7 @@ def render(view: RunView) -> Section:
                     _fmt(r["lambda_1"]),
                     _fmt(r["lambda_k"]),
                     f"{r['positive']}/{r['k']}",
-                    trace,
+                    *([trace] if with_trace else []),
                     *_fit_cells(r["fit"]),
                     _fmt(_fitted(r, fit="gap_fit")),
                     _fmt(_fitted(r, "ks", fit="gap_fit")),
@@ -1044,7 +1048,7 @@ def render(view: RunView) -> Section:
                     "lambda_1",
                     "lambda_k",
                     "positive",
-                    "tr(H)",
+                    *(["tr(H)"] if with_trace else []),
                     *FIT_HEADER,
                     "gap s",
                     "gap KS",
@@ -1056,7 +1060,13 @@ def render(view: RunView) -> Section:
                 caption="Top-k Hessian eigenvalues (thick-restart Lanczos on Hessian-vector "
                 f"products, {hess[0]['dtype']} copy of the checkpoint) and rank power-law fits of "
                 "the positive eigenvalues and of the eigengaps. Xie et al. report s near 1 for "
-                "well-trained networks and no power law at initialisation.",
+                "well-trained networks and no power law at initialisation."
+                + (
+                    ""
+                    if with_trace
+                    else " tr(H) was not estimated (option hessian_trace = 0; give it a number "
+                    "of Hutch++ Hessian-vector products to add a tr(H) column)."
+                ),
             )
         )
         if hess[0]["dtype"] == "float64":
