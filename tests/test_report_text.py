@@ -210,3 +210,11 @@ def test_spectra_tables_drop_an_empty_trace_column_and_mark_vacuous_bounds(
     section = _spectra_tables(render_run(run).read_text(encoding="utf-8"))
     assert "<th>tr(H)</th>" not in section
     assert "tr(H) was not estimated (option hessian_trace = 0" in section
+
+
+def test_one_batch_size_is_drawn_along_training_not_on_a_one_point_axis(full_tiny_report):
+    page = full_tiny_report.read_text(encoding="utf-8")
+    summary = json.loads((full_tiny_report.parent / "summary.json").read_text())
+    sizes = {r["batch_size"] for r in summary["analyses"]["noise_model"]["battash"]["rows"]}
+    assert len(sizes) == 1  # the tiny study measures the study's batch size only
+    assert "along training (one batch size was measured" in page

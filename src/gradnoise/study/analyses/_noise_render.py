@@ -487,30 +487,40 @@ def _battash(view: RunView, res: dict[str, Any], arrays: dict[str, np.ndarray]) 
             title="SαS vs Gaussian by parameter",
         )
         ax_l.legend(fontsize=6)
-        for j, s in enumerate(steps):
-            sel = sorted((r for r in rows if r["step"] == s), key=lambda r: r["batch_size"])
+        if len(sizes) > 1:
+            for j, s in enumerate(steps):
+                sel = sorted((r for r in rows if r["step"] == s), key=lambda r: r["batch_size"])
+                ax_b.plot(
+                    [r["batch_size"] for r in sel],
+                    [r["fraction_stable"] for r in sel],
+                    "o-",
+                    color=f"C{j}",
+                    label=f"step {s}",
+                )
+            ax_b.set_xscale("log", base=2)
+            ax_b.set_xticks(sizes, [str(b) for b in sizes])
+            ax_b.set(xlabel="batch size B", title="SαS vs Gaussian by batch size")
+            ax_b.legend(fontsize=7)
+            right = "Right: the same over all coordinates vs batch size."
+        else:  # one batch size: a batch-size axis would hold one point
+            sel = sorted(rows, key=lambda r: r["step"])
             ax_b.plot(
-                [r["batch_size"] for r in sel],
-                [r["fraction_stable"] for r in sel],
-                "o-",
-                color=f"C{j}",
-                label=f"step {s}",
+                [r["step"] for r in sel], [r["fraction_stable"] for r in sel], "o-", color="C0"
             )
-        ax_b.set_xscale("log", base=2)
-        ax_b.set_xticks(sizes, [str(b) for b in sizes])
-        ax_b.set(
-            xlabel="batch size B",
-            ylabel="fraction SαS wins (AIC)",
-            ylim=(-0.02, 1.02),
-            title="SαS vs Gaussian by batch size",
-        )
-        ax_b.legend(fontsize=7)
+            ax_b.set(
+                xlabel="training step", title=f"SαS vs Gaussian, all coordinates, B = {sizes[0]}"
+            )
+            right = (
+                "Right: the same over all coordinates along training (one batch size was "
+                "measured; the battash_batch_sizes option sweeps B)."
+            )
+        ax_b.set(ylabel="fraction SαS wins (AIC)", ylim=(-0.02, 1.02))
         figures.append(
             Figure(
                 save_figure(fig, view.figure_path("battash")),
                 "Left: distribution of fitted SαS α per checkpoint. Middle: fraction of "
                 "coordinates where SαS beats the Gaussian (AIC), by parameter tensor along "
-                "training. Right: the same vs batch size.",
+                f"training. {right}",
             )
         )
     notes: list[str] = []
