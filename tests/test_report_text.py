@@ -218,3 +218,11 @@ def test_one_batch_size_is_drawn_along_training_not_on_a_one_point_axis(full_tin
     sizes = {r["batch_size"] for r in summary["analyses"]["noise_model"]["battash"]["rows"]}
     assert len(sizes) == 1  # the tiny study measures the study's batch size only
     assert "along training (one batch size was measured" in page
+
+
+def test_reclusterings_are_drawn_where_snapshot_lines_cannot_hide_them(full_tiny_report):
+    summary = json.loads((full_tiny_report.parent / "summary.json").read_text())
+    assert summary["analyses"]["variance"]["comparators"]["reclusterings"] >= 1
+    assert "red triangles on the top edge mark re-clusterings" in full_tiny_report.read_text(
+        encoding="utf-8"
+    )

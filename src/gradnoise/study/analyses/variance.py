@@ -595,10 +595,20 @@ def render(view: RunView) -> Section:
                         where=ref > 0,
                     )
                     ax_ratio.plot(cs, _positive(ratio), "o-", **kw)
-            for s in cs[a["cmp_reclustered"]]:
-                ax_ratio.axvline(s, color="C3", lw=0.6, ls=":")
             for s in cs[a["cmp_snapshot"]]:
                 ax_ratio.axvline(s, color="C2", lw=0.6, ls="--")
+            # re-clusterings often share the snapshot steps: markers on the top edge stay visible
+            ax_ratio.plot(
+                cs[a["cmp_reclustered"]],
+                np.ones(int(a["cmp_reclustered"].sum())),
+                "v",
+                color="C3",
+                ms=5,
+                transform=ax_ratio.get_xaxis_transform(),
+                clip_on=False,
+                zorder=5,
+                label="re-clustering",
+            )
             ax_ratio.axhline(1.0, color="C0", lw=0.8)
             ax_var.set(xlabel="step", ylabel="variance (mean per coordinate)")
             ax_var.set_title("Estimator variance")
@@ -621,9 +631,9 @@ def render(view: RunView) -> Section:
                     f"({comp['num_clusters']} clusters, re-clustered every "
                     f"{res['options']['recluster_every']} steps). The bias of unbiased "
                     "estimators is sampling noise of the mean of the draws (about "
-                    "sqrt(Var/draws)). Top right: red dotted lines mark re-clusterings, green "
-                    "dashed lines SVRG snapshots; at a snapshot step SVRG is exact (zero "
-                    "variance, not drawn on log axes).",
+                    "sqrt(Var/draws)). Top right: red triangles on the top edge mark "
+                    "re-clusterings, green dashed lines SVRG snapshots; at a snapshot step SVRG "
+                    "is exact (zero variance, not drawn on log axes).",
                 )
             )
         tables.append(
