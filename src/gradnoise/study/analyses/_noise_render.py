@@ -507,9 +507,7 @@ def _battash(view: RunView, res: dict[str, Any], arrays: dict[str, np.ndarray]) 
             ax_b.plot(
                 [r["step"] for r in sel], [r["fraction_stable"] for r in sel], "o-", color="C0"
             )
-            ax_b.set(
-                xlabel="training step", title=f"SαS vs Gaussian, all coordinates, B = {sizes[0]}"
-            )
+            ax_b.set(xlabel="training step", title=f"All coordinates, B = {sizes[0]}")
             right = (
                 "Right: the same over all coordinates along training (one batch size was "
                 "measured; the battash_batch_sizes option sweeps B)."
