@@ -154,6 +154,28 @@ def full_grad(
     return result
 
 
+def _minibatch_count(data: DataArg, batch_size: int, num_batches: int) -> int:
+    """The dataset size, after checking that ``num_batches`` minibatches of ``batch_size``
+    distinct examples can be drawn."""
+    if batch_size < 1 or num_batches < 1:
+        raise ValueError(
+            f"batch_size and num_batches must be >= 1, got {batch_size}, {num_batches}"
+        )
+    n = dataset_size(data)
+    require_examples(n, batch_size, f"minibatches of size {batch_size} without replacement")
+    return n
+
+
+def _minibatch_row(
+    setup: _Setup, loss_fn: Any, data: DataArg, index: np.ndarray, k: int | None
+) -> Tensor:
+    """The mean gradient of the selected coordinates over the examples ``index`` (``k``: the
+    batch's verification slot, None when the forward draws randomness)."""
+    x, y = fetch(data, index, setup.device)
+    grad = _summed_grad(setup.model, loss_fn, x, y, setup.tensors, setup.indices, k)
+    return grad / len(index)
+
+
 @in_float32
 def minibatch_grads(
     model: nn.Module,
@@ -177,12 +199,7 @@ def minibatch_grads(
     Returns:
         ``[num_batches, C]`` tensor.
     """
-    if batch_size < 1 or num_batches < 1:
-        raise ValueError(
-            f"batch_size and num_batches must be >= 1, got {batch_size}, {num_batches}"
-        )
-    n = dataset_size(data)
-    require_examples(n, batch_size, f"minibatches of size {batch_size} without replacement")
+    n = _minibatch_count(data, batch_size, num_batches)
     setup = _Setup(model, loss_fn, data, params, dropout, device, process_group, "minibatch_grads")
     rng = np.random.default_rng(seed)
     out = torch.zeros(
@@ -193,19 +210,7 @@ def minibatch_grads(
             index = rng.choice(n, size=batch_size, replace=False)  # every rank draws every batch
             if not setup.shard.mine(k):
                 continue
-            x, y = fetch(data, index, setup.device)
-            out[k] = (
-                _summed_grad(
-                    setup.model,
-                    loss_fn,
-                    x,
-                    y,
-                    setup.tensors,
-                    setup.indices,
-                    None if random else k,
-                )
-                / batch_size
-            )
+            out[k] = _minibatch_row(setup, loss_fn, data, index, None if random else k)
     setup.shard.sum_(out)
     check_finite(out, setup.selection, where="in a minibatch gradient")
     return out
@@ -226,31 +231,14 @@ def iter_minibatch_grads(
     """The minibatch gradients of :func:`minibatch_grads` (same arguments, same numbers), one
     ``[C]`` row at a time: yields ``(k, g_k)``, never holding ``[K, C]``. Reduce each row as it
     comes (its norm, its distance to the full gradient)."""
-    if batch_size < 1 or num_batches < 1:
-        raise ValueError(
-            f"batch_size and num_batches must be >= 1, got {batch_size}, {num_batches}"
-        )
-    n = dataset_size(data)
-    require_examples(n, batch_size, f"minibatches of size {batch_size} without replacement")
+    n = _minibatch_count(data, batch_size, num_batches)
     with exact_float32():
         setup = _Setup(model, loss_fn, data, params, dropout, device, None, "minibatch_grads")
     rng = np.random.default_rng(seed)
     for k in range(num_batches):
         index = rng.choice(n, size=batch_size, replace=False)
         with exact_float32(), setup.audit.randomness(dropout) as random:
-            x, y = fetch(data, index, setup.device)
-            row = (
-                _summed_grad(
-                    setup.model,
-                    loss_fn,
-                    x,
-                    y,
-                    setup.tensors,
-                    setup.indices,
-                    None if random else k,
-                )
-                / batch_size
-            )
+            row = _minibatch_row(setup, loss_fn, data, index, None if random else k)
         check_finite(row[None, :], setup.selection, where="in a minibatch gradient")
         yield k, row
 
