@@ -21,8 +21,11 @@ and the wall time. ``peak - base`` is what the operation added. Each line compar
 
 * ``budget``: ``max_memory`` (``--max-memory``, default 2GiB): the per-example gradient working
   set the captures are sized to (chunk = max_memory // (3 P itemsize), ``gradnoise.memory``),
-  plus what the output holds (``[N, C]`` or ``[K, C]`` of the C = 10^5 followed coordinates);
-  a chunk's activations come on top of the formula;
+  plus what the output holds (``[N, C]`` or ``[K, C]`` of the C = 10^5 followed coordinates;
+  for the batch gradients three gradients of P: autograd's, its flattened copy, the running
+  sum; for the Hessian the Lanczos basis). ``sgn``, ``full_grad`` and ``hessian`` pass the same
+  ``max_memory``, which bounds one forward's activations (measured; ``gradnoise.memory``); a
+  per-sample chunk's activations come on top of the formula;
 * ``N x P``: the bytes of all N per-example (or K minibatch) gradients of all P parameters in
   float32, which a capture that does not stream would hold.
 
@@ -32,7 +35,8 @@ minibatches of 64 on the 10^5 followed coordinates, as the Recorder stores them)
 (``full_grad`` over N examples in batches of 64), ``spectrum`` (``covariance_spectrum`` of N
 examples from the factored Gram matrix, ``max_memory`` bounding its blocks), ``hessian``
 (``hessian_eigs`` top 10 by Lanczos on N examples, float32, basis of 21 vectors, at most 40
-Hessian-vector products: its (ncv + 1) x P float64 basis is not sized by ``max_memory``) and ``study`` (``Probe`` with the
+Hessian-vector products, batches and graph caching set by ``max_memory``: its (ncv + 1) x P
+float64 basis is not sized by ``max_memory``) and ``study`` (``Probe`` with the
 default analyses, quick analysis options, on a 10^5-coordinate selection, 2 training steps and
 checkpoints [0, 2]; the spectra analysis without its Hessian, which the ``hessian`` row measures:
 the study's own runs in float64 to tol 1e-6 with up to 1,000 products, hours at this size). A size below the stated one is marked ``(reduced)`` with the full size.
@@ -215,12 +219,14 @@ def run_op(model_name: str, op: str, n: int, max_memory: str) -> dict:
             num_batches=n,
             params=sel,
             full_batch_size=64,
+            max_memory=budget,
         )
-        info["held"] = xi.numel() * 4
+        # [K, C] out, and the batch gradient of all P as autograd returns it, flattened, summed
+        info["held"] = xi.numel() * 4 + 3 * info["P"] * 4
         info["mean_sgn_norm"] = float(torch.linalg.vector_norm(xi, dim=1).mean())
     elif op == "full_grad":
-        g = gradnoise.full_grad(model, loss_fn, (x, y), batch_size=64)
-        info["held"] = g.numel() * 4
+        g = gradnoise.full_grad(model, loss_fn, (x, y), batch_size=64, max_memory=budget)
+        info["held"] = 3 * g.numel() * 4  # autograd's gradient, flattened, the running sum
         info["norm"] = float(torch.linalg.vector_norm(g))
     elif op == "spectrum":
         eig = gradnoise.covariance_spectrum(model, loss_fn, x, y, max_memory=budget)
@@ -236,8 +242,7 @@ def run_op(model_name: str, op: str, n: int, max_memory: str) -> dict:
             tol=1e-3,
             ncv=NCV,
             max_steps=MAX_HVP,
-            batch_size=16,
-            cache_graphs=False,
+            max_memory=budget,
         )
         info["held"] = (NCV + 1) * info["P"] * 8  # the Lanczos basis, float64
         info["top"] = float(res.eigenvalues[0])

@@ -54,6 +54,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, Sampler, TensorDataset
 
 from .capture import full_grad, minibatch_grads, per_sample_grads
+from .capture._budget import sub_batch
 from .capture._common import (
     DataArg,
     ParamsArg,
@@ -73,6 +74,7 @@ from .capture.audit import ModelAudit, audit_data, demote, owner_modules
 from .capture.layers import _conv_geometry
 from .capture.per_sample import LayerIO
 from .errors import NonFiniteGradientError, UnsupportedLayerError
+from .memory import chunk_for
 from .selection import ParamSelection
 from .stats._common import RNGLike, StatResult, as_generator
 from .variance import gradient_variance, normalized_gradient_variance
@@ -351,6 +353,9 @@ class GradientClustering:
             ``|g|^2 - 2 <C, g> + |C|^2``).
         dropout: ``"error"`` refuses active dropout; ``"eval"`` switches it off while clustering.
         rng: seed or Generator of the initial centres and of the order of every pass.
+        max_memory: a budget (``"4GiB"``, or bytes; see :mod:`gradnoise.memory`) that lowers
+            ``chunk_size`` to what one forward's activations (and, with ``"full"`` centres,
+            the chunk's per-example gradients) allow.
     """
 
     def __init__(
@@ -368,6 +373,7 @@ class GradientClustering:
         dropout: ClusterDropout = "error",
         rng: RNGLike = None,
         device: torch.device | str | None = None,
+        max_memory: int | str | None = None,
     ) -> None:
         if int(num_clusters) != num_clusters or num_clusters < 1:
             raise ValueError(f"num_clusters must be a positive integer, got {num_clusters}")
@@ -385,6 +391,7 @@ class GradientClustering:
         self.num_clusters = int(num_clusters)
         self.weighted, self.min_size = bool(weighted), int(min_size)
         self.chunk_size, self.dtype, self.dropout = int(chunk_size), dtype, dropout
+        self.max_memory = max_memory
         self.rng = as_generator(rng)
         check_batchnorm(model)
         self.device = model_device(model, device)
@@ -416,6 +423,23 @@ class GradientClustering:
         )
         if not self.blocks:
             self._plan(self.centers_mode, self.audit)
+        if self.max_memory is not None:
+            n = dataset_size(data)
+            limits = [
+                sub_batch(
+                    self.max_memory,
+                    self.model,
+                    self.loss_fn,
+                    data,
+                    n,
+                    self.tensors,
+                    self.audit,
+                    self.dropout,
+                    self.device,
+                ),
+                chunk_for(self.tensors, self.max_memory) if self.centers_mode == "full" else None,
+            ]
+            self.chunk_size = min([self.chunk_size] + [c for c in limits if c is not None])
         return self.audit
 
     def _plan(self, centers: Centers, result: ModelAudit) -> None:
@@ -921,20 +945,30 @@ def _weighted_grads(
     data: DataArg,
     batches: list[tuple[np.ndarray, np.ndarray]],
     params: ParamsArg,
+    max_memory: int | str | None = None,
 ) -> Tensor:
-    """``[K, P]``: ``(1/B) sum_b w_b grad l_{i_b}`` for each ``(indices, weights)`` batch."""
+    """``[K, P]``: ``(1/B) sum_b w_b grad l_{i_b}`` for each ``(indices, weights)`` batch, a
+    batch summed over sub-batches when ``max_memory`` limits one forward's examples."""
     sel, tensors = resolve_selection(model, params)
     dev = model_device(model, None)
+    n = dataset_size(data)
+    limit = sub_batch(max_memory, model, loss_fn, data, n, tensors, None, None, dev)
     out = []
     for idx, w in batches:
-        x, y = fetch(data, idx, dev)
-        weights = torch.as_tensor(w, dtype=tensors[0].dtype, device=dev)
-        with torch.enable_grad():
-            losses = per_example_losses(loss_fn, model(x), y)
-            grads = torch.autograd.grad(
-                (losses * weights).sum() / len(idx), tensors, allow_unused=True
-            )
-        out.append(_flat_grad(grads, tensors, sel))
+        step = len(idx) if limit is None else limit
+        row: Tensor | None = None
+        for start in range(0, len(idx), step):
+            x, y = fetch(data, idx[start : start + step], dev)
+            weights = torch.as_tensor(w[start : start + step], dtype=tensors[0].dtype, device=dev)
+            with torch.enable_grad():
+                losses = per_example_losses(loss_fn, model(x), y)
+                grads = torch.autograd.grad(
+                    (losses * weights).sum() / len(idx), tensors, allow_unused=True
+                )
+            part = _flat_grad(grads, tensors, sel)
+            row = part if row is None else row.add_(part)
+        assert row is not None
+        out.append(row)
     return torch.stack(out)
 
 
@@ -979,6 +1013,7 @@ def compare_estimators(
     full_batch_size: int = 256,
     rng: RNGLike = None,
     device: torch.device | str | None = None,
+    max_memory: int | str | None = None,
 ) -> EstimatorComparison:
     """Draw K estimates of the gradient from each estimator at the model's current parameters.
 
@@ -1001,7 +1036,8 @@ def compare_estimators(
         )
     if num_draws < 2:
         raise ValueError(f"num_draws must be >= 2, got {num_draws}")
-    full_t = full_grad(model, loss_fn, data, batch_size=full_batch_size, params=sel)
+    budget = {"max_memory": max_memory}
+    full_t = full_grad(model, loss_fn, data, batch_size=full_batch_size, params=sel, **budget)
     full = full_t.detach().cpu().double().numpy()
     out: dict[str, EstimatorStats] = {}
     for name in estimators:
@@ -1009,7 +1045,7 @@ def compare_estimators(
             b = batch_size if name == "sg" else 2 * batch_size
             draws = minibatch_grads(
                 model, loss_fn, data, batch_size=b, num_batches=num_draws,
-                seed=_seeds(gen, 1)[0], params=sel,
+                seed=_seeds(gen, 1)[0], params=sel, **budget,
             )  # fmt: skip
             out[name] = _stats(name, draws, full, b, sel)
         elif name == "svrg":
@@ -1018,18 +1054,20 @@ def compare_estimators(
             seed = _seeds(gen, 1)[0]
             now = minibatch_grads(
                 model, loss_fn, data, batch_size=batch_size, num_batches=num_draws, seed=seed,
-                params=sel,
+                params=sel, **budget,
             )  # fmt: skip
             then = minibatch_grads(
                 svrg_snapshot, loss_fn, data, batch_size=batch_size, num_batches=num_draws,
-                seed=seed, params=sel,
+                seed=seed, params=sel, **budget,
             )  # fmt: skip
-            mu = full_grad(svrg_snapshot, loss_fn, data, batch_size=full_batch_size, params=sel)
+            mu = full_grad(
+                svrg_snapshot, loss_fn, data, batch_size=full_batch_size, params=sel, **budget
+            )
             out[name] = _stats(name, now - then + mu, full, batch_size, sel)
         else:
             strata = _strata_of(clustering, dataset_size(data))
             batches = [strata.draw(batch_size, gen) for _ in range(num_draws)]
-            draws = _weighted_grads(model, loss_fn, data, batches, sel)
+            draws = _weighted_grads(model, loss_fn, data, batches, sel, max_memory)
             out[name] = _stats(name, draws, full, batch_size, sel)
     return EstimatorComparison(
         estimators=out,
@@ -1083,9 +1121,10 @@ class EstimatorComparator:
         centers: Centers = "rank1",
         rng: RNGLike = None,
         device: torch.device | str | None = None,
+        max_memory: int | str | None = None,
     ) -> None:
         self.model, self.loss_fn, self.data = model, loss_fn, data
-        self.device = device
+        self.device, self.max_memory = device, max_memory
         self.batch_size, self.num_draws = int(batch_size), int(num_draws)
         self.snapshot_every, self.recluster_every = int(snapshot_every), int(recluster_every)
         self.cluster_iters, self.estimators, self.params = int(cluster_iters), estimators, params
@@ -1098,6 +1137,7 @@ class EstimatorComparator:
             centers=centers,
             rng=self.rng,
             device=device,
+            max_memory=max_memory,
         )
         self.snapshot: nn.Module | None = None
         self.result: ClusteringResult | None = None
@@ -1123,4 +1163,5 @@ class EstimatorComparator:
             params=self.params,
             rng=self.rng,
             device=self.device,
+            max_memory=self.max_memory,
         )

@@ -30,6 +30,7 @@ from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from .capture._budget import sub_batch
 from .capture._common import (
     DataArg,
     ParamsArg,
@@ -305,6 +306,11 @@ class HessianOperator:
     same data, computes the products over a contiguous block of it, and the parts are summed, so
     every rank runs the same Krylov iteration and gets the same eigenvalues.
 
+    With ``max_memory`` (``"4GiB"``, or bytes; see :mod:`gradnoise.memory`) a batch holds at most
+    ``max_memory // (2 * bytes per example)`` examples, the bytes being those autograd saves in
+    a forward and the first backward (measured), and the batches' graphs are kept between
+    products only when all of them fit (``cache_graphs`` is otherwise switched off).
+
     Attributes:
         dim: number of selected coordinates (the operator is ``H`` restricted to them).
         num_examples: N.
@@ -324,6 +330,7 @@ class HessianOperator:
         dropout: Literal["error", "eval"] = "error",
         device: torch.device | str | None = None,
         process_group: ProcessGroupArg = None,
+        max_memory: int | str | None = None,
     ) -> None:
         if hvp not in ("autograd", "func"):
             raise ValueError(f"hvp must be 'autograd' or 'func', got {hvp!r}")
@@ -360,6 +367,22 @@ class HessianOperator:
         ]
         self.num_matvecs = 0
         self._graphs: list[tuple[Tensor, ...]] | None = None
+        limit = sub_batch(
+            max_memory,
+            model,
+            loss_fn,
+            data,
+            self.num_examples,
+            self.tensors,
+            self.audit,
+            dropout,
+            self.device,
+            create_graph=True,
+        )
+        if limit is not None:  # the graphs of all batches are kept only when all of them fit
+            self.batch_size = min(self.batch_size, limit)
+            block = self.shard.block(self.num_examples)
+            self.cache_graphs = self.cache_graphs and limit >= len(block)
 
     @contextmanager
     def _policy(self) -> Iterator[None]:
@@ -604,6 +627,7 @@ def hessian_eigs(
     dropout: Literal["error", "eval"] = "error",
     device: torch.device | str | None = None,
     process_group: ProcessGroupArg = None,
+    max_memory: int | str | None = None,
 ) -> HessianEigs:
     """Top-k Hessian eigenvalues of the mean per-example loss over ``data``.
 
@@ -623,6 +647,7 @@ def hessian_eigs(
         return_vectors: also return the eigenvectors.
         process_group: share the Hessian-vector products among ``torch.distributed`` ranks
             (see :class:`HessianOperator`).
+        max_memory: a budget for the graphs of the products (see :class:`HessianOperator`).
     """
     op = HessianOperator(
         model,
@@ -635,6 +660,7 @@ def hessian_eigs(
         dropout=dropout,
         device=device,
         process_group=process_group,
+        max_memory=max_memory,
     )
     k = int(k)
     if not 1 <= k <= op.dim:
@@ -700,6 +726,7 @@ def hessian_trace(
     dropout: Literal["error", "eval"] = "error",
     device: torch.device | str | None = None,
     process_group: ProcessGroupArg = None,
+    max_memory: int | str | None = None,
 ) -> TraceEstimate:
     """Stochastic estimate of ``tr(H)`` with a standard error (Hutchinson 1989; Hutch++ 2021).
 
@@ -717,6 +744,7 @@ def hessian_trace(
         dropout=dropout,
         device=device,
         process_group=process_group,
+        max_memory=max_memory,
     )
     try:
         with _blas_limit(blas_threads):
@@ -746,6 +774,7 @@ def hessian_density(
     dropout: Literal["error", "eval"] = "error",
     device: torch.device | str | None = None,
     process_group: ProcessGroupArg = None,
+    max_memory: int | str | None = None,
 ) -> SpectralDensity:
     """Hessian spectral density by stochastic Lanczos quadrature (Ghorbani, Krishnan & Xiao 2019).
 
@@ -763,6 +792,7 @@ def hessian_density(
         dropout=dropout,
         device=device,
         process_group=process_group,
+        max_memory=max_memory,
     )
     try:
         with _blas_limit(blas_threads):

@@ -16,10 +16,22 @@ convolution input, a reshaped copy). A chunk then holds::
 
 The budget bounds this per-example working set only: the model, the optimizer, the data held in
 memory, a chunk's activations and the returned arrays (``[N, C]`` per-sample gradients of ``C``
-selected coordinates, ``[K, C]`` SGN) come on top. The batch gradients (``full_grad``,
-``minibatch_grads``, ``gradient_noise``) hold one gradient of P and the activations of one batch
-(``batch_size``, ``full_batch_size``; a minibatch is one forward): ``max_memory`` does not size
-them. ``benchmarks/scale.py`` measures peak memory against ``baseline + max_memory``.
+selected coordinates, ``[K, C]`` SGN) come on top.
+
+The batch gradients (``full_grad``, ``minibatch_grads``, ``gradient_noise``) and the Hessian
+operator hold one gradient of P and the activations of the examples in one forward. Under
+``max_memory`` a forward holds at most::
+
+    sub_batch = max_memory // (ACTIVATION_COPIES * activation_bytes)
+
+examples, where ``activation_bytes`` is *measured*: the bytes autograd saves for backward per
+example (storages seen by a ``saved_tensors_hook`` in forwards of one and of a few examples;
+their difference, so the parameters' own saved copies do not count), including the first
+backward's graph for Hessian-vector products. ``ACTIVATION_COPIES`` (2) covers the saved
+activations plus the activation gradients alive during backward. A minibatch larger than the
+sub-batch is summed over sub-batches (exact: the audit has refused every layer that couples the
+examples of a batch), and the Hessian keeps its per-batch graphs between products only when all
+of them fit. ``benchmarks/scale.py`` measures peak memory against ``baseline + max_memory``.
 """
 
 from __future__ import annotations
@@ -36,6 +48,8 @@ if TYPE_CHECKING:  # torch-free at import: the study's config parses budgets
 
 #: copies of one example's gradient held while it is computed (see the module docstring)
 GRADIENT_COPIES = 3
+#: copies of one example's saved activations alive during a backward (see the module docstring)
+ACTIVATION_COPIES = 2
 
 _UNITS = {
     "": 1,
@@ -129,6 +143,28 @@ def chunk_for(
             f"set ({GRADIENT_COPIES} x {params:,} parameters x {itemsize} bytes = "
             f"{per_example:,} bytes, {format_bytes(per_example)}); raise {what} to at least "
             f'"{_round_up(per_example)}", or capture fewer parameters (params=/select=)'
+        )
+    return budget // per_example
+
+
+def batch_for(activation_bytes: int, max_memory: object, *, what: str = "max_memory") -> int | None:
+    """Examples per forward so that ``ACTIVATION_COPIES * activation_bytes`` per example fits
+    ``max_memory`` (None: no budget, None back).
+
+    Raises:
+        ConfigError: the budget is below one example's activations; the message names the
+            smallest budget that works.
+    """
+    budget = parse_memory(max_memory, what)
+    if budget is None:
+        return None
+    per_example = ACTIVATION_COPIES * max(int(activation_bytes), 1)
+    if budget < per_example:
+        raise ConfigError(
+            f"{what}={max_memory!r} ({budget:,} bytes) is below one example's activations in a "
+            f"forward and backward ({ACTIVATION_COPIES} x {int(activation_bytes):,} bytes saved "
+            f"for backward = {format_bytes(per_example)}); raise {what} to at least "
+            f'"{_round_up(per_example)}"'
         )
     return budget // per_example
 

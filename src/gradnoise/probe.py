@@ -650,7 +650,7 @@ class Probe:
             dropout=ctx.dropout,
             chunk_size=ctx.chunk_size(self.model, None, rec.selection),
         )
-        rec.record_full(step, self.model, ctx.loss_fn, (x, y), dropout=ctx.dropout)
+        rec.record_full(step, self.model, ctx.loss_fn, (x, y), dropout=ctx.dropout, **ctx.memory())
         rec.record_noise(
             step,
             self.model,
@@ -660,6 +660,7 @@ class Probe:
             num_batches=cfg.noise_batches,
             seed=derive_seed(cfg.seed, f"noise-{step}") % 2**31,
             dropout=ctx.dropout,
+            **ctx.memory(),
         )
         if self.tensorboard is None:
             return {}

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..selection import ParamSelection
+from ._budget import sub_batch
 from ._common import (
     DataArg,
     DropoutChoice,
@@ -68,8 +69,9 @@ def _summed_grad(
 
 
 class _Setup:
-    """Validated common arguments of the functions below, and the model's audit on ``data``
-    (randomness follows ``dropout``; layers that couple examples are refused)."""
+    """Validated common arguments of the functions below, the model's audit on ``data``
+    (randomness follows ``dropout``; layers that couple examples are refused) and, under
+    ``max_memory``, the examples one forward may hold (``sub_batch``; None: no limit)."""
 
     def __init__(
         self,
@@ -81,6 +83,7 @@ class _Setup:
         device: Any,
         process_group: ProcessGroupArg,
         what: str,
+        max_memory: int | str | None = None,
     ) -> None:
         self.model = model = unwrap(model)
         self.selection: ParamSelection
@@ -100,6 +103,9 @@ class _Setup:
             None if i is None else torch.as_tensor(i, dtype=torch.long, device=self.device)
             for i in self.selection.indices
         ]
+        self.sub_batch = sub_batch(
+            max_memory, model, loss_fn, data, self.n, self.tensors, self.audit, dropout, self.device
+        )
 
 
 @in_float32
@@ -113,6 +119,7 @@ def full_grad(
     dropout: DropoutChoice = "error",
     device: torch.device | str | None = None,
     process_group: ProcessGroupArg = None,
+    max_memory: int | str | None = None,
 ) -> Tensor:
     """Exact mean gradient ``G = (1/N) sum_i grad l_i`` over a dataset, streamed in batches.
 
@@ -123,14 +130,20 @@ def full_grad(
         process_group: share the work among the ranks of a ``torch.distributed`` group (``"world"``
             for the default group): every rank passes the same data, computes a contiguous block
             of it, and gets the whole result. None: this process alone.
+        max_memory: a budget for one forward's activations: ``batch_size`` is lowered to the
+            sub-batch it allows (see :mod:`gradnoise.memory`). None: no limit.
 
     Returns:
         ``[C]`` tensor over the selected coordinates.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    setup = _Setup(model, loss_fn, data, params, dropout, device, process_group, "full_grad")
+    setup = _Setup(
+        model, loss_fn, data, params, dropout, device, process_group, "full_grad", max_memory
+    )
     n = setup.n
+    if setup.sub_batch is not None:
+        batch_size = min(batch_size, setup.sub_batch)
     block = setup.shard.block(n)
     total = torch.zeros(
         setup.selection.num_columns, dtype=setup.tensors[0].dtype, device=setup.device
@@ -170,9 +183,17 @@ def _minibatch_row(
     setup: _Setup, loss_fn: Any, data: DataArg, index: np.ndarray, k: int | None
 ) -> Tensor:
     """The mean gradient of the selected coordinates over the examples ``index`` (``k``: the
-    batch's verification slot, None when the forward draws randomness)."""
-    x, y = fetch(data, index, setup.device)
-    grad = _summed_grad(setup.model, loss_fn, x, y, setup.tensors, setup.indices, k)
+    batch's verification slot, None when the forward draws randomness), summed over sub-batches
+    of ``setup.sub_batch`` examples (the first one verified)."""
+    step = len(index) if setup.sub_batch is None else setup.sub_batch
+    grad: Tensor | None = None
+    for start in range(0, len(index), step):
+        x, y = fetch(data, index[start : start + step], setup.device)
+        part = _summed_grad(
+            setup.model, loss_fn, x, y, setup.tensors, setup.indices, k if start == 0 else None
+        )
+        grad = part if grad is None else grad.add_(part)
+    assert grad is not None
     return grad / len(index)
 
 
@@ -189,18 +210,23 @@ def minibatch_grads(
     dropout: DropoutChoice = "error",
     device: torch.device | str | None = None,
     process_group: ProcessGroupArg = None,
+    max_memory: int | str | None = None,
 ) -> Tensor:
     """``K`` minibatch gradients ``g_B = (1/B) sum_{i in B} grad l_i`` at fixed parameters.
 
     Each minibatch holds ``batch_size`` distinct examples drawn uniformly without replacement;
     minibatches are drawn independently of each other (``numpy.random.default_rng(seed)``). With
-    ``process_group`` every rank draws the same minibatches and computes every W-th one.
+    ``process_group`` every rank draws the same minibatches and computes every W-th one. With
+    ``max_memory`` (a budget for one forward's activations, see :mod:`gradnoise.memory`) a
+    minibatch larger than the budget allows is summed over sub-batches.
 
     Returns:
         ``[num_batches, C]`` tensor.
     """
     n = _minibatch_count(data, batch_size, num_batches)
-    setup = _Setup(model, loss_fn, data, params, dropout, device, process_group, "minibatch_grads")
+    setup = _Setup(
+        model, loss_fn, data, params, dropout, device, process_group, "minibatch_grads", max_memory
+    )
     rng = np.random.default_rng(seed)
     out = torch.zeros(
         num_batches, setup.selection.num_columns, dtype=setup.tensors[0].dtype, device=setup.device
@@ -227,13 +253,16 @@ def iter_minibatch_grads(
     params: ParamsArg = None,
     dropout: DropoutChoice = "error",
     device: torch.device | str | None = None,
+    max_memory: int | str | None = None,
 ) -> Iterator[tuple[int, Tensor]]:
     """The minibatch gradients of :func:`minibatch_grads` (same arguments, same numbers), one
     ``[C]`` row at a time: yields ``(k, g_k)``, never holding ``[K, C]``. Reduce each row as it
     comes (its norm, its distance to the full gradient)."""
     n = _minibatch_count(data, batch_size, num_batches)
     with exact_float32():
-        setup = _Setup(model, loss_fn, data, params, dropout, device, None, "minibatch_grads")
+        setup = _Setup(
+            model, loss_fn, data, params, dropout, device, None, "minibatch_grads", max_memory
+        )
     rng = np.random.default_rng(seed)
     for k in range(num_batches):
         index = rng.choice(n, size=batch_size, replace=False)
@@ -257,11 +286,13 @@ def gradient_noise(
     device: torch.device | str | None = None,
     full_batch_size: int = 256,
     process_group: ProcessGroupArg = None,
+    max_memory: int | str | None = None,
 ) -> Tensor:
     """Stochastic gradient noise ``xi_k = g_{B_k} - G`` at fixed parameters (``[K, C]``).
 
     The minibatches are those of :func:`minibatch_grads` with the same arguments; ``G`` is
-    :func:`full_grad` over the whole of ``data`` (computed in batches of ``full_batch_size``).
+    :func:`full_grad` over the whole of ``data`` (computed in batches of ``full_batch_size``);
+    ``max_memory`` bounds both (see :mod:`gradnoise.memory`).
     """
     grads = minibatch_grads(
         model,
@@ -274,6 +305,7 @@ def gradient_noise(
         dropout=dropout,
         device=device,
         process_group=process_group,
+        max_memory=max_memory,
     )
     full = full_grad(
         model,
@@ -284,5 +316,6 @@ def gradient_noise(
         dropout=dropout,
         device=device,
         process_group=process_group,
+        max_memory=max_memory,
     )
     return grads.sub_(full)

@@ -246,8 +246,9 @@ class StudyContext:
         _, tensors = resolve_selection(model, params)
         return chunk_for(tensors, self.config.max_memory)
 
-    def gram_memory(self) -> dict[str, Any]:
-        """``max_memory=`` for Gram matrices when the study has a budget (else the default)."""
+    def memory(self) -> dict[str, Any]:
+        """``max_memory=`` for captures (Gram matrices, batch gradients, Hessian products,
+        clustering) when the study has a budget (else their defaults)."""
         budget = self.config.max_memory
         return {} if budget is None else {"max_memory": budget}
 

@@ -34,6 +34,7 @@ def data_pass_noise(
     y: torch.Tensor,
     batch_size: int,
     dropout: Any = "error",
+    max_memory: Any = None,
 ) -> np.ndarray:
     """Simsekli et al.'s SGN sample (methods.md §4b(b)): one pass over the data in P = N // B
     consecutive disjoint minibatches (data order as stored; the last N - P B examples are not
@@ -54,6 +55,7 @@ def data_pass_noise(
                 ),
                 batch_size=batch_size,
                 dropout=dropout,
+                max_memory=max_memory,
             )
             for k in range(p)
         ]

@@ -42,7 +42,9 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
         ):
             ps_parts.append(torch.linalg.vector_norm(g, dim=1))
         ps_norm = torch.cat(ps_parts).cpu().numpy()
-        full = full_grad(model, ctx.loss_fn, (x, y), batch_size=512, dropout=ctx.dropout)
+        full = full_grad(
+            model, ctx.loss_fn, (x, y), batch_size=512, dropout=ctx.dropout, **ctx.memory()
+        )
         mb_parts, sgn_parts = [], []
         for _, g in iter_minibatch_grads(
             model,
@@ -52,6 +54,7 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
             num_batches=cfg.noise_batches,
             seed=ctx.seed_for(f"gradients-{step}"),
             dropout=ctx.dropout,
+            **ctx.memory(),
         ):
             mb_parts.append(torch.linalg.vector_norm(g))
             sgn_parts.append(torch.linalg.vector_norm(g - full))

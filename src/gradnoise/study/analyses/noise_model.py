@@ -245,7 +245,9 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
             return cache[b]
 
         if "simsekli" in studies:
-            noise = nt.data_pass_noise(model, loss_fn, x, y, opts["pass_batch_size"], ctx.dropout)
+            noise = nt.data_pass_noise(
+                model, loss_fn, x, y, opts["pass_batch_size"], ctx.dropout, **ctx.memory()
+            )
             resampled = xi_at(opts["pass_batch_size"]) if opts["resampled"] else None
             row, arr = ns.simsekli_stats(
                 noise, rng=ctx.rng(f"{NAME}-simsekli-control-{step}"), resampled=resampled

@@ -328,7 +328,7 @@ def _compute(ctx: StudyContext, opts: dict[str, Any]) -> dict[str, Any]:
             xs.to(ctx.device),
             targets.to(ctx.device),
             dropout=ctx.fixed_dropout,
-            **ctx.gram_memory(),
+            **ctx.memory(),
         )
         grams[key] = gram
         spectra[key] = gram_spectrum(gram, centered=centered, num_params=num_params)
@@ -502,7 +502,7 @@ def _batch_sweep(
         x[take].to(ctx.device),
         y[take].to(ctx.device),
         dropout=ctx.fixed_dropout,
-        **ctx.gram_memory(),
+        **ctx.memory(),
     )
     del model
     centered = opts["centered"]
@@ -600,6 +600,7 @@ def _hessian(
                 tol=opts["hessian_tol"],
                 blas_threads=1,
                 dropout=ctx.fixed_dropout,
+                **ctx.memory(),
             )
         key = "init" if step is None else f"step_{step}"
         arrays[f"hessian_{key}"] = eigs.eigenvalues
@@ -639,6 +640,7 @@ def _hessian(
                     rng=ctx.seed_for(f"spectra-trace-{step}"),
                     blas_threads=1,
                     dropout=ctx.fixed_dropout,
+                    **ctx.memory(),
                 )
             row["trace"] = float(tr.estimate)
             row["trace_stderr"] = float(tr.stderr)

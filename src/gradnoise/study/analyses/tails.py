@@ -265,7 +265,12 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
         model = ctx.load_model(step)
         layer_names, offsets = _param_layout(model)
         full_t = full_grad(
-            model, ctx.loss_fn, (x, y), batch_size=s["full_batch_size"], dropout=ctx.dropout
+            model,
+            ctx.loss_fn,
+            (x, y),
+            batch_size=s["full_batch_size"],
+            dropout=ctx.dropout,
+            **ctx.memory(),
         )
         mb_t = minibatch_grads(
             model,
@@ -275,6 +280,7 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
             num_batches=s["dim_vectors"],
             seed=ctx.seed_for(f"tails-dim-{step}"),
             dropout=ctx.dropout,
+            **ctx.memory(),
         )
         full = full_t.cpu().numpy().astype(np.float64)
         mb = mb_t.cpu().numpy().astype(np.float64)
@@ -303,7 +309,13 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
             # G exactly as the recorder computed it (gradient_noise: full_grad in batches of
             # 256 over the selection), to recover g_B = xi + G and its exact zeros
             g_sel = full_grad(
-                model, ctx.loss_fn, (x, y), batch_size=256, params=sel, dropout=ctx.dropout
+                model,
+                ctx.loss_fn,
+                (x, y),
+                batch_size=256,
+                params=sel,
+                dropout=ctx.dropout,
+                **ctx.memory(),
             )
             noise = stored[step][: s["sgn_batches"]].astype(np.float32)
             g_b = noise + g_sel.cpu().numpy()[None, :]
@@ -318,6 +330,7 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
                 seed=ctx.seed_for(f"tails-sgn-{step}"),
                 params=sel,
                 dropout=ctx.dropout,
+                **ctx.memory(),
             )
             noise = (g_b_t - g_sel).cpu().numpy()
             g_b = g_b_t.cpu().numpy()

@@ -191,6 +191,7 @@ def _start(ctx: StudyContext, model: Any) -> _State:
             cluster_iters=opts["cluster_iters"],
             estimators=ESTIMATORS,
             rng=ctx.rng("variance-comparators"),
+            **ctx.memory(),
         )
     return state
 
@@ -211,7 +212,9 @@ def measure(ctx: StudyContext, model: Any, state: _State, step: int) -> dict[str
     b, n, t = ctx.config.batch_size, state.n, state.opts["draws"]
     data = ctx.train_tensors
     sel, groups = state.selection, state.groups
-    full = full_grad(model, ctx.loss_fn, data, batch_size=512, params=sel, dropout=ctx.dropout)
+    full = full_grad(
+        model, ctx.loss_fn, data, batch_size=512, params=sel, dropout=ctx.dropout, **ctx.memory()
+    )
     g = full.detach().cpu().double().numpy()
     draws = (
         minibatch_grads(
@@ -223,6 +226,7 @@ def measure(ctx: StudyContext, model: Any, state: _State, step: int) -> dict[str
             seed=ctx.seed_for(f"variance-{step}"),
             params=sel,
             dropout=ctx.dropout,
+            **ctx.memory(),
         )
         .detach()
         .cpu()
