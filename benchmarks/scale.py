@@ -251,7 +251,23 @@ def run_op(model_name: str, op: str, n: int, max_memory: str) -> dict:
     elif op == "study":
         import tempfile
 
+        import gradnoise.probe as probe_module
         from gradnoise.probe import QUICK_OPTIONS
+
+        # each analysis's own peak: reset the kernel's counter before it, read it after
+        real_run, per_analysis, peaks = probe_module.run_analysis, {}, []
+
+        def measured(analysis, ctx, missed=()):
+            peaks.append(_status("VmHWM"))
+            Path("/proc/self/clear_refs").write_text("5")
+            try:
+                return real_run(analysis, ctx, missed)
+            finally:
+                peak = _status("VmHWM")
+                peaks.append(peak)
+                per_analysis[analysis.name] = round((peak - base) * KIB / 2**30, 2)
+
+        probe_module.run_analysis = measured
 
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
         with tempfile.TemporaryDirectory() as tmp:
@@ -287,6 +303,8 @@ def run_op(model_name: str, op: str, n: int, max_memory: str) -> dict:
             if k.startswith("analysis_")
         }
         info["held"] = 0
+        info["analysis_added_gib"] = per_analysis
+        info["peak_override"] = max([*peaks, _status("VmHWM")])
         info["unavailable"] = {
             k: str(v["unavailable"])[:160]
             for k, v in summary["analyses"].items()
@@ -297,7 +315,7 @@ def run_op(model_name: str, op: str, n: int, max_memory: str) -> dict:
     info.update(
         wall_s=time.perf_counter() - t0,
         base_kib=base,
-        peak_kib=_status("VmHWM"),
+        peak_kib=info.pop("peak_override", None) or _status("VmHWM"),
         budget=budget,
         n=n,
     )
@@ -374,6 +392,7 @@ def main() -> None:
                 )
             if op == "study":
                 notes.append(f"analyses (s): {r['analysis_s']}; Hessian off (see hessian row)")
+                notes.append(f"added GiB per analysis: {r['analysis_added_gib']}")
                 if r["unavailable"]:
                     notes.append(f"unavailable: {r['unavailable']}")
             notes.append("within budget" if added <= budget else "OVER budget")

@@ -495,7 +495,15 @@ def _run(
     notes: list[str] = []
     with _switched_off(switch):
         proof = _Proof(model, loss_fn, x, y, selection, tensors)
-        proof.check_coupling()
+        try:
+            proof.check_coupling()
+        except UnsupportedLayerError:
+            if proof.model is not model or tensors[0].dtype != torch.float32:
+                raise
+            # float32 rounding through a deep network can exceed the tolerance (a GroupNorm
+            # ResNet-18 reaches 8e-3); coupling is refused only if a float64 copy shows it too
+            proof = _Proof(model, loss_fn, x, y, selection, tensors, widen=True)
+            proof.check_coupling()
         note = _decomposition_note(model, loss_fn, x, y)
         if note:
             notes.append(note)
@@ -657,8 +665,8 @@ class _ProjectionLoss(nn.Module):
 
 class _Proof:
     """The probe computed one example at a time and batched, with the audit's projection loss,
-    on the model -- or, for a low-precision model, on a float64 copy of it (the routes do not
-    depend on the dtype; the comparisons then do not drown in rounding)."""
+    on the model -- or, for a low-precision model or with ``widen``, on a float64 copy of it (the
+    routes do not depend on the dtype; the comparisons then do not drown in rounding)."""
 
     def __init__(
         self,
@@ -668,9 +676,10 @@ class _Proof:
         y: Tensor,
         selection: ParamSelection,
         tensors: Sequence[Tensor],
+        widen: bool = False,
     ) -> None:
         self.real = model
-        low = tensors[0].dtype not in (torch.float32, torch.float64)
+        low = widen or tensors[0].dtype not in (torch.float32, torch.float64)
         self.model = copy.deepcopy(model).double() if low else model
         self.x = x.double() if low and x.is_floating_point() else x
         named = dict(self.model.named_parameters())
