@@ -22,7 +22,7 @@ likelihood-ratio verdict fractions. "Not rejected" does not prove a power law (C
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -193,20 +193,20 @@ def _counts(
     }
 
 
+def _as_columns(samples: list[Any] | tuple[Any, ...]) -> list[np.ndarray]:
+    """Ragged samples as checked 1-D float arrays."""
+    if not samples:
+        raise ValueError("no samples given")
+    cols = [as_float_array(s, f"samples[{i}]") for i, s in enumerate(samples)]
+    for i, c in enumerate(cols):
+        if c.ndim != 1:
+            raise ValueError(f"samples[{i}] must be 1-D, got shape {c.shape}")
+        check_finite(c, f"samples[{i}]")
+    return cols
+
+
 def _as_matrix(samples: Any, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(values [L, S], lengths [S])``; ragged samples are padded with zeros after their end."""
-    if isinstance(samples, (list, tuple)):
-        if not samples:
-            raise ValueError("no samples given")
-        cols = [as_float_array(s, f"samples[{i}]") for i, s in enumerate(samples)]
-        for i, c in enumerate(cols):
-            if c.ndim != 1:
-                raise ValueError(f"samples[{i}] must be 1-D, got shape {c.shape}")
-        lengths = np.array([c.size for c in cols], dtype=np.int64)
-        mat = np.zeros((int(lengths.max()), len(cols)))
-        for i, c in enumerate(cols):
-            mat[: c.size, i] = c
-        return mat, lengths
+    """``(values [L, S], lengths [S])`` of a 2-D array of samples along ``axis``."""
     arr = as_float_array(samples, "samples")
     if arr.ndim != 2:
         raise ValueError(
@@ -313,6 +313,62 @@ def _columns(
     return found, sub
 
 
+def _ragged_columns(
+    cols: list[np.ndarray], **options: Any
+) -> tuple[_ColumnFits, Callable[[np.ndarray], np.ndarray] | None]:
+    """:func:`_columns` of ragged samples, in groups of similar length: a group is padded to its
+    longest sample and holds about ``max_values_per_chunk`` values (one sample alone if longer),
+    instead of every sample padded to the longest (a model's layers range from 10 to 10^6
+    values). Per-sample results are those of one padded matrix. Returns the fits and, unless the
+    battery is going to raise, ``values(pick)``: the tested samples ``pick`` (positions among
+    the tested ones) as a zero-padded matrix for the bootstrap (zeros are dropped there)."""
+    lengths = np.array([c.size for c in cols], dtype=np.int64)
+    n_samples = lengths.size
+    budget = int(options["max_values_per_chunk"])
+    groups: list[list[int]] = [[]]
+    for i in np.argsort(lengths, kind="stable").tolist():
+        if groups[-1] and int(lengths[i]) * (len(groups[-1]) + 1) > max(budget, int(lengths[i])):
+            groups.append([])
+        groups[-1].append(i)
+    nanv = np.full(n_samples, np.nan)
+    found = _ColumnFits(
+        n_dropped=np.zeros(n_samples, dtype=np.int64),
+        n_used=np.zeros(n_samples, dtype=np.int64),
+        tested=np.zeros(n_samples, dtype=bool),
+        alpha=nanv.copy(),
+        xmin=nanv.copy(),
+        n_tail=np.zeros(n_samples, dtype=np.int64),
+        ks=nanv.copy(),
+        sigma=nanv.copy(),
+        ratios={f"{alt}/{k}": nanv.copy() for alt in options["alternatives"] for k in _RATIOS},
+    )
+    for group in groups:
+        at = np.array(group, dtype=np.int64)
+        mat = np.zeros((int(lengths[at].max()), at.size))
+        for j, i in enumerate(group):
+            mat[: lengths[i], j] = cols[i]
+        part, _ = _columns(mat, lengths[at], **options)
+        del mat
+        for name in ("n_dropped", "n_used", "tested", "alpha", "xmin", "n_tail", "ks", "sigma"):
+            getattr(found, name)[at] = getattr(part, name)
+        for key, val in part.ratios.items():
+            found.ratios[key][at] = val
+    tested = np.flatnonzero(found.tested)
+    if options["nonpositive"] == "raise" and found.n_dropped.any():
+        return found, None
+    if not found.tested.all() and options["untestable"] == "raise":
+        return found, None
+
+    def values(pick: np.ndarray) -> np.ndarray:
+        chosen = [cols[i] for i in tested[pick]]
+        out = np.zeros((max(c.size for c in chosen), len(chosen)))
+        for j, c in enumerate(chosen):
+            out[: c.size, j] = np.where(c > 0, c, 0.0)
+        return out
+
+    return found, values
+
+
 def _column_block(block: np.ndarray, axis: int = 0, **options: Any) -> _ColumnFits:
     """:func:`_columns` of one block of whole columns (the Dask kernel)."""
     check_finite(block, "samples")
@@ -412,16 +468,19 @@ def power_law_battery(
         "max_values_per_chunk": max_values_per_chunk,
     }
     dask_values: Any = None
-    sub: np.ndarray | None = None
+    pick_values: Callable[[np.ndarray], np.ndarray] | None = None
     if is_dask_array(samples):
         # per-column work blockwise on the cluster (map_columns); the family's decisions here,
         # from the concatenated per-column fields, with the same code as in memory
         found = map_columns(_column_block, samples, axis, cols_opts, name="samples")
         dask_values = (samples if axis in (0, -2) else samples.T).astype(np.float64)
+    elif isinstance(samples, (list, tuple)):
+        found, pick_values = _ragged_columns(_as_columns(samples), **cols_opts)
     else:
         mat, lengths = _as_matrix(samples, axis)
         check_finite(mat, "samples")
         found, sub = _columns(mat, lengths, **cols_opts)  # type: ignore[arg-type]
+        pick_values = None if sub is None else (lambda pick: sub[:, pick])
     n_dropped, n_used, tested = found.n_dropped, found.n_used, found.tested
     n_samples = n_dropped.size
     if nonpositive == "raise" and n_dropped.any():
@@ -453,7 +512,7 @@ def power_law_battery(
         pick = np.arange(idx.size)
         if max_boot is not None and idx.size > max_boot:
             pick = np.sort(subset_rng.choice(idx.size, size=int(max_boot), replace=False))
-        values = sub[:, pick] if sub is not None else dask_values[:, idx[pick]]
+        values = pick_values(pick) if pick_values is not None else dask_values[:, idx[pick]]
         test = power_law_test(
             values,
             n_boot=n_boot,
