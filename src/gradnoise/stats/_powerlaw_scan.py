@@ -234,6 +234,10 @@ def _seg_starts(keys: np.ndarray) -> np.ndarray:
     return np.flatnonzero(flag)
 
 
+#: candidates per block of the lower-bound probes (memory ~ 300 bytes per row of a block)
+PROBE_ROWS = 1 << 16
+
+
 def _progressive(model: _Model, grid: int = 16, coarse: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """Exact D of every candidate that can be the minimiser; a lower bound above the best for
     every other one. Returns ``(value, exact)``.
@@ -277,17 +281,20 @@ def _progressive(model: _Model, grid: int = 16, coarse: int = 2) -> tuple[np.nda
         km[cs[dn]] = arg[dn]
         gm[cs[dn]] = -garg[dn]
 
-    def probe(cs: np.ndarray, pos: np.ndarray) -> None:
-        pos = np.clip(pos, cand.j[cs][:, None], cand.last[cs][:, None])
-        cc = np.broadcast_to(cs[:, None], pos.shape)
-        g = model.a(cc, pos) - model.bfun(cc, pos)
-        ip = np.argmax(g, axis=1)
-        im = np.argmin(g, axis=1)
-        rows = np.arange(cs.size)
-        gp[cs] = np.maximum(g[rows, ip], 0.0)
-        gm[cs] = np.maximum(-g[rows, im], 0.0)
-        kp[cs] = pos[rows, ip]
-        km[cs] = pos[rows, im]
+    def probe(cs_all: np.ndarray, pos_all: np.ndarray) -> None:
+        # rows are independent: blocks of PROBE_ROWS bound the [rows, points] temporaries
+        for r0 in range(0, cs_all.size, PROBE_ROWS):
+            cs, pos = cs_all[r0 : r0 + PROBE_ROWS], pos_all[r0 : r0 + PROBE_ROWS]
+            pos = np.clip(pos, cand.j[cs][:, None], cand.last[cs][:, None])
+            cc = np.broadcast_to(cs[:, None], pos.shape)
+            g = model.a(cc, pos) - model.bfun(cc, pos)
+            ip = np.argmax(g, axis=1)
+            im = np.argmin(g, axis=1)
+            rows = np.arange(cs.size)
+            gp[cs] = np.maximum(g[rows, ip], 0.0)
+            gm[cs] = np.maximum(-g[rows, im], 0.0)
+            kp[cs] = pos[rows, ip]
+            km[cs] = pos[rows, im]
 
     mseg = np.diff(cand.coff)
     local = np.arange(m) - cand.coff[cand.seg]
