@@ -19,8 +19,20 @@ extrapolated linearly (their cost per path-step is flat), which the table marks:
 * scipy per path: the same loop with ``scipy.stats.levy_stable.rvs(alpha, 0, size=d)``;
 * scipy vectorised: one ``levy_stable.rvs(alpha, 0, size=(n_paths, d))`` per step, timed on a few
   steps;
-* raw bits: only drawing one 64-bit random word per variate (``SFC64.random_raw``), the floor
-  below any sampler that uses numpy's generators (ours needs one word per float32 variate).
+* raw bits: only drawing one 64-bit random word per variate (``SFC64.random_raw``, numpy's
+  fastest bit generator), the floor below any exact sampler that uses numpy's generators (ours
+  needs one word per float32 variate: 32 bits for the angle, 23 for the exponential, 1 for the
+  sign; fewer bits would clip the tail);
+* float32 uniforms: ``Generator(SFC64).random(dtype=float32, out=...)``, one per variate (24
+  bits: not enough for an exact tail, shown for scale);
+* one transcendental pass: ``np.sin`` in place on a float32 block of the simulation's size (the
+  sampler makes six such passes: three sines, two logs, one exp);
+* sampler only: ``simulate_sde``'s own sampler (``_SasStream.draw``) on one block, no SDE step.
+
+The *floor* printed last is raw bits + one transcendental pass per variate, on one core and
+divided by the number of cores (perfect scaling): no exact Chambers–Mallows–Stuck sampler can
+beat it with numpy's generators, since it needs at least the bits and one transcendental per
+variate (it needs several).
 
 The machine's load average is printed before and after: on a shared machine the ratios measured
 in one run are the numbers to quote, not the absolute times.
@@ -37,7 +49,7 @@ from collections.abc import Callable
 import numpy as np
 from scipy import stats
 
-from gradnoise.levy import Box, simulate_sde
+from gradnoise.levy import _BLOCK_ELEMS, Box, _SasStream, simulate_sde
 from gradnoise.stats import sample_stable
 
 
@@ -104,6 +116,37 @@ def raw_bits(n_words: int) -> float:
     return time.perf_counter() - t
 
 
+def uniforms32(n: int) -> float:
+    gen = np.random.Generator(np.random.SFC64(4))
+    buf = np.empty(_BLOCK_ELEMS, dtype=np.float32)
+    t = time.perf_counter()
+    for _ in range(n // buf.size):
+        gen.random(dtype=np.float32, out=buf)
+    return time.perf_counter() - t
+
+
+def one_transcendental(n: int) -> float:
+    """``np.sin`` in place on a float32 block of ``_BLOCK_ELEMS`` (cache-resident, as in the
+    simulation), ``n`` elements in all."""
+    buf = np.random.default_rng(5).random(_BLOCK_ELEMS, dtype=np.float32)
+    t = time.perf_counter()
+    for _ in range(n // buf.size):
+        np.sin(buf, out=buf)
+    return time.perf_counter() - t
+
+
+def sampler_only(n: int, d: int) -> float:
+    """``n`` variates from simulate_sde's sampler, in blocks of the simulation's shape."""
+    alpha, sigma, _, lr = workload(d)
+    rows = max(1, _BLOCK_ELEMS // d)
+    stream = _SasStream(alpha, lr * sigma, rows, np.dtype(np.float32), np.random.SeedSequence(6))
+    out = stream.out
+    t = time.perf_counter()
+    for _ in range(n // out.size):
+        stream.draw(out)
+    return time.perf_counter() - t
+
+
 def load() -> str:
     return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -162,11 +205,19 @@ def main() -> None:
         f"(extrapolated from {vec_steps} steps)",
     )
     words = 1 << 26
-    add(
-        "raw bits only (SFC64.random_raw, 1 word/variate)",
-        raw_bits(words) / words * variates,
-        f"(extrapolated from {words:.3g} words)",
-    )
+    sub = f"(extrapolated from {words:.3g} values)"
+    bits = raw_bits(words) / words * variates
+    add("raw bits only (SFC64.random_raw, 1 word/variate)", bits, sub)
+    add("float32 uniforms only (SFC64, 1/variate, 24 bits)", uniforms32(words) / words * variates,
+        sub)  # fmt: skip
+    sin = one_transcendental(words) / words * variates
+    add("one np.sin pass, float32 in place", sin, sub)
+    add("sampler only (_SasStream.draw, 6 transcendentals)", sampler_only(words, d) / words
+        * variates, sub)  # fmt: skip
+    floor = bits + sin
+    add("floor: raw bits + one transcendental, 1 core", floor, "(sum of the two rows above)")
+    if cpus > 1:
+        add(f"floor / {cpus} cores (perfect scaling)", floor / cpus)
     print(f"\nload average at the end: {load()}\n")
 
     print(f"## {n:,} paths x {d:,} coordinates x {steps:,} steps, float32 state\n")
