@@ -31,6 +31,7 @@ OPTIONS = {
     "arm_seeds": 2,
     "arm_steps": 4,
     "trace_coords": 2,
+    "sharp_batch": 64,
 }
 CONFIG = StudyConfig(
     dataset="digits",
@@ -113,6 +114,46 @@ def test_invariants(res):
     fit = res["fits"][0]
     assert fit["coordinates"] == sum(res["param_sizes"])
     assert 0 <= fit["unfitted"] < fit["coordinates"]
+
+
+def test_gaussian_theory_is_given_only_in_its_regime(res):
+    prof = res["axis_profile"]
+    assert 0 <= prof["concave_or_tilted"] <= prof["coordinates"] <= sum(res["param_sizes"])
+    gauss = [r for r in res["sweep"] if r["arm"] == "gauss"]
+    assert len(gauss) == len(res["settings"]["noise_factors"])
+    for r in gauss:
+        k = r["kramers"]
+        assert k["coordinates"] == prof["coordinates"]
+        assert k["no_barrier"] == prof["concave_or_tilted"]
+        assert k["in_regime"] == (k["no_barrier"] == 0 and k["below_min_ratio"] == 0)
+        assert (r["theory_steps"] is not None) == k["in_regime"]
+    # more noise never brings a coordinate into the regime (barrier / D falls as D grows)
+    lows = [r["kramers"]["below_min_ratio"] for r in gauss]
+    assert lows == sorted(lows)
+
+
+def test_sharp_flat_minima_equally_trained_and_compared(run_dir, res):
+    sf = res["sharp_flat"]
+    assert sf["start_step"] == 0 and sf["target_loss"] == pytest.approx(res["loss_at_minimum"])
+    assert [m["train_batch_size"] for m in sf["minima"]] == [16, 64]
+    for m in sf["minima"]:
+        if m["reached_target"]:
+            assert m["train_loss"] <= sf["target_loss"] + 1e-6
+        assert m["lambda_max"] > 0 and m["trace_se"] >= 0
+        for arm in ("sgd", "levy", "gauss"):
+            cell = m["arms"][arm]
+            assert cell["basin_exit"]["paths"] == sf["paths"] == 3
+            trapped = round(cell["trapping_probability"] * sf["paths"])
+            assert trapped == sf["paths"] - cell["basin_exit"]["exits"]
+    sharp = sf["minima"][sf["sharper"]]
+    assert sharp["lambda_max"] == max(m["lambda_max"] for m in sf["minima"])
+    for arm in ("sgd", "levy", "gauss"):
+        c = sf["comparison"][arm]
+        assert c["verdict"] == es.sharpness_verdict(c)
+        assert c["events"][0] == sharp["arms"][arm]["basin_exit"]["exits"]
+    html = (run_dir / "report.html").read_text()
+    assert "Sharp vs flat minimum at equal training loss" in html
+    assert "Kramers prediction" in html
 
 
 @pytest.fixture(scope="module")
@@ -271,6 +312,9 @@ def test_decay_verdict_needs_arms_and_seeds():
         ({"level": 1.0}, "level"),
         ({"box_target": 1.5}, "box_target"),
         ({"gauss_scale": "var"}, "gauss_scale"),
+        ({"sharp_batch": 16}, "sharp_batch must differ"),
+        ({"sharp_batch": 64, "from_step": 0}, "after the first checkpoint"),
+        ({"sharp_paths": 1}, "sharp_paths"),
     ],
 )
 def test_bad_options_refused(options, match):
@@ -293,8 +337,11 @@ def test_not_in_default_study_and_preset_configs_valid():
         for config in configs.values():
             assert "escape" in config.analyses
             check_study(config)
-    full = get_preset("battash-escape").configs(False, 0)
-    assert {c.batch_size for c in full.values()} == {32, 512}  # small- vs large-batch minima
+    for quick in (True, False):
+        configs = get_preset("battash-escape").configs(quick, 0)
+        assert len(configs) == 2 and {c.batch_size for c in configs.values()} == {32}
+        # sharp vs flat: both minima trained inside the analysis to the same loss
+        assert {c.options["escape"]["sharp_batch"] for c in configs.values()} == {512}
 
 
 @pytest.mark.slow
