@@ -233,9 +233,7 @@ def decay_verdict(
 KRAMERS_MIN_RATIO = 3.0
 
 
-def axis_quadratic(
-    du_plus: np.ndarray, du_minus: np.ndarray, width: float
-) -> tuple[np.ndarray, np.ndarray]:
+def axis_quadratic(du_plus: Any, du_minus: Any, width: float) -> tuple[np.ndarray, np.ndarray]:
     """Slope g_j and curvature h_j of the 1-D quadratic ``U_j(x) = g x + h x^2/2`` through the
     measured loss rises ``du_plus = U_j(+w)``, ``du_minus = U_j(-w)`` (``U_j(0) = 0``)."""
     dp, dm = np.asarray(du_plus, np.float64), np.asarray(du_minus, np.float64)
@@ -243,7 +241,7 @@ def axis_quadratic(
 
 
 def kramers_box_rates(
-    slope: np.ndarray, curvature: np.ndarray, width: float, diffusion: np.ndarray
+    slope: Any, curvature: Any, width: float, diffusion: Any
 ) -> dict[str, np.ndarray]:
     """Small-noise (Kramers) exit rates per unit time of ``dX = -U'(X) dt + sqrt(2 D) dW`` with
     ``U(x) = g x + h x^2/2`` from the interval ``(-w, w)``, per coordinate (arrays broadcast).
