@@ -145,6 +145,9 @@ def test_sharp_flat_minima_equally_trained_and_compared(run_dir, res):
             assert cell["basin_exit"]["paths"] == sf["paths"] == 3
             trapped = round(cell["trapping_probability"] * sf["paths"])
             assert trapped == sf["paths"] - cell["basin_exit"]["exits"]
+    # minima trained at the checkpoint's lr; escape at the largest lr factor by default
+    assert sf["train_lr"] == pytest.approx(res["lr_at_checkpoint"])
+    assert sf["lr"] == pytest.approx(res["lr_at_checkpoint"] * max(OPTIONS["lr_factors"]))
     sharp = sf["minima"][sf["sharper"]]
     assert sharp["lambda_max"] == max(m["lambda_max"] for m in sf["minima"])
     for arm in ("sgd", "levy", "gauss"):
@@ -315,6 +318,7 @@ def test_decay_verdict_needs_arms_and_seeds():
         ({"sharp_batch": 16}, "sharp_batch must differ"),
         ({"sharp_batch": 64, "from_step": 0}, "after the first checkpoint"),
         ({"sharp_paths": 1}, "sharp_paths"),
+        ({"sharp_lr_factor": 0.0}, "sharp_lr_factor"),
     ],
 )
 def test_bad_options_refused(options, match):
@@ -369,3 +373,24 @@ def test_preset_quick_runs_at_a_minimal_size(tmp_path, monkeypatch):
     assert "decay verdict" in index and "slope Lévy" in index
     for key in ("digits", "mnist1d"):
         assert "Verdict:" in (out / key / "report.html").read_text()
+
+
+def test_kramers_line_rendered_when_in_regime(run_dir, tmp_path):
+    """The report draws and quotes the Kramers prediction only where the summary has one."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    path = copy / "summary.json"
+    summary = json.loads(path.read_text())
+    esc = summary["analyses"]["escape"]
+    for r in esc["sweep"]:
+        if r["arm"] == "gauss":
+            r["theory_steps"] = 123.0
+            r["kramers"].update(in_regime=True, no_barrier=0, below_min_ratio=0, mean_steps=123.0)
+    path.write_text(json.dumps(summary))
+    render_run(copy)
+    html = (copy / "report.html").read_text()
+    assert "Predicted vs simulated mean first box exit" in html and "×1: 123 vs" in html
+    assert "no meaningful barrier" not in html
+    assert "no meaningful barrier" in (run_dir / "report.html").read_text()

@@ -288,8 +288,8 @@ def _kramers_text(res: dict[str, Any]) -> str:
             f"drifts out rather than crossing a barrier) and {k1['below_min_ratio']} have ΔU < "
             f"{k_min} D at noise factor {_f(min(rows, key=lambda r: abs(math.log(r['noise_factor'])))['noise_factor'])} "
             f"(median ΔU/D {_f(k1['ratio_median'])}, smallest {_f(k1['ratio_min'])}). Kramers' "
-            "exp(ΔU/D) law needs ΔU ≫ D; the Gaussian SDE's exits here are diffusive, not "
-            "activated."
+            "exp(ΔU/D) law needs ΔU ≫ D for every way out; here many coordinates can leave the "
+            "box by drift or free diffusion, so a Kramers line would be made up."
         )
     pairs = ", ".join(
         f"×{_f(r['noise_factor'])}: {_f(r['theory_steps'])} vs {_exit(r['box_exit'])}" for r in ok
@@ -435,7 +435,7 @@ def _sharp_flat(res: dict[str, Any]) -> tuple[list[str], list[Table]]:
         "minimum? (Kramers' Gaussian picture says yes, through the barrier; the Lévy small-noise "
         "theory of Imkeller–Pavlyukevich says the exit time depends on the basin's width, not "
         f"its depth or curvature.) From the checkpoint at step {sf['start_step']}, plain SGD at "
-        f"lr {_f(sf['lr'])} with B = {m[0]['train_batch_size']} and with B = "
+        f"lr {_f(sf.get('train_lr', sf['lr']))} with B = {m[0]['train_batch_size']} and with B = "
         f"{m[1]['train_batch_size']} until the train loss is at most L* = "
         f"{_f(sf['target_loss'], 4)}: {m[0]['train_steps']} and {m[1]['train_steps']} steps, "
         f"losses {_f(m[0]['train_loss'], 4)} and {_f(m[1]['train_loss'], 4)} (gap "
@@ -446,7 +446,13 @@ def _sharp_flat(res: dict[str, Any]) -> tuple[list[str], list[Table]]:
         f"eigenvalue) is the B = {sh['train_batch_size']} minimum"
         + ("; tr H agrees." if sf["trace_agrees"] else "; tr H says the opposite.")
         + f" Escape from each at lr {_f(sf['lr'])}, B = {sf['batch_size']}: {sf['paths']} "
-        f"paths × {sf['horizon']} steps per arm, the same box and basin rule."
+        f"paths × {sf['horizon']} steps per arm, the same box and basin rule"
+        + (
+            f"; lr × λ_max = {_f(m[0]['lr_lambda_max'])} and {_f(m[1]['lr_lambda_max'])} (above "
+            "2, gradient descent is linearly unstable at that minimum)."
+            if "lr_lambda_max" in m[0]
+            else "."
+        )
     )
 
     def arm_sentence(arm: str) -> str:
@@ -492,6 +498,11 @@ def _sharp_flat(res: dict[str, Any]) -> tuple[list[str], list[Table]]:
         )
     if abs(sh["lambda_max"] - fl["lambda_max"]) <= 0.05 * max(fl["lambda_max"], 1e-12):
         lead += " The two minima are about equally sharp (top eigenvalues within 5%)."
+    elif not sf["trace_agrees"]:
+        lead += (
+            " Sharpness is ambiguous: the top eigenvalue and tr H rank the two minima "
+            "differently, so this compares two about equally sharp minima."
+        )
     text = (
         lead
         + " "

@@ -62,7 +62,9 @@ From checkpoint ``from_step`` (default: the last) with parameters theta*:
    loss. From each, ``sharp_paths`` paths of SGD, the Lévy SDE and the Gaussian SDE (fitted at
    that minimum with B minibatches) at the same lr and B, the same box and the same basin rule
    (loss rise relative to each minimum's own loss). The sharper minimum is the one with the
-   larger top eigenvalue; per arm the ratio of basin-exit rates (sharper over flatter) with the
+   larger top eigenvalue. Escape is run at ``sharp_lr_factor`` (default: the largest of
+   ``lr_factors``) x the checkpoint's lr, where SGD is likelier to leave within the horizon; lr x
+   the top eigenvalue > 2 means gradient descent is linearly unstable there. Per arm the ratio of basin-exit rates (sharper over flatter) with the
    exact conditional binomial interval decides "faster" / "slower" / "no difference detected"
    (:func:`_escape_stats.rate_ratio`, :func:`_escape_stats.sharpness_verdict`).
 
@@ -70,7 +72,7 @@ Options (``[options.escape]``): ``from_step``, ``exit``, ``loss_rise``, ``radius
 ``lr_factors``, ``batch_sizes``, ``paths``, ``horizon``, ``check_every``, ``sgn_samples``,
 ``fit_method``, ``gauss_scale``, ``box``, ``box_target``, ``noise_factors``, ``trace_coords``, ``arms``,
 ``arm_steps``, ``arm_seeds``, ``decay``, ``level``, ``sharp_batch``, ``sharp_paths``,
-``sharp_max_steps``.
+``sharp_max_steps``, ``sharp_lr_factor``.
 """
 
 from __future__ import annotations
@@ -123,6 +125,7 @@ DEFAULTS: dict[str, Any] = {
     "sharp_batch": None,  # off; e.g. 512: the sharp-vs-flat comparison
     "sharp_paths": None,  # paths
     "sharp_max_steps": None,  # 4 x steps
+    "sharp_lr_factor": None,  # the largest of lr_factors
 }
 
 
@@ -191,6 +194,11 @@ def resolve_options(raw: Mapping[str, Any], config: Any) -> dict[str, Any]:
     if opts["sharp_max_steps"] is None:
         opts["sharp_max_steps"] = 4 * config.steps
     opts["sharp_max_steps"] = integer(WHERE, "sharp_max_steps", opts["sharp_max_steps"], 1)
+    if opts["sharp_lr_factor"] is None:
+        opts["sharp_lr_factor"] = max(opts["lr_factors"])
+    opts["sharp_lr_factor"] = number(
+        WHERE, "sharp_lr_factor", opts["sharp_lr_factor"], 0, low_open=True
+    )
     arms = sequence(WHERE, "arms", opts["arms"])
     arms = [choice(WHERE, f"arms[{i}]", a, DECAY_ARMS) for i, a in enumerate(arms)]
     opts["arms"] = [a for a in DECAY_ARMS if a in arms]
@@ -484,7 +492,7 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
 
 
 def _sharp_flat(
-    ctx: StudyContext, opts: dict[str, Any], lr: float, box: float, target: float
+    ctx: StudyContext, opts: dict[str, Any], lr_train: float, box: float, target: float
 ) -> dict[str, Any]:
     """Sharp vs flat minimum at equal training loss (see :func:`compute`'s docstring part 5)."""
     import numpy as np
@@ -500,11 +508,12 @@ def _sharp_flat(
     n = int(x.shape[0])
     start = ctx.config.checkpoint_steps()[0]
     b_run, level = opts["batch_sizes"][0], opts["level"]
+    lr = lr_train * opts["sharp_lr_factor"]
     minima = []
     for b in ctx.progress.track([b_run, opts["sharp_batch"]], "sharp vs flat minima"):
         model = ctx.load_model(start)
         taken, loss = et.train_to_loss(
-            model, ctx.loss_fn, x, y, lr=lr, batch_size=b, target=target,
+            model, ctx.loss_fn, x, y, lr=lr_train, batch_size=b, target=target,
             max_steps=opts["sharp_max_steps"], rng=ctx.rng(f"{NAME}-minimum-{b}"),
         )  # fmt: skip
         eig = hessian_eigs(
@@ -561,6 +570,7 @@ def _sharp_flat(
                 "train_loss": loss_min,
                 "lambda_max": float(eig.eigenvalues[0]),
                 "lambda_max_converged": bool(eig.converged[0]),
+                "lr_lambda_max": lr * float(eig.eigenvalues[0]),
                 "trace": float(trace.estimate),
                 "trace_se": float(trace.stderr),
                 "alpha_median": float(np.median(a[on])) if on.any() else None,
@@ -592,6 +602,7 @@ def _sharp_flat(
     return {
         "start_step": start,
         "target_loss": target,
+        "train_lr": lr_train,
         "lr": lr,
         "batch_size": b_run,
         "paths": opts["sharp_paths"],
