@@ -234,21 +234,21 @@ class _SasStream:
             # the second (bit 0: sign, bits 9-31: W)
             raw = self.bitgen.random_raw(m * d).view(np.uint32)
             t_bits, w_bits = raw[: m * d].reshape(m, d), raw[m * d :].reshape(m, d)
-            t[...] = t_bits
+            # the cast to float is fused into the multiplication (one pass, same rounding)
+            np.multiply(t_bits, self.t_mul, out=t, dtype=self.dtype)
             np.right_shift(w_bits, self.w_shift, out=ibuf)
         else:
             raw = self.bitgen.random_raw(2 * m * d)
             t_bits, w_bits = raw[: m * d].reshape(m, d), raw[m * d :].reshape(m, d)
             np.right_shift(t_bits, self.t_shift, out=ibuf)
-            t[...] = ibuf
+            np.multiply(ibuf, self.t_mul, out=t, dtype=self.dtype)
             np.right_shift(w_bits, self.w_shift, out=ibuf)
-        t *= self.t_mul
         t += self.t_add
-        # w <- |sin(c0 + alpha t)| / sin t; out <- sin t
+        # w <- sin(c0 + alpha t) / sin t (> 0 but for rounding next to pi; the random sign is
+        # XORed in at the end, so a rounded negative keeps a random sign); out <- sin t
         np.multiply(t, self.alpha, out=w)
         w += self.c0
         np.sin(w, out=w)
-        np.abs(w, out=w)
         np.sin(t, out=out)
         w /= out
         # t <- -sin(c0 + (alpha - 1) t) / sin t (the sign cancels against log u2 < 0 below)
@@ -257,12 +257,11 @@ class _SasStream:
         np.sin(t, out=t)
         t /= out
         # out <- log u2 = -W; t <- sin(c0 + (alpha - 1) t) / (sin t W) > 0
-        out[...] = ibuf
-        out *= self.w_mul
+        np.multiply(ibuf, self.w_mul, out=out, dtype=self.dtype)
         out += self.w_add
         np.log(out, out=out)
         t /= out
-        # out <- w (t ...)^k * step scale = |sin(c0 + alpha t)| sin(t)^(-1/alpha)
+        # out <- w (t ...)^k * step scale = sin(c0 + alpha t) sin(t)^(-1/alpha)
         #        (sin(c0 + (alpha - 1) t) / W)^((1 - alpha)/alpha) * step scale
         np.log(t, out=t)
         t *= self.k
@@ -271,7 +270,7 @@ class _SasStream:
         np.multiply(w, t, out=out)
         np.left_shift(w_bits, self.sign_shift, out=ibuf)
         bits = out.view(ibuf.dtype)
-        bits |= ibuf
+        bits ^= ibuf
         return out
 
 
