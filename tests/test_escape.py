@@ -125,6 +125,7 @@ def test_gaussian_theory_is_given_only_in_its_regime(res):
         k = r["kramers"]
         assert k["coordinates"] == prof["coordinates"]
         assert k["no_barrier"] == prof["concave_or_tilted"]
+        assert k["complete"] and not prof["subset"]
         assert k["in_regime"] == (k["no_barrier"] == 0 and k["below_min_ratio"] == 0)
         assert (r["theory_steps"] is not None) == k["in_regime"]
     # more noise never brings a coordinate into the regime (barrier / D falls as D grows)
@@ -319,6 +320,7 @@ def test_decay_verdict_needs_arms_and_seeds():
         ({"sharp_batch": 64, "from_step": 0}, "after the first checkpoint"),
         ({"sharp_paths": 1}, "sharp_paths"),
         ({"sharp_lr_factor": 0.0}, "sharp_lr_factor"),
+        ({"axis_coords": 0}, "axis_coords"),
     ],
 )
 def test_bad_options_refused(options, match):

@@ -93,6 +93,10 @@ def test_gauss_box_theory_regime_and_sum_over_coordinates():
     bad = es.gauss_box_theory(np.array([-0.1, up[1]]), np.array([-0.1, um[1]]), w,
                               scale[:2], lr)  # fmt: skip
     assert bad["no_barrier"] == 1 and bad["mean_steps"] is None
+    # an unmeasured noisy coordinate: counts over the measured ones, no prediction
+    part = es.gauss_box_theory(up, um, w, scale, lr, measured=np.array([True, False, True]))
+    assert part["coordinates"] == 1 and not part["complete"] and part["mean_steps"] is None
+    assert es.gauss_box_theory(up, um, w, scale, lr, measured=np.ones(3, bool))["complete"]
 
 
 @pytest.mark.parametrize("true_ratio", [1.0, 3.0])

@@ -280,6 +280,12 @@ def _kramers_text(res: dict[str, Any]) -> str:
     )
     ok = [r for r in rows if r["theory_steps"] is not None]
     k1 = min(rows, key=lambda r: abs(math.log(r["noise_factor"])))["kramers"]
+    if not k1.get("complete", True):
+        head += (
+            f"The axes of a random subset of {k1['coordinates']} noisy coordinates were measured "
+            "(axis_coords): the counts below are over it, and no prediction is made (the rate "
+            "is a sum over every coordinate). "
+        )
     if not ok:
         return head + (
             f"On this basin there is no meaningful barrier, so no Kramers line is drawn: of "

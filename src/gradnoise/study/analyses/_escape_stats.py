@@ -281,6 +281,7 @@ def gauss_box_theory(
     scale: np.ndarray,
     lr: float,
     min_ratio: float = KRAMERS_MIN_RATIO,
+    measured: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Kramers prediction of the Gaussian SDE's mean first box exit (steps), from the measured
     loss profile of each coordinate axis at the box's edges.
@@ -293,9 +294,13 @@ def gauss_box_theory(
     :func:`kramers_box_rates`, the mean first exit ``1 / (Lambda lr)`` steps. Only coordinates
     with ``scale_j > 0`` enter. The prediction is given (``mean_steps``) only in its regime:
     every noisy coordinate has a barrier (convex axis, minimum inside the box) of at least
-    ``min_ratio`` x D_j; otherwise ``mean_steps`` is None and the counts say why.
+    ``min_ratio`` x D_j; otherwise ``mean_steps`` is None and the counts say why. ``measured``
+    (boolean mask): the coordinates whose axis was measured; if some noisy coordinate was not,
+    the counts cover the measured ones and there is no prediction (``complete`` False).
     """
-    on = np.asarray(scale) > 0
+    noisy = np.asarray(scale) > 0
+    on = noisy if measured is None else noisy & np.asarray(measured, dtype=bool)
+    complete = bool(np.array_equal(on, noisy))
     g, h = axis_quadratic(np.asarray(du_plus)[on], np.asarray(du_minus)[on], width)
     d = lr * np.asarray(scale, np.float64)[on] ** 2
     k = kramers_box_rates(g, h, width, d)
@@ -311,7 +316,8 @@ def gauss_box_theory(
         "ratio_median": float(np.median(fin)) if fin.size else None,
         "ratio_min": float(fin.min()) if fin.size else None,
         "curvature_median": float(np.median(h)) if h.size else None,
-        "in_regime": bool(on.any() and no_barrier == 0 and low == 0),
+        "complete": complete,
+        "in_regime": bool(complete and on.any() and no_barrier == 0 and low == 0),
         "mean_steps": None,
     }
     if out["in_regime"]:

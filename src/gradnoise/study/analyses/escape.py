@@ -46,7 +46,9 @@ From checkpoint ``from_step`` (default: the last) with parameters theta*:
    profile, small noise (barrier/D >> 1), lr h << 1. The prediction is reported only when every
    noisy coordinate has a barrier of at least ``KRAMERS_MIN_RATIO`` (3) x D; otherwise the
    summary says how many coordinates have no barrier (concave axis or the 1-D minimum outside
-   the box) or too low a one, and no line is drawn.
+   the box) or too low a one, and no line is drawn. At most ``axis_coords`` (8192) axes are
+   measured (2 full-data losses each); with more noisy coordinates a random subset gives the
+   counts but no prediction (the rate is a sum over all coordinates).
 4. **Learning-rate-decay arms** (``arms``, from the same checkpoint, ``arm_seeds`` minibatch
    orders each, ``arm_steps`` steps of the run's optimizer): constant (lr, B), lr-decay
    (lr/``decay``, B), batch-increase (lr, ``decay`` B), lr-decay-small-batch (lr/decay, B/decay).
@@ -72,7 +74,7 @@ Options (``[options.escape]``): ``from_step``, ``exit``, ``loss_rise``, ``radius
 ``lr_factors``, ``batch_sizes``, ``paths``, ``horizon``, ``check_every``, ``sgn_samples``,
 ``fit_method``, ``gauss_scale``, ``box``, ``box_target``, ``noise_factors``, ``trace_coords``, ``arms``,
 ``arm_steps``, ``arm_seeds``, ``decay``, ``level``, ``sharp_batch``, ``sharp_paths``,
-``sharp_max_steps``, ``sharp_lr_factor``.
+``sharp_max_steps``, ``sharp_lr_factor``, ``axis_coords``.
 """
 
 from __future__ import annotations
@@ -126,6 +128,7 @@ DEFAULTS: dict[str, Any] = {
     "sharp_paths": None,  # paths
     "sharp_max_steps": None,  # 4 x steps
     "sharp_lr_factor": None,  # the largest of lr_factors
+    "axis_coords": 8192,
 }
 
 
@@ -191,6 +194,7 @@ def resolve_options(raw: Mapping[str, Any], config: Any) -> dict[str, Any]:
     if opts["sharp_paths"] is None:
         opts["sharp_paths"] = opts["paths"]
     opts["sharp_paths"] = integer(WHERE, "sharp_paths", opts["sharp_paths"], 2)
+    opts["axis_coords"] = integer(WHERE, "axis_coords", opts["axis_coords"], 1)
     if opts["sharp_max_steps"] is None:
         opts["sharp_max_steps"] = 4 * config.steps
     opts["sharp_max_steps"] = integer(WHERE, "sharp_max_steps", opts["sharp_max_steps"], 1)
@@ -331,7 +335,11 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
     reachable = int(np.count_nonzero(lr_base * sgn_bound >= box))
     # the loss along each noisy coordinate's axis at the box's edges: the Kramers (Gaussian)
     # prediction's barriers (see _escape_stats.gauss_box_theory)
-    noisy = np.flatnonzero(g_base > 0)
+    noisy = np.flatnonzero(np.any([f[2] > 0 for f in fits.values()], axis=0))
+    if noisy.size > opts["axis_coords"]:  # a random subset: counts, but no prediction
+        noisy = np.sort(ctx.rng(f"{NAME}-axis").choice(noisy, opts["axis_coords"], replace=False))
+    measured = np.zeros(p, dtype=bool)
+    measured[noisy] = True
     du_plus, du_minus = np.zeros(p), np.zeros(p)
     du_plus[noisy], du_minus[noisy] = et.axis_losses(net, noisy, box, (x, y))
 
@@ -378,7 +386,9 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
                 "box_exit": es.censored_mean(res.box_step, res.end_step, level),
                 "box_exit_theory_steps": pred_steps
                 if arm != "gauss"
-                else es.gauss_box_theory(du_plus, du_minus, box, g, lr)["mean_steps"],
+                else es.gauss_box_theory(du_plus, du_minus, box, g, lr, measured=measured)[
+                    "mean_steps"
+                ],
                 "first_exit_by_param": first.tolist(),
                 "farthest_by_param": farthest.tolist(),
                 "displacement_share_by_param": share.mean(0).tolist(),
@@ -398,7 +408,9 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
             )  # fmt: skip
             a_arm = np.full(p, 2.0) if arm == "gauss" else a_base
             theory = es.heavy_theory(a_base, c * s_base, lr_base, box)
-            kramers = es.gauss_box_theory(du_plus, du_minus, box, c * g_base, lr_base)
+            kramers = es.gauss_box_theory(
+                du_plus, du_minus, box, c * g_base, lr_base, measured=measured
+            )
             sweep.append(
                 {
                     "arm": arm,
@@ -469,6 +481,9 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
         "slopes": slopes,
         "axis_profile": {
             "coordinates": int(noisy.size),
+            "subset": bool(
+                noisy.size < np.count_nonzero(np.any([f[2] > 0 for f in fits.values()], axis=0))
+            ),
             "rise_plus_median": float(np.median(du_plus[noisy])) if noisy.size else None,
             "rise_minus_median": float(np.median(du_minus[noisy])) if noisy.size else None,
             "concave_or_tilted": int(
