@@ -557,8 +557,9 @@ def _figure_prose(res: dict[str, Any], has_decay: bool) -> list[str]:
         "amplitude, E[τ] ∝ ε^−α (the dashed line is Imkeller & Pavlyukevich's small-noise rate "
         "Λ = Σ_j (c_α/α) ε_j^α (a_j^−α + b_j^−α), not fitted), whereas a Gaussian SDE must climb "
         "a barrier and its exit time grows like exp(ΔU/D) (Kramers), a curve on these axes. "
-        "Whether SGD's own exit times (squares) follow the Lévy or the Gaussian pattern is the "
-        "test of which noise model describes escape.",
+        "Whether SGD's own exit times (squares of the lr × B grid, blue, drawn only where SGD "
+        "left the box) follow the Lévy or the Gaussian pattern is the test of which noise model "
+        "describes escape.",
         "Figure “Exit direction by parameter”: which parameter tensor leaves the box first. The "
         "Lévy theory predicts exits along the coordinates with the heaviest tails and largest "
         "scales (λ_j/Λ); Battash & Lindenbaum argue this makes escape directions "
