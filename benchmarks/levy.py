@@ -19,11 +19,24 @@ extrapolated linearly (their cost per path-step is flat), which the table marks:
 * scipy per path: the same loop with ``scipy.stats.levy_stable.rvs(alpha, 0, size=d)``;
 * scipy vectorised: one ``levy_stable.rvs(alpha, 0, size=(n_paths, d))`` per step, timed on a few
   steps;
-* raw bits: only drawing one 64-bit random word per variate (``SFC64.random_raw``), the floor
-  below any sampler that uses numpy's generators (ours needs one word per float32 variate).
+* raw bits: only drawing one 64-bit random word per variate (``SFC64.random_raw``, numpy's
+  fastest bit generator), the floor below any exact sampler that uses numpy's generators (ours
+  needs one word per float32 variate: 32 bits for the angle, 23 for the exponential, 1 for the
+  sign; fewer bits would clip the tail);
+* float32 uniforms: ``Generator(SFC64).random(dtype=float32, out=...)``, one per variate (24
+  bits: not enough for an exact tail, shown for scale);
+* one transcendental pass: ``np.sin`` in place on a float32 block of the simulation's size (the
+  sampler makes six such passes: three sines, two logs, one exp);
+* sampler only: ``simulate_sde``'s own sampler (``_SasStream.draw``) on one block, no SDE step.
 
-The machine's load average is printed before and after: on a shared machine the ratios measured
-in one run are the numbers to quote, not the absolute times.
+The *floor* printed last is raw bits + one transcendental pass per variate, on one core and
+divided by the number of cores (perfect scaling): no exact Chambers–Mallows–Stuck sampler can
+beat it with numpy's generators, since it needs at least the bits and one transcendental per
+variate (it needs several).
+
+Each row has wall time and the CPU time of this process (all its threads): on a shared machine
+wall time includes waiting for a core, so CPU time is the steadier number. The machine's load
+average is printed before and after; the ratios measured in one run are the numbers to quote.
 """
 
 from __future__ import annotations
@@ -37,8 +50,22 @@ from collections.abc import Callable
 import numpy as np
 from scipy import stats
 
-from gradnoise.levy import Box, simulate_sde
+from gradnoise.levy import _BLOCK_ELEMS, Box, _SasStream, simulate_sde
 from gradnoise.stats import sample_stable
+
+Times = tuple[float, float]  # (wall seconds, CPU seconds of this process, all threads)
+
+
+def _start() -> Times:
+    return time.perf_counter(), time.process_time()
+
+
+def _since(t0: Times) -> Times:
+    return time.perf_counter() - t0[0], time.process_time() - t0[1]
+
+
+def _times(t: Times, factor: float) -> Times:
+    return t[0] * factor, t[1] * factor
 
 
 def workload(d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
@@ -48,11 +75,11 @@ def workload(d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     return alpha, sigma, h, 0.1
 
 
-def ours(n: int, d: int, steps: int, stop: Box | None, workers: int) -> tuple[float, float]:
-    """(seconds, fraction of paths that exited)."""
+def ours(n: int, d: int, steps: int, stop: Box | None, workers: int) -> tuple[Times, float]:
+    """((wall, CPU) seconds, fraction of paths that exited)."""
     alpha, sigma, h, lr = workload(d)
     h32 = h.astype(np.float32)
-    t = time.perf_counter()
+    t = _start()
     res = simulate_sde(
         lambda x: x * h32,
         np.zeros(d),
@@ -66,42 +93,73 @@ def ours(n: int, d: int, steps: int, stop: Box | None, workers: int) -> tuple[fl
         record_every=0,
         workers=workers,
     )
-    elapsed = time.perf_counter() - t
+    elapsed = _since(t)
     assert np.isfinite(res.final).all()
     return elapsed, float(res.exited.mean())
 
 
-def per_path_loop(sampler: Callable, paths: int, d: int, steps: int) -> float:
+def per_path_loop(sampler: Callable, paths: int, d: int, steps: int) -> Times:
     """Seconds for ``paths`` paths of ``steps`` steps, one path at a time."""
     alpha, sigma, h, lr = workload(d)
     rng = np.random.default_rng(1)
-    t = time.perf_counter()
+    t = _start()
     for _ in range(paths):
         theta = np.zeros(d)
         for _ in range(steps):
             theta = theta - lr * h * theta + lr * sigma * sampler(alpha, d, rng)
-    return time.perf_counter() - t
+    return _since(t)
 
 
-def scipy_vectorised(n: int, d: int, steps: int) -> float:
+def scipy_vectorised(n: int, d: int, steps: int) -> Times:
     """Seconds for ``steps`` steps of all ``n`` paths, one scipy draw of (n, d) per step."""
     alpha, sigma, h, lr = workload(d)
     rng = np.random.default_rng(2)
     theta = np.zeros((n, d))
-    t = time.perf_counter()
+    t = _start()
     for _ in range(steps):
         s = stats.levy_stable.rvs(alpha, 0.0, size=(n, d), random_state=rng)
         theta = theta - lr * h * theta + lr * sigma * s
-    return time.perf_counter() - t
+    return _since(t)
 
 
-def raw_bits(n_words: int) -> float:
+def raw_bits(n_words: int) -> Times:
     bg = np.random.SFC64(3)
     chunk = 1 << 20
-    t = time.perf_counter()
+    t = _start()
     for _ in range(n_words // chunk):
         bg.random_raw(chunk)
-    return time.perf_counter() - t
+    return _since(t)
+
+
+def uniforms32(n: int) -> Times:
+    gen = np.random.Generator(np.random.SFC64(4))
+    buf = np.empty(_BLOCK_ELEMS, dtype=np.float32)
+    t = _start()
+    for _ in range(n // buf.size):
+        gen.random(dtype=np.float32, out=buf)
+    return _since(t)
+
+
+def one_transcendental(n: int) -> Times:
+    """``np.sin`` in place on a float32 block of ``_BLOCK_ELEMS`` (cache-resident, as in the
+    simulation), ``n`` elements in all."""
+    buf = np.random.default_rng(5).random(_BLOCK_ELEMS, dtype=np.float32)
+    t = _start()
+    for _ in range(n // buf.size):
+        np.sin(buf, out=buf)
+    return _since(t)
+
+
+def sampler_only(n: int, d: int) -> Times:
+    """``n`` variates from simulate_sde's sampler, in blocks of the simulation's shape."""
+    alpha, sigma, _, lr = workload(d)
+    rows = max(1, _BLOCK_ELEMS // d)
+    stream = _SasStream(alpha, lr * sigma, rows, np.dtype(np.float32), np.random.SeedSequence(6))
+    out = stream.out
+    t = _start()
+    for _ in range(n // out.size):
+        stream.draw(out)
+    return _since(t)
 
 
 def load() -> str:
@@ -122,17 +180,17 @@ def main() -> None:
     print(f"workload: {n:,} paths x {d:,} coordinates x {steps:,} steps = {variates:.3g} variates")
     print(f"load average (1/5/15 min) at start: {load()}\n")
 
-    rows: list[tuple[str, float, str]] = []
+    rows: list[tuple[str, Times, str]] = []
 
-    def add(name: str, seconds: float, note: str = "") -> None:
-        rows.append((name, seconds, note))
-        print(f"  {name:<44} {seconds:10.1f} s  {note}", flush=True)
+    def add(name: str, t: Times, note: str = "") -> None:
+        rows.append((name, t, note))
+        print(f"  {name:<52} {t[0]:9.1f} s wall {t[1]:9.1f} s CPU  {note}", flush=True)
 
     add("simulate_sde, no stop, workers=1", ours(n, d, steps, None, 1)[0])
     if cpus > 1:
         add(f"simulate_sde, no stop, workers={cpus}", ours(n, d, steps, None, cpus)[0])
-    seconds, exited = ours(n, d, steps, Box(1e4), 1)
-    add("simulate_sde, Box(1e4) stop, workers=1", seconds, f"({exited:.2%} of paths exited)")
+    t, exited = ours(n, d, steps, Box(1e4), 1)
+    add("simulate_sde, Box(1e4) stop, workers=1", t, f"({exited:.2%} of paths exited)")
     base = rows[0][1]
 
     def sample_ours_ref(alpha, size, rng):
@@ -142,40 +200,46 @@ def main() -> None:
         return stats.levy_stable.rvs(alpha, 0.0, size=size, random_state=rng)
 
     sub_paths, sub_steps = 2, 100
-    per = per_path_loop(sample_ours_ref, sub_paths, d, sub_steps) / (sub_paths * sub_steps)
-    add(
-        "per-path loop, stats.sample_stable",
-        per * n * steps,
-        f"(extrapolated from {sub_paths} paths x {sub_steps} steps)",
-    )
-    per = per_path_loop(sample_scipy, sub_paths, d, sub_steps) / (sub_paths * sub_steps)
-    add(
-        "per-path loop, scipy levy_stable.rvs",
-        per * n * steps,
-        f"(extrapolated from {sub_paths} paths x {sub_steps} steps)",
-    )
+    loop_note = f"(extrapolated from {sub_paths} paths x {sub_steps} steps)"
+    factor = n * steps / (sub_paths * sub_steps)
+    t = per_path_loop(sample_ours_ref, sub_paths, d, sub_steps)
+    add("per-path loop, stats.sample_stable", _times(t, factor), loop_note)
+    t = per_path_loop(sample_scipy, sub_paths, d, sub_steps)
+    add("per-path loop, scipy levy_stable.rvs", _times(t, factor), loop_note)
     vec_steps = 2
-    per = scipy_vectorised(n, d, vec_steps) / vec_steps
-    add(
-        "vectorised over paths, scipy levy_stable.rvs",
-        per * steps,
-        f"(extrapolated from {vec_steps} steps)",
-    )
+    t = scipy_vectorised(n, d, vec_steps)
+    add("vectorised over paths, scipy levy_stable.rvs", _times(t, steps / vec_steps),
+        f"(extrapolated from {vec_steps} steps)")  # fmt: skip
     words = 1 << 26
-    add(
-        "raw bits only (SFC64.random_raw, 1 word/variate)",
-        raw_bits(words) / words * variates,
-        f"(extrapolated from {words:.3g} words)",
-    )
+    sub = f"(extrapolated from {words:.3g} values)"
+    factor = variates / words
+    bits = _times(raw_bits(words), factor)
+    add("raw bits only (SFC64.random_raw, 1 word/variate)", bits, sub)
+    add("float32 uniforms only (SFC64, 1/variate, 24 bits)", _times(uniforms32(words), factor),
+        sub)  # fmt: skip
+    sin = _times(one_transcendental(words), factor)
+    add("one np.sin pass, float32 in place", sin, sub)
+    add("sampler only (_SasStream.draw, 6 transcendentals)",
+        _times(sampler_only(words, d), factor), sub)  # fmt: skip
+    floor = (bits[0] + sin[0], bits[1] + sin[1])
+    add("floor: raw bits + one transcendental, 1 core", floor, "(sum of the two rows above)")
+    if cpus > 1:
+        add(f"floor / {cpus} cores (perfect scaling)", _times(floor, 1 / cpus))
     print(f"\nload average at the end: {load()}\n")
 
     print(f"## {n:,} paths x {d:,} coordinates x {steps:,} steps, float32 state\n")
-    print("| method | time (s) | ns / variate | ratio to simulate_sde (workers=1) |")
-    print("|---|---|---|---|")
-    for name, seconds, note in rows:
+    print(
+        "CPU time counts this process's threads only, so on a shared machine it is the steadier "
+        "number (wall time includes waiting for a core); for workers > 1 it sums the threads.\n"
+    )
+    print(
+        "| method | wall (s) | CPU (s) | CPU ns / variate | CPU ratio to simulate_sde (workers=1) |"
+    )
+    print("|---|---|---|---|---|")
+    for name, (wall, cpu), note in rows:
         print(
-            f"| {name}{' ' + note if note else ''} | {seconds:,.1f} | "
-            f"{seconds / variates * 1e9:.2f} | {seconds / base:,.2f} |"
+            f"| {name}{' ' + note if note else ''} | {wall:,.1f} | {cpu:,.1f} | "
+            f"{cpu / variates * 1e9:.2f} | {cpu / base[1]:,.2f} |"
         )
 
 

@@ -31,6 +31,7 @@ OPTIONS = {
     "arm_seeds": 2,
     "arm_steps": 4,
     "trace_coords": 2,
+    "sharp_batch": 64,
 }
 CONFIG = StudyConfig(
     dataset="digits",
@@ -113,6 +114,50 @@ def test_invariants(res):
     fit = res["fits"][0]
     assert fit["coordinates"] == sum(res["param_sizes"])
     assert 0 <= fit["unfitted"] < fit["coordinates"]
+
+
+def test_gaussian_theory_is_given_only_in_its_regime(res):
+    prof = res["axis_profile"]
+    assert 0 <= prof["concave_or_tilted"] <= prof["coordinates"] <= sum(res["param_sizes"])
+    gauss = [r for r in res["sweep"] if r["arm"] == "gauss"]
+    assert len(gauss) == len(res["settings"]["noise_factors"])
+    for r in gauss:
+        k = r["kramers"]
+        assert k["coordinates"] == prof["coordinates"]
+        assert k["no_barrier"] == prof["concave_or_tilted"]
+        assert k["complete"] and not prof["subset"]
+        assert k["in_regime"] == (k["no_barrier"] == 0 and k["below_min_ratio"] == 0)
+        assert (r["theory_steps"] is not None) == k["in_regime"]
+    # more noise never brings a coordinate into the regime (barrier / D falls as D grows)
+    lows = [r["kramers"]["below_min_ratio"] for r in gauss]
+    assert lows == sorted(lows)
+
+
+def test_sharp_flat_minima_equally_trained_and_compared(run_dir, res):
+    sf = res["sharp_flat"]
+    assert sf["start_step"] == 0 and sf["target_loss"] == pytest.approx(res["loss_at_minimum"])
+    assert [m["train_batch_size"] for m in sf["minima"]] == [16, 64]
+    for m in sf["minima"]:
+        if m["reached_target"]:
+            assert m["train_loss"] <= sf["target_loss"] + 1e-6
+        assert m["lambda_max"] > 0 and m["trace_se"] >= 0
+        for arm in ("sgd", "levy", "gauss"):
+            cell = m["arms"][arm]
+            assert cell["basin_exit"]["paths"] == sf["paths"] == 3
+            trapped = round(cell["trapping_probability"] * sf["paths"])
+            assert trapped == sf["paths"] - cell["basin_exit"]["exits"]
+    # minima trained at the checkpoint's lr; escape at the largest lr factor by default
+    assert sf["train_lr"] == pytest.approx(res["lr_at_checkpoint"])
+    assert sf["lr"] == pytest.approx(res["lr_at_checkpoint"] * max(OPTIONS["lr_factors"]))
+    sharp = sf["minima"][sf["sharper"]]
+    assert sharp["lambda_max"] == max(m["lambda_max"] for m in sf["minima"])
+    for arm in ("sgd", "levy", "gauss"):
+        c = sf["comparison"][arm]
+        assert c["verdict"] == es.sharpness_verdict(c)
+        assert c["events"][0] == sharp["arms"][arm]["basin_exit"]["exits"]
+    html = (run_dir / "report.html").read_text()
+    assert "Sharp vs flat minimum at equal training loss" in html
+    assert "Kramers prediction" in html
 
 
 @pytest.fixture(scope="module")
@@ -271,6 +316,11 @@ def test_decay_verdict_needs_arms_and_seeds():
         ({"level": 1.0}, "level"),
         ({"box_target": 1.5}, "box_target"),
         ({"gauss_scale": "var"}, "gauss_scale"),
+        ({"sharp_batch": 16}, "sharp_batch must differ"),
+        ({"sharp_batch": 64, "from_step": 0}, "after the first checkpoint"),
+        ({"sharp_paths": 1}, "sharp_paths"),
+        ({"sharp_lr_factor": 0.0}, "sharp_lr_factor"),
+        ({"axis_coords": 0}, "axis_coords"),
     ],
 )
 def test_bad_options_refused(options, match):
@@ -293,8 +343,11 @@ def test_not_in_default_study_and_preset_configs_valid():
         for config in configs.values():
             assert "escape" in config.analyses
             check_study(config)
-    full = get_preset("battash-escape").configs(False, 0)
-    assert {c.batch_size for c in full.values()} == {32, 512}  # small- vs large-batch minima
+    for quick in (True, False):
+        configs = get_preset("battash-escape").configs(quick, 0)
+        assert len(configs) == 2 and {c.batch_size for c in configs.values()} == {32}
+        # sharp vs flat: both minima trained inside the analysis to the same loss
+        assert {c.options["escape"]["sharp_batch"] for c in configs.values()} == {512}
 
 
 @pytest.mark.slow
@@ -322,3 +375,24 @@ def test_preset_quick_runs_at_a_minimal_size(tmp_path, monkeypatch):
     assert "decay verdict" in index and "slope Lévy" in index
     for key in ("digits", "mnist1d"):
         assert "Verdict:" in (out / key / "report.html").read_text()
+
+
+def test_kramers_line_rendered_when_in_regime(run_dir, tmp_path):
+    """The report draws and quotes the Kramers prediction only where the summary has one."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    path = copy / "summary.json"
+    summary = json.loads(path.read_text())
+    esc = summary["analyses"]["escape"]
+    for r in esc["sweep"]:
+        if r["arm"] == "gauss":
+            r["theory_steps"] = 123.0
+            r["kramers"].update(in_regime=True, no_barrier=0, below_min_ratio=0, mean_steps=123.0)
+    path.write_text(json.dumps(summary))
+    render_run(copy)
+    html = (copy / "report.html").read_text()
+    assert "Predicted vs simulated mean first box exit" in html and "×1: 123 vs" in html
+    assert "no meaningful barrier" not in html
+    assert "no meaningful barrier" in (run_dir / "report.html").read_text()

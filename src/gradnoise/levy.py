@@ -181,8 +181,11 @@ class _SasStream:
         |X| = |sin(c0 + alpha t)| * sin(t)^(-1/alpha) * (sin(c0 + (alpha-1) t) / W)^((1-alpha)/alpha)
 
     (every sine is evaluated at an argument whose float rounding is relative to its value, so
-    alpha near 2, where sin(alpha V) -> 0 as V -> pi/2, stays accurate), computed in logs, with a
-    random sign. Bits: float32 uses one 64-bit word per variate -- 32 bits for t (smallest t =
+    alpha near 2, where sin(alpha V) -> 0 as V -> pi/2, stays accurate), with a random sign. It is
+    evaluated as ``|sin(c0 + alpha t)| / sin t * exp(k log(sin(c0 + (alpha-1) t) / (sin t W)) +
+    log step_scale)`` with ``k = (1-alpha)/alpha`` (``-1/alpha = -1 - k``): six transcendental
+    calls per variate (three sines, two logs, one exp), every factor a ratio or product that keeps
+    float32's relative accuracy (``benchmarks/levy.py`` times it against the floor). Bits: float32 uses one 64-bit word per variate -- 32 bits for t (smallest t =
     pi 2^-34: the law is exact except on an event of probability 2^-32 per draw, whose value is
     clipped at about the 1 - 2^-32 quantile), 1 bit for the sign, 23 for W (W <= 16.6: an event of
     probability 6e-8 per draw has W clipped, which moves |X| by a factor W^((alpha-1)/alpha) and
@@ -202,9 +205,8 @@ class _SasStream:
         self.bitgen = np.random.SFC64(seed)
         f = dtype.type
         self.alpha = alpha.astype(dtype)
-        self.alpha_m1 = (alpha - 1.0).astype(dtype)
+        self.neg_alpha_m1 = (1.0 - alpha).astype(dtype)
         self.c0 = ((2.0 - alpha) * np.pi / 2.0).astype(dtype)
-        self.neg_inv_alpha = (-1.0 / alpha).astype(dtype)
         self.k = ((1.0 - alpha) / alpha).astype(dtype)
         self.log_scale = np.log(step_scale).astype(dtype)
         self.out = np.empty((rows, d), dtype=dtype)
@@ -232,45 +234,43 @@ class _SasStream:
             # the second (bit 0: sign, bits 9-31: W)
             raw = self.bitgen.random_raw(m * d).view(np.uint32)
             t_bits, w_bits = raw[: m * d].reshape(m, d), raw[m * d :].reshape(m, d)
-            t[...] = t_bits
+            # the cast to float is fused into the multiplication (one pass, same rounding)
+            np.multiply(t_bits, self.t_mul, out=t, dtype=self.dtype)
             np.right_shift(w_bits, self.w_shift, out=ibuf)
         else:
             raw = self.bitgen.random_raw(2 * m * d)
             t_bits, w_bits = raw[: m * d].reshape(m, d), raw[m * d :].reshape(m, d)
             np.right_shift(t_bits, self.t_shift, out=ibuf)
-            t[...] = ibuf
+            np.multiply(ibuf, self.t_mul, out=t, dtype=self.dtype)
             np.right_shift(w_bits, self.w_shift, out=ibuf)
-        t *= self.t_mul
         t += self.t_add
-        # out <- log|sin(c0 + alpha t)| - (1/alpha) log sin t
+        # w <- sin(c0 + alpha t) / sin t (> 0 but for rounding next to pi; the random sign is
+        # XORed in at the end, so a rounded negative keeps a random sign); out <- sin t
         np.multiply(t, self.alpha, out=w)
         w += self.c0
         np.sin(w, out=w)
-        np.abs(w, out=w)
-        np.log(w, out=out)
-        np.sin(t, out=w)
-        np.log(w, out=w)
-        w *= self.neg_inv_alpha
-        out += w
-        # w <- sin(c0 + (alpha - 1) t); then t is free for W = -log(u2)
-        np.multiply(t, self.alpha_m1, out=w)
-        w += self.c0
-        np.sin(w, out=w)
-        t[...] = ibuf
-        t *= self.w_mul
-        t += self.w_add
+        np.sin(t, out=out)
+        w /= out
+        # t <- -sin(c0 + (alpha - 1) t) / sin t (the sign cancels against log u2 < 0 below)
+        t *= self.neg_alpha_m1
+        t -= self.c0
+        np.sin(t, out=t)
+        t /= out
+        # out <- log u2 = -W; t <- sin(c0 + (alpha - 1) t) / (sin t W) > 0
+        np.multiply(ibuf, self.w_mul, out=out, dtype=self.dtype)
+        out += self.w_add
+        np.log(out, out=out)
+        t /= out
+        # out <- w (t ...)^k * step scale = sin(c0 + alpha t) sin(t)^(-1/alpha)
+        #        (sin(c0 + (alpha - 1) t) / W)^((1 - alpha)/alpha) * step scale
         np.log(t, out=t)
-        np.negative(t, out=t)
-        # out += k log(sin(c0 + (alpha - 1) t) / W) + log(step scale); out <- exp(out)
-        w /= t
-        np.log(w, out=w)
-        w *= self.k
-        out += w
-        out += self.log_scale
-        np.exp(out, out=out)
+        t *= self.k
+        t += self.log_scale
+        np.exp(t, out=t)
+        np.multiply(w, t, out=out)
         np.left_shift(w_bits, self.sign_shift, out=ibuf)
         bits = out.view(ibuf.dtype)
-        bits |= ibuf
+        bits ^= ibuf
         return out
 
 

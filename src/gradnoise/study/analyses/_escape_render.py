@@ -97,7 +97,10 @@ def _escape_tables(res: dict[str, Any]) -> list[Table]:
         f"Basin exit: {rule}. Box: |θ_j − θ*_j| ≥ {_f(res['box'])} for some j. Mean exit steps "
         "are censored maximum-likelihood estimates (exposure / exits) with exact Poisson "
         f"{s['level']:.0%} intervals; trapping probabilities with Wilson intervals. Theory: "
-        "1/(Λ lr) over the α < 2 coordinates (Imkeller–Pavlyukevich), for the fitted α.",
+        "Lévy and SGD rows, 1/(Λ lr) over the α < 2 coordinates (Imkeller–Pavlyukevich), for "
+        "the fitted α; Gaussian rows, the Kramers prediction from the measured axis barriers "
+        "(n/a where some noisy coordinate has no barrier of at least "
+        f"{_f(res.get('axis_profile', {}).get('kramers_min_ratio'))} D).",
     )
     sl = res["slopes"]
     expo = Table(
@@ -180,7 +183,12 @@ def _figures(view: RunView, res: dict[str, Any], shares: dict[str, np.ndarray]) 
         th = [r for r in sweep if r["arm"] == "levy" and r["theory_steps"] is not None]
         if th:
             ax.plot([base_eps[r["noise_factor"]] for r in th], [r["theory_steps"] for r in th],
-                    "k--", label="theory 1/(Λ lr)")  # fmt: skip
+                    "k--", label="Lévy theory 1/(Λ lr)")  # fmt: skip
+        kr = [r for r in sweep if r["arm"] == "gauss" and r.get("theory_steps") is not None]
+        if kr:
+            ax.plot([base_eps[r["noise_factor"]] for r in kr], [r["theory_steps"] for r in kr],
+                    ":", color=ARM_COLOR["gauss"], marker="x",
+                    label="Kramers theory (Gaussian SDE)")  # fmt: skip
         for arm in ("sgd", "levy", "gauss"):
             pts = [r for r in res["rows"] if r["arm"] == arm and r["box_exit"]["exits"]]
             if pts:
@@ -197,7 +205,10 @@ def _figures(view: RunView, res: dict[str, Any], shares: dict[str, np.ndarray]) 
             path,
             "Mean first box exit step (censored MLE, 95% interval) against the median SDE "
             "amplitude ε_j = lr^((α_j−1)/α_j) σ_j: the noise sweep of the two SDEs, the theory "
-            "line of the Lévy SDE, and the lr × batch-size grid (squares; ε of the Lévy fit).",
+            "line of the Lévy SDE (Imkeller–Pavlyukevich), the Kramers prediction of the Gaussian "
+            "SDE where it applies (dotted; absent where the measured axis barriers are not "
+            f"≥ {_f(res.get('axis_profile', {}).get('kramers_min_ratio'))} D for every noisy "
+            "coordinate), and the lr × batch-size grid (squares; ε of the Lévy fit).",
         )
     )
     names = res["params"]
@@ -247,6 +258,49 @@ def _figures(view: RunView, res: dict[str, Any], shares: dict[str, np.ndarray]) 
             )
         )
     return figs
+
+
+def _kramers_text(res: dict[str, Any]) -> str:
+    """What the Gaussian SDE's Kramers prediction says, or why there is none."""
+    rows = [r for r in res["sweep"] if r["arm"] == "gauss" and "kramers" in r]
+    if not rows:
+        return ""
+    prof = res.get("axis_profile", {})
+    k_min = _f(prof.get("kramers_min_ratio"))
+    head = (
+        "Gaussian SDE, Kramers prediction: the barrier of each noisy coordinate is measured on "
+        "the network as the train-loss rise along its axis at the box's edges, L(θ* ± w e_j) − "
+        f"L* (median {_f(prof.get('rise_plus_median'))} at +w, "
+        f"{_f(prof.get('rise_minus_median'))} at −w, w = {_f(res['box'])}); the quadratic "
+        "through these and L* gives the curvature, the 1-D minimum and the side barriers ΔU_j, "
+        "and D_j = lr σ_j² (Gaussian SDE: N(0, 2σ_j²) per step). The rate Σ_j Σ_sides |U'| "
+        "√(h_j/(2π D_j)) exp(−ΔU_j/D_j) assumes independent coordinates in their own axis "
+        f"potentials and small noise; it is used only where every noisy coordinate has ΔU ≥ "
+        f"{k_min} D. "
+    )
+    ok = [r for r in rows if r["theory_steps"] is not None]
+    k1 = min(rows, key=lambda r: abs(math.log(r["noise_factor"])))["kramers"]
+    if not k1.get("complete", True):
+        head += (
+            f"The axes of a random subset of {k1['coordinates']} noisy coordinates were measured "
+            "(axis_coords): the counts below are over it, and no prediction is made (the rate "
+            "is a sum over every coordinate). "
+        )
+    if not ok:
+        return head + (
+            f"On this basin there is no meaningful barrier, so no Kramers line is drawn: of "
+            f"{k1['coordinates']} noisy coordinates, {k1['no_barrier']} have none (the loss "
+            "along the axis is concave, or its 1-D minimum lies outside the box: the coordinate "
+            f"drifts out rather than crossing a barrier) and {k1['below_min_ratio']} have ΔU < "
+            f"{k_min} D at noise factor {_f(min(rows, key=lambda r: abs(math.log(r['noise_factor'])))['noise_factor'])} "
+            f"(median ΔU/D {_f(k1['ratio_median'])}, smallest {_f(k1['ratio_min'])}). Kramers' "
+            "exp(ΔU/D) law needs ΔU ≫ D for every way out; here many coordinates can leave the "
+            "box by drift or free diffusion, so a Kramers line would be made up."
+        )
+    pairs = ", ".join(
+        f"×{_f(r['noise_factor'])}: {_f(r['theory_steps'])} vs {_exit(r['box_exit'])}" for r in ok
+    )
+    return head + f"Predicted vs simulated mean first box exit (steps) at noise factor {pairs}."
 
 
 METRICS = (
@@ -375,6 +429,154 @@ def _findings(res: dict[str, Any]) -> str:
     )
 
 
+def _sharp_flat(res: dict[str, Any]) -> tuple[list[str], list[Table]]:
+    sf = res.get("sharp_flat")
+    if not sf:
+        return [], []
+    m = sf["minima"]
+    sh, fl = m[sf["sharper"]], m[1 - sf["sharper"]]
+    cmp_ = sf["comparison"]
+    intro = (
+        "Sharp vs flat minimum at equal training loss: is escape faster from a sharper "
+        "minimum? (Kramers' Gaussian picture says yes, through the barrier; the Lévy small-noise "
+        "theory of Imkeller–Pavlyukevich says the exit time depends on the basin's width, not "
+        f"its depth or curvature.) From the checkpoint at step {sf['start_step']}, plain SGD at "
+        f"lr {_f(sf.get('train_lr', sf['lr']))} with B = {m[0]['train_batch_size']} and with B = "
+        f"{m[1]['train_batch_size']} until the train loss is at most L* = "
+        f"{_f(sf['target_loss'], 4)}: {m[0]['train_steps']} and {m[1]['train_steps']} steps, "
+        f"losses {_f(m[0]['train_loss'], 4)} and {_f(m[1]['train_loss'], 4)} (gap "
+        f"{_f(sf['loss_gap'], 2)}). Sharpness (top Hessian eigenvalue, tr H ± s.e.): B = "
+        f"{m[0]['train_batch_size']}: {_f(m[0]['lambda_max'])}, {_f(m[0]['trace'])} ± "
+        f"{_f(m[0]['trace_se'], 2)}; B = {m[1]['train_batch_size']}: {_f(m[1]['lambda_max'])}, "
+        f"{_f(m[1]['trace'])} ± {_f(m[1]['trace_se'], 2)}. The sharper one (larger top "
+        f"eigenvalue) is the B = {sh['train_batch_size']} minimum"
+        + ("; tr H agrees." if sf["trace_agrees"] else "; tr H says the opposite.")
+        + f" Escape from each at lr {_f(sf['lr'])}, B = {sf['batch_size']}: {sf['paths']} "
+        f"paths × {sf['horizon']} steps per arm, the same box and basin rule"
+        + (
+            f"; lr × λ_max = {_f(m[0]['lr_lambda_max'])} and {_f(m[1]['lr_lambda_max'])} (above "
+            "2, gradient descent is linearly unstable at that minimum)."
+            if "lr_lambda_max" in m[0]
+            else "."
+        )
+    )
+
+    def arm_sentence(arm: str) -> str:
+        c = cmp_[arm]
+        es_, ef = sh["arms"][arm], fl["arms"][arm]
+        trap = (
+            f"trapped {_ci(es_['trapping_probability'], *es_['trapping_ci'])} (sharper) vs "
+            f"{_ci(ef['trapping_probability'], *ef['trapping_ci'])} (flatter)"
+        )
+        bx = c.get("box_ratio")
+        box = (
+            f"; first box exit rate ratio {_ci(bx['ratio'], bx['ci_low'], bx['ci_high'])} "
+            f"({bx['verdict']})"
+            if bx and bx["ratio"] is not None
+            else ""
+        )
+        if c["verdict"] == "no exits":
+            return f"{ARM_LABEL[arm]}: no path left either basin within the horizon ({trap}{box})"
+        words = {
+            "faster": "escapes the sharper minimum faster",
+            "slower": "escapes the sharper minimum more slowly",
+            "no difference detected": "shows no detectable difference",
+        }[c["verdict"]]
+        return (
+            f"{ARM_LABEL[arm]} {words}: basin-exit rate ratio (sharper/flatter) "
+            f"{_ci(c['ratio'], c['ci_low'], c['ci_high'])} from {c['events'][0]} and "
+            f"{c['events'][1]} exits; {trap}{box}"
+        )
+
+    sgd = cmp_["sgd"]["verdict"]
+    lead = {
+        "faster": "Verdict: SGD escapes the sharper minimum faster.",
+        "slower": "Verdict: SGD escapes the sharper minimum more slowly.",
+        "no difference detected": "Verdict: inconclusive — no difference in SGD's escape rate "
+        "detected at this number of paths.",
+        "no exits": "Verdict: inconclusive — SGD did not leave either basin within the horizon.",
+    }[sgd]
+    if not sf["matched"]:
+        lead = (
+            "Verdict: not decided — the two minima did not both reach the target loss within "
+            f"{sf['max_steps']} steps, so training progress confounds the comparison. "
+            "Measured: "
+        )
+    if abs(sh["lambda_max"] - fl["lambda_max"]) <= 0.05 * max(fl["lambda_max"], 1e-12):
+        lead += " The two minima are about equally sharp (top eigenvalues within 5%)."
+    elif not sf["trace_agrees"]:
+        lead += (
+            " Sharpness is ambiguous: the top eigenvalue and tr H rank the two minima "
+            "differently, so this compares two about equally sharp minima."
+        )
+    text = (
+        lead
+        + " "
+        + "; ".join(arm_sentence(a) for a in ("sgd", "levy", "gauss"))
+        + (f". Rate-ratio intervals: exact conditional binomial, {res['settings']['level']:.0%}.")
+    )
+    table = Table(
+        [
+            "B (training)",
+            "steps",
+            "L",
+            "λ_max",
+            "tr H ± s.e.",
+            "arm",
+            "basin exit step [CI] (exits/n)",
+            "trapped [CI]",
+            "first box exit step [CI] (exits/n)",
+        ],
+        [
+            [
+                mm["train_batch_size"],
+                mm["train_steps"],
+                _f(mm["train_loss"], 4),
+                _f(mm["lambda_max"]),
+                f"{_f(mm['trace'])} ± {_f(mm['trace_se'], 2)}",
+                ARM_LABEL[arm],
+                _exit(mm["arms"][arm]["basin_exit"]),
+                _ci(mm["arms"][arm]["trapping_probability"], *mm["arms"][arm]["trapping_ci"]),
+                _exit(mm["arms"][arm]["box_exit"]),
+            ]
+            for mm in m
+            for arm in ("sgd", "levy", "gauss")
+        ],
+        caption="Sharp vs flat minimum at equal train loss: escape of each arm at the same lr, "
+        "B, box and basin rule (the basin threshold is relative to each minimum's own loss).",
+    )
+    return [intro, text], [table]
+
+
+def _figure_prose(res: dict[str, Any], has_decay: bool) -> list[str]:
+    """What each figure shows and why it matters, before the figures."""
+    out = [
+        "Figure “Exit time vs ε”: the mean first box exit of the Lévy and Gaussian SDEs as the "
+        "noise scale is swept, on log–log axes. Battash & Lindenbaum's point is that a Lévy-"
+        "driven SDE escapes by single jumps, so its exit time is a power law in the noise "
+        "amplitude, E[τ] ∝ ε^−α (the dashed line is Imkeller & Pavlyukevich's small-noise rate "
+        "Λ = Σ_j (c_α/α) ε_j^α (a_j^−α + b_j^−α), not fitted), whereas a Gaussian SDE must climb "
+        "a barrier and its exit time grows like exp(ΔU/D) (Kramers), a curve on these axes. "
+        "Whether SGD's own exit times (squares of the lr × B grid, blue, drawn only where SGD "
+        "left the box) follow the Lévy or the Gaussian pattern is the test of which noise model "
+        "describes escape.",
+        "Figure “Exit direction by parameter”: which parameter tensor leaves the box first. The "
+        "Lévy theory predicts exits along the coordinates with the heaviest tails and largest "
+        "scales (λ_j/Λ); Battash & Lindenbaum argue this makes escape directions "
+        "parameter-specific, which a Gaussian model with the same scales does not predict.",
+        "Figure “Trajectories”: single paths of the coordinates with the largest predicted exit "
+        "rates, to show jumps (Lévy) against diffusion (Gaussian) and SGD's own moves.",
+    ]
+    if has_decay:
+        out.append(
+            "Figure “Learning-rate-decay arms”: test accuracy, jump frequency and jump size "
+            "after decaying the lr, increasing the batch or neither; Battash & Lindenbaum "
+            "attribute the benefit of lr decay to the reduced noise, so a larger batch (noise "
+            "reduced, step kept) should help like decay."
+        )
+    return out
+
+
 def render_section(view: RunView, title: str) -> Section:
     """The report section of the escape analysis."""
     res = view.results
@@ -409,9 +611,16 @@ def render_section(view: RunView, title: str) -> Section:
         "the SαS law has unbounded support.",
         "Found: " + _findings(res),
     ]
+    kramers = _kramers_text(res)
+    if kramers:
+        paragraphs.append(kramers)
+    sf_paragraphs, sf_tables = _sharp_flat(res)
+    paragraphs += sf_paragraphs
+    paragraphs += _figure_prose(res, "decay" in res and "skipped_reason" not in res["decay"])
     tables = _escape_tables(res)
     direction, shares = _direction(res)
     tables.append(direction)
+    tables += sf_tables
     figures = _figures(view, res, shares)
     notes = [
         "The SDE arms use independent noise per coordinate and step (the model's assumption); "

@@ -227,3 +227,141 @@ def decay_verdict(
     else:
         out["verdict"], out["reason"] = "inconclusive", "an interval includes 0"
     return out
+
+
+#: the smallest barrier / D at which the Kramers line is drawn (relative corrections O(D/dU))
+KRAMERS_MIN_RATIO = 3.0
+
+
+def axis_quadratic(du_plus: Any, du_minus: Any, width: float) -> tuple[np.ndarray, np.ndarray]:
+    """Slope g_j and curvature h_j of the 1-D quadratic ``U_j(x) = g x + h x^2/2`` through the
+    measured loss rises ``du_plus = U_j(+w)``, ``du_minus = U_j(-w)`` (``U_j(0) = 0``)."""
+    dp, dm = np.asarray(du_plus, np.float64), np.asarray(du_minus, np.float64)
+    return (dp - dm) / (2 * width), (dp + dm) / width**2
+
+
+def kramers_box_rates(
+    slope: Any, curvature: Any, width: float, diffusion: Any
+) -> dict[str, np.ndarray]:
+    """Small-noise (Kramers) exit rates per unit time of ``dX = -U'(X) dt + sqrt(2 D) dW`` with
+    ``U(x) = g x + h x^2/2`` from the interval ``(-w, w)``, per coordinate (arrays broadcast).
+
+    With h > 0 the well's minimum is ``m = -g/h``; when it lies inside the interval, each side
+    s = +-1 is a non-critical boundary with outward slope ``|U'(s w)| = h w + s g`` and barrier
+    ``dU_s = U(s w) - U(m) = (h w + s g)^2 / (2 h)``; the rate through it is
+    ``|U'(s w)| sqrt(h / (2 pi D)) exp(-dU_s / D)`` (Laplace's method on the exact mean exit time;
+    for g = 0 it is :func:`gradnoise.levy.exit_time_theory`'s quadratic-cut formula), with
+    relative corrections O(D / dU). Returns ``rate`` (the two sides summed; NaN where there is no
+    barrier: h <= 0 or the minimum outside the interval), ``barrier`` (the lower side's dU, NaN
+    likewise) and ``ratio`` = barrier / D.
+    """
+    g, h, d = np.broadcast_arrays(
+        np.asarray(slope, np.float64), np.asarray(curvature, np.float64),
+        np.asarray(diffusion, np.float64),
+    )  # fmt: skip
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        ok = (h > 0) & (np.abs(g) < h * width) & (d > 0)
+        hs = np.where(ok, h, 1.0)
+        rate = np.zeros(h.shape)
+        barrier = np.full(h.shape, np.inf)
+        for s in (1.0, -1.0):
+            out_slope = np.where(ok, hs * width + s * g, 1.0)
+            du = out_slope**2 / (2 * hs)
+            rate += out_slope * np.sqrt(hs / (2 * np.pi * d)) * np.exp(-du / d)
+            barrier = np.minimum(barrier, du)
+    rate = np.where(ok, rate, np.nan)
+    barrier = np.where(ok, barrier, np.nan)
+    return {"rate": rate, "barrier": barrier, "ratio": barrier / np.where(d > 0, d, np.nan)}
+
+
+def gauss_box_theory(
+    du_plus: np.ndarray,
+    du_minus: np.ndarray,
+    width: float,
+    scale: np.ndarray,
+    lr: float,
+    min_ratio: float = KRAMERS_MIN_RATIO,
+    measured: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Kramers prediction of the Gaussian SDE's mean first box exit (steps), from the measured
+    loss profile of each coordinate axis at the box's edges.
+
+    The Gaussian SDE ``theta_j <- theta_j - lr (d_j L + scale_j S_j)``, ``S_j ~ N(0, 2)``, has
+    ``D_j = lr scale_j^2``. Model (stated in the report): each coordinate moves in its own 1-D
+    potential, the loss along its axis through theta* (the others held at theta*: couplings are
+    ignored), approximated by the quadratic through the measured ``L(theta* +- w e_j) - L*``
+    (:func:`axis_quadratic`); the box exit rate is ``Lambda = sum_j`` of
+    :func:`kramers_box_rates`, the mean first exit ``1 / (Lambda lr)`` steps. Only coordinates
+    with ``scale_j > 0`` enter. The prediction is given (``mean_steps``) only in its regime:
+    every noisy coordinate has a barrier (convex axis, minimum inside the box) of at least
+    ``min_ratio`` x D_j; otherwise ``mean_steps`` is None and the counts say why. ``measured``
+    (boolean mask): the coordinates whose axis was measured; if some noisy coordinate was not,
+    the counts cover the measured ones and there is no prediction (``complete`` False).
+    """
+    noisy = np.asarray(scale) > 0
+    on = noisy if measured is None else noisy & np.asarray(measured, dtype=bool)
+    complete = bool(np.array_equal(on, noisy))
+    g, h = axis_quadratic(np.asarray(du_plus)[on], np.asarray(du_minus)[on], width)
+    d = lr * np.asarray(scale, np.float64)[on] ** 2
+    k = kramers_box_rates(g, h, width, d)
+    ratio = k["ratio"]
+    no_barrier = int(np.count_nonzero(~np.isfinite(ratio)))
+    low = int(np.count_nonzero(np.isfinite(ratio) & (ratio < min_ratio)))
+    fin = ratio[np.isfinite(ratio)]
+    out: dict[str, Any] = {
+        "coordinates": int(on.sum()),
+        "no_barrier": no_barrier,
+        "below_min_ratio": low,
+        "min_ratio": min_ratio,
+        "ratio_median": float(np.median(fin)) if fin.size else None,
+        "ratio_min": float(fin.min()) if fin.size else None,
+        "curvature_median": float(np.median(h)) if h.size else None,
+        "complete": complete,
+        "in_regime": bool(complete and on.any() and no_barrier == 0 and low == 0),
+        "mean_steps": None,
+    }
+    if out["in_regime"]:
+        total = float(np.sum(k["rate"]))
+        out["mean_steps"] = 1.0 / (total * lr) if total > 0 else math.inf
+    return out
+
+
+def rate_ratio(
+    events_a: int, exposure_a: float, events_b: int, exposure_b: float, level: float = 0.95
+) -> dict[str, Any]:
+    """Ratio of two Poisson exit rates (events / exposure), a over b, with the exact conditional
+    interval: given n = events_a + events_b, events_a ~ Binomial(n, pi) with pi = r E_a / (r E_a +
+    E_b) (r the rate ratio), so the Clopper–Pearson interval of pi maps to one for r. No events
+    at all: no interval (None)."""
+    n = events_a + events_b
+    out: dict[str, Any] = {
+        "ratio": None,
+        "ci_low": None,
+        "ci_high": None,
+        "events": [events_a, events_b],
+    }
+    if n == 0 or exposure_a <= 0 or exposure_b <= 0:
+        return out
+    a = 1 - level
+    lo = st.beta.ppf(a / 2, events_a, n - events_a + 1) if events_a > 0 else 0.0
+    hi = st.beta.ppf(1 - a / 2, events_a + 1, n - events_a) if events_a < n else 1.0
+
+    def to_ratio(p: float) -> float:
+        return math.inf if p >= 1 else p / (1 - p) * exposure_b / exposure_a
+
+    rb = events_b / exposure_b
+    out["ratio"] = (events_a / exposure_a) / rb if events_b else math.inf
+    out["ci_low"], out["ci_high"] = to_ratio(float(lo)), to_ratio(float(hi))
+    return out
+
+
+def sharpness_verdict(ratio: Mapping[str, Any]) -> str:
+    """``"faster"`` / ``"slower"`` (escape from the sharper minimum, rate-ratio interval clear of
+    1), ``"no difference detected"`` (interval includes 1), ``"no exits"`` (no interval)."""
+    if ratio.get("ci_low") is None:
+        return "no exits"
+    if ratio["ci_low"] > 1:
+        return "faster"
+    if ratio["ci_high"] < 1:
+        return "slower"
+    return "no difference detected"

@@ -205,3 +205,69 @@ def simulate(
             keep = ~stop
             theta, live = theta[torch.as_tensor(keep, device=dev)], live[keep]
     return Paths(basin, box_step, box_coord, end, layer_sq, far, trace, steps)
+
+
+def axis_losses(
+    net: FlatNet,
+    cols: np.ndarray,
+    width: float,
+    data: tuple[torch.Tensor, torch.Tensor],
+    chunk: int = 512,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(L(theta* + w e_j) - L*, L(theta* - w e_j) - L*)`` for each coordinate j of ``cols``
+    (the loss on ``data``, float64 differences of the model's float losses), in chunks of
+    ``chunk`` perturbed parameter vectors."""
+    x, y = data
+    theta0 = net.theta.unsqueeze(0)
+    base = float(net.loss(theta0, x, y)[0])
+    out = []
+    for sign in (1.0, -1.0):
+        vals = np.empty(len(cols))
+        for lo in range(0, len(cols), chunk):
+            c = torch.as_tensor(cols[lo : lo + chunk], device=net.theta.device)
+            rows = theta0.repeat(len(c), 1)
+            rows[torch.arange(len(c)), c] += sign * width
+            vals[lo : lo + len(c)] = net.loss(rows, x, y).double().cpu().numpy()
+        out.append(vals - base)
+    return out[0], out[1]
+
+
+def train_to_loss(
+    model: Any,
+    loss_fn: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    lr: float,
+    batch_size: int,
+    target: float,
+    max_steps: int,
+    rng: np.random.Generator,
+) -> tuple[int, float]:
+    """Plain SGD (step ``lr``, minibatches of ``batch_size`` drawn as the study does: epochs
+    without replacement) until the loss on the whole ``(x, y)`` is at most ``target``, checked
+    after every step, or ``max_steps`` steps. Eval mode (no dropout). Returns (steps taken, loss
+    on ``(x, y)`` at the end). Changes ``model`` in place."""
+    n = x.shape[0]
+    params = [p for p in model.parameters() if p.requires_grad]
+    perm, pos = np.empty(0, dtype=np.int64), 0
+    model.eval()
+
+    def full_loss() -> float:
+        with torch.no_grad():
+            return float(loss_fn(model(x), y))
+
+    loss = full_loss()
+    step = 0
+    while loss > target and step < max_steps:
+        if pos + batch_size > perm.size:
+            perm, pos = rng.permutation(n), 0
+        idx = torch.as_tensor(perm[pos : pos + batch_size], device=x.device)
+        pos += batch_size
+        grads = torch.autograd.grad(loss_fn(model(x[idx]), y[idx]), params)
+        with torch.no_grad():
+            for p, g in zip(params, grads, strict=True):
+                p -= lr * g
+        step += 1
+        loss = full_loss()
+    return step, loss

@@ -33,6 +33,22 @@ From checkpoint ``from_step`` (default: the last) with parameters theta*:
    each of ``noise_factors`` (eps_j = lr^((alpha_j-1)/alpha_j) c sigma_j), stopped at the first
    box exit: the log-log slope of the mean exit time against c (weighted by exits), beside the
    theory's slope (-alpha for one coordinate; the exits' weighted alpha for many).
+   **Gaussian (Kramers) prediction** for the Gaussian SDE at each c (and each lr x B cell):
+   the barrier of coordinate j is *measured* on the network: the train loss along its axis
+   through theta* at the box's edges, ``L(theta* +- box e_j) - L*`` (2 losses per noisy
+   coordinate). Through these and L* goes the quadratic ``g_j x + h_j x^2/2``; where it is convex
+   with its minimum inside the box the side barriers are ``(h_j box +- g_j)^2 / (2 h_j)`` and the
+   rate is the Kramers rate of a non-critical boundary,
+   ``sum_sides |U'| sqrt(h/(2 pi D)) exp(-barrier/D)``, ``D_j = lr (c g_j-scale)^2``; the mean
+   first box exit is ``1/(Lambda lr)`` steps (:func:`_escape_stats.gauss_box_theory`).
+   Assumptions: coordinates move independently in their own axis potentials (the Hessian's
+   off-diagonal couplings are ignored), the quadratic through three points stands for the axis
+   profile, small noise (barrier/D >> 1), lr h << 1. The prediction is reported only when every
+   noisy coordinate has a barrier of at least ``KRAMERS_MIN_RATIO`` (3) x D; otherwise the
+   summary says how many coordinates have no barrier (concave axis or the 1-D minimum outside
+   the box) or too low a one, and no line is drawn. At most ``axis_coords`` (8192) axes are
+   measured (2 full-data losses each); with more noisy coordinates a random subset gives the
+   counts but no prediction (the rate is a sum over all coordinates).
 4. **Learning-rate-decay arms** (``arms``, from the same checkpoint, ``arm_seeds`` minibatch
    orders each, ``arm_steps`` steps of the run's optimizer): constant (lr, B), lr-decay
    (lr/``decay``, B), batch-increase (lr, ``decay`` B), lr-decay-small-batch (lr/decay, B/decay).
@@ -40,11 +56,25 @@ From checkpoint ``from_step`` (default: the last) with parameters theta*:
    quantile of ``lr0 xi0`` at theta* (per tensor as well), the median fitted alpha, whether the end
    point left the basin, and the final test accuracy. The verdict on "decay helps through reduced
    noise" follows the rule of :func:`_escape_stats.decay_verdict` (Welch intervals over seeds).
+5. **Sharp vs flat minimum at equal training loss** (``sharp_batch`` set, e.g. 512): from the
+   first checkpoint, plain SGD at the checkpoint's lr with the first batch size B and with
+   ``sharp_batch`` until the train loss is at most L(theta*) of ``from_step`` (checked after every
+   step; at most ``sharp_max_steps``), so both minima are equally trained. Sharpness of each: the
+   top Hessian eigenvalue (Lanczos) and tr(H) (Hutch++, with its standard error) of the train
+   loss. From each, ``sharp_paths`` paths of SGD, the Lévy SDE and the Gaussian SDE (fitted at
+   that minimum with B minibatches) at the same lr and B, the same box and the same basin rule
+   (loss rise relative to each minimum's own loss). The sharper minimum is the one with the
+   larger top eigenvalue. Escape is run at ``sharp_lr_factor`` (default: the largest of
+   ``lr_factors``) x the checkpoint's lr, where SGD is likelier to leave within the horizon; lr x
+   the top eigenvalue > 2 means gradient descent is linearly unstable there. Per arm the ratio of basin-exit rates (sharper over flatter) with the
+   exact conditional binomial interval decides "faster" / "slower" / "no difference detected"
+   (:func:`_escape_stats.rate_ratio`, :func:`_escape_stats.sharpness_verdict`).
 
 Options (``[options.escape]``): ``from_step``, ``exit``, ``loss_rise``, ``radius``,
 ``lr_factors``, ``batch_sizes``, ``paths``, ``horizon``, ``check_every``, ``sgn_samples``,
 ``fit_method``, ``gauss_scale``, ``box``, ``box_target``, ``noise_factors``, ``trace_coords``, ``arms``,
-``arm_steps``, ``arm_seeds``, ``decay``, ``level``.
+``arm_steps``, ``arm_seeds``, ``decay``, ``level``, ``sharp_batch``, ``sharp_paths``,
+``sharp_max_steps``, ``sharp_lr_factor``, ``axis_coords``.
 """
 
 from __future__ import annotations
@@ -94,6 +124,11 @@ DEFAULTS: dict[str, Any] = {
     "arm_seeds": 3,
     "decay": 4,
     "level": 0.95,
+    "sharp_batch": None,  # off; e.g. 512: the sharp-vs-flat comparison
+    "sharp_paths": None,  # paths
+    "sharp_max_steps": None,  # 4 x steps
+    "sharp_lr_factor": None,  # the largest of lr_factors
+    "axis_coords": 8192,
 }
 
 
@@ -144,6 +179,30 @@ def resolve_options(raw: Mapping[str, Any], config: Any) -> dict[str, Any]:
         WHERE, "box_target", opts["box_target"], 0, 1, low_open=True, high_open=True
     )
     opts["level"] = number(WHERE, "level", opts["level"], 0, 1, low_open=True, high_open=True)
+    if opts["sharp_batch"] is not None:
+        opts["sharp_batch"] = integer(WHERE, "sharp_batch", opts["sharp_batch"], 1)
+        if opts["sharp_batch"] == opts["batch_sizes"][0]:
+            raise ConfigError(
+                f"{WHERE} sharp_batch must differ from the first batch size "
+                f"({opts['batch_sizes'][0]}): the two minima are trained with these two"
+            )
+        if opts["from_step"] == steps[0]:
+            raise ConfigError(
+                f"{WHERE} sharp_batch needs from_step after the first checkpoint ({steps[0]}): "
+                "both minima are trained from the first checkpoint down to L(from_step)"
+            )
+    if opts["sharp_paths"] is None:
+        opts["sharp_paths"] = opts["paths"]
+    opts["sharp_paths"] = integer(WHERE, "sharp_paths", opts["sharp_paths"], 2)
+    opts["axis_coords"] = integer(WHERE, "axis_coords", opts["axis_coords"], 1)
+    if opts["sharp_max_steps"] is None:
+        opts["sharp_max_steps"] = 4 * config.steps
+    opts["sharp_max_steps"] = integer(WHERE, "sharp_max_steps", opts["sharp_max_steps"], 1)
+    if opts["sharp_lr_factor"] is None:
+        opts["sharp_lr_factor"] = max(opts["lr_factors"])
+    opts["sharp_lr_factor"] = number(
+        WHERE, "sharp_lr_factor", opts["sharp_lr_factor"], 0, low_open=True
+    )
     arms = sequence(WHERE, "arms", opts["arms"])
     arms = [choice(WHERE, f"arms[{i}]", a, DECAY_ARMS) for i, a in enumerate(arms)]
     opts["arms"] = [a for a in DECAY_ARMS if a in arms]
@@ -163,7 +222,7 @@ def check(ctx: StudyContext, model: Any) -> None:
     gradients of all parameters fit in memory."""
     opts = ctx.options(NAME)
     n = len(ctx.data.train)
-    big = [b for b in opts["batch_sizes"] if b >= n]
+    big = [b for b in [*opts["batch_sizes"], opts["sharp_batch"] or 0] if b >= n]
     if big:
         raise ConfigError(
             f"{WHERE} batch_sizes {big} are not below the {n} train examples (no noise at B = N)"
@@ -274,6 +333,15 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
     arrays["trace_coords"] = trace_coords
     # a coordinate whose bounded SGN cannot carry a step of SGD across the box in one step
     reachable = int(np.count_nonzero(lr_base * sgn_bound >= box))
+    # the loss along each noisy coordinate's axis at the box's edges: the Kramers (Gaussian)
+    # prediction's barriers (see _escape_stats.gauss_box_theory)
+    noisy = np.flatnonzero(np.any([f[2] > 0 for f in fits.values()], axis=0))
+    if noisy.size > opts["axis_coords"]:  # a random subset: counts, but no prediction
+        noisy = np.sort(ctx.rng(f"{NAME}-axis").choice(noisy, opts["axis_coords"], replace=False))
+    measured = np.zeros(p, dtype=bool)
+    measured[noisy] = True
+    du_plus, du_minus = np.zeros(p), np.zeros(p)
+    du_plus[noisy], du_minus[noisy] = et.axis_losses(net, noisy, box, (x, y))
 
     common = {
         "steps": opts["horizon"],
@@ -316,7 +384,11 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
                 "trapping_probability": p_trap,
                 "trapping_ci": [lo, hi],
                 "box_exit": es.censored_mean(res.box_step, res.end_step, level),
-                "box_exit_theory_steps": pred_steps if arm != "gauss" else None,
+                "box_exit_theory_steps": pred_steps
+                if arm != "gauss"
+                else es.gauss_box_theory(du_plus, du_minus, box, g, lr, measured=measured)[
+                    "mean_steps"
+                ],
                 "first_exit_by_param": first.tolist(),
                 "farthest_by_param": farthest.tolist(),
                 "displacement_share_by_param": share.mean(0).tolist(),
@@ -336,15 +408,23 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
             )  # fmt: skip
             a_arm = np.full(p, 2.0) if arm == "gauss" else a_base
             theory = es.heavy_theory(a_base, c * s_base, lr_base, box)
+            kramers = es.gauss_box_theory(
+                du_plus, du_minus, box, c * g_base, lr_base, measured=measured
+            )
             sweep.append(
                 {
                     "arm": arm,
                     "noise_factor": c,
                     "eps_median": _eps_median(a_arm, c * sc, lr_base),
                     "box_exit": es.censored_mean(res.box_step, res.end_step, level),
-                    "theory_steps": float(theory[0].mean_exit_steps)
-                    if theory is not None and arm == "levy"
-                    else None,
+                    "theory_steps": (
+                        float(theory[0].mean_exit_steps)
+                        if theory is not None and arm == "levy"
+                        else kramers["mean_steps"]
+                        if arm == "gauss"
+                        else None
+                    ),
+                    **({"kramers": kramers} if arm == "gauss" else {}),
                 }
             )
     slopes = {}
@@ -399,11 +479,157 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
         "rows": rows,
         "sweep": sweep,
         "slopes": slopes,
+        "axis_profile": {
+            "coordinates": int(noisy.size),
+            "subset": bool(
+                noisy.size < np.count_nonzero(np.any([f[2] > 0 for f in fits.values()], axis=0))
+            ),
+            "rise_plus_median": float(np.median(du_plus[noisy])) if noisy.size else None,
+            "rise_minus_median": float(np.median(du_minus[noisy])) if noisy.size else None,
+            "concave_or_tilted": int(
+                np.count_nonzero(
+                    ~np.isfinite(
+                        es.kramers_box_rates(
+                            *es.axis_quadratic(du_plus[noisy], du_minus[noisy], box), box, 1.0
+                        )["barrier"]
+                    )
+                )
+            ),
+            "kramers_min_ratio": es.KRAMERS_MIN_RATIO,
+        },
     }
+    if opts["sharp_batch"] is not None:
+        out["sharp_flat"] = _sharp_flat(ctx, opts, lr0, box, loss_star)
     if opts["arms"]:
         out["decay"] = _decay_arms(ctx, opts, net, sel, (x, y), sgn, lr0, loss_star, threshold)
     ctx.save_arrays(NAME, **arrays)
     return out
+
+
+def _sharp_flat(
+    ctx: StudyContext, opts: dict[str, Any], lr_train: float, box: float, target: float
+) -> dict[str, Any]:
+    """Sharp vs flat minimum at equal training loss (see :func:`compute`'s docstring part 5)."""
+    import numpy as np
+
+    from ...curvature import hessian_eigs, hessian_trace
+    from ...selection import ParamSelection
+    from . import _escape_stats as es
+    from . import _escape_torch as et
+    from . import _noise_stats as ns
+    from . import _noise_torch as nt
+
+    x, y = (t.to(ctx.device) for t in ctx.train_tensors)
+    n = int(x.shape[0])
+    start = ctx.config.checkpoint_steps()[0]
+    b_run, level = opts["batch_sizes"][0], opts["level"]
+    lr = lr_train * opts["sharp_lr_factor"]
+    minima = []
+    for b in ctx.progress.track([b_run, opts["sharp_batch"]], "sharp vs flat minima"):
+        model = ctx.load_model(start)
+        taken, loss = et.train_to_loss(
+            model, ctx.loss_fn, x, y, lr=lr_train, batch_size=b, target=target,
+            max_steps=opts["sharp_max_steps"], rng=ctx.rng(f"{NAME}-minimum-{b}"),
+        )  # fmt: skip
+        eig = hessian_eigs(
+            model, ctx.loss_fn, (x, y), k=1, rng=ctx.seed_for(f"{NAME}-lanczos-{b}"),
+            dropout=ctx.fixed_dropout,
+        )  # fmt: skip
+        trace = hessian_trace(
+            model, ctx.loss_fn, (x, y), rng=ctx.seed_for(f"{NAME}-trace-{b}"),
+            dropout=ctx.fixed_dropout,
+        )  # fmt: skip
+        net = et.FlatNet(model, ctx.loss_fn)
+        p = int(net.theta.numel())
+        sel = ParamSelection(tuple(net.names), tuple(net.shapes), (None,) * len(net.names))
+        per_sample, full = nt.per_sample_and_mean(model, ctx.loss_fn, x, y, sel, ctx.dropout)
+        xi = ns.sgn_from_per_sample(
+            per_sample,
+            full,
+            ns.draw_minibatches(ctx.rng(f"{NAME}-minimum-sgn-{b}"), n, b_run, opts["sgn_samples"]),
+        )
+        del per_sample
+        a, s, _ = ns.parameter_map(xi, (p,), method=opts["fit_method"])
+        a, s = _sde_params(a, s)
+        g = s if opts["gauss_scale"] == "sas" else np.where(s > 0, xi.std(0) / np.sqrt(2), 0.0)
+        del xi
+        loss_min = float(net.loss(net.theta.unsqueeze(0), x, y)[0])
+        if opts["exit"] == "loss":
+            threshold = opts["loss_rise"]
+        else:
+            threshold = opts["radius"] * float(net.theta.double().norm())
+        th = es.heavy_theory(a, s, lr, box)
+        arms = {}
+        for arm in et.ARMS:
+            res = et.simulate(
+                net, arm, lr=lr, batch_size=b_run, alpha=a, scale=g if arm == "gauss" else s,
+                seed=ctx.seed_for(f"{NAME}-minimum-paths-{b}-{arm}"), steps=opts["horizon"],
+                paths=opts["sharp_paths"], data=(x, y), exit_rule=opts["exit"],
+                threshold=threshold, loss_star=loss_min, box=box,
+                check_every=opts["check_every"], trace_coords=np.zeros(0, dtype=np.int64),
+            )  # fmt: skip
+            trapped = int(np.count_nonzero(res.basin_step < 0))
+            p_trap, lo, hi = es.wilson(trapped, opts["sharp_paths"], level)
+            arms[arm] = {
+                "basin_exit": es.censored_mean(res.basin_step, res.end_step, level),
+                "trapping_probability": p_trap,
+                "trapping_ci": [lo, hi],
+                "box_exit": es.censored_mean(res.box_step, res.end_step, level),
+            }
+        on = s > 0
+        minima.append(
+            {
+                "train_batch_size": b,
+                "train_steps": taken,
+                "reached_target": bool(loss <= target),
+                "train_loss": loss_min,
+                "lambda_max": float(eig.eigenvalues[0]),
+                "lambda_max_converged": bool(eig.converged[0]),
+                "lr_lambda_max": lr * float(eig.eigenvalues[0]),
+                "trace": float(trace.estimate),
+                "trace_se": float(trace.stderr),
+                "alpha_median": float(np.median(a[on])) if on.any() else None,
+                "scale_median": float(np.median(s[on])) if on.any() else None,
+                "levy_theory_box_steps": float(th[0].mean_exit_steps) if th is not None else None,
+                "arms": arms,
+            }
+        )
+    sharp = int(np.argmax([m["lambda_max"] for m in minima]))
+    flat = 1 - sharp
+    comparison = {}
+    for arm in et.ARMS:
+        ex_s, ex_f = (
+            minima[sharp]["arms"][arm]["basin_exit"],
+            minima[flat]["arms"][arm]["basin_exit"],
+        )
+        ratio = es.rate_ratio(
+            ex_s["exits"], ex_s["exposure_steps"], ex_f["exits"], ex_f["exposure_steps"], level
+        )
+        bx_s, bx_f = minima[sharp]["arms"][arm]["box_exit"], minima[flat]["arms"][arm]["box_exit"]
+        box_ratio = es.rate_ratio(
+            bx_s["exits"], bx_s["exposure_steps"], bx_f["exits"], bx_f["exposure_steps"], level
+        )
+        comparison[arm] = {
+            **ratio,
+            "verdict": es.sharpness_verdict(ratio),
+            "box_ratio": {**box_ratio, "verdict": es.sharpness_verdict(box_ratio)},
+        }
+    return {
+        "start_step": start,
+        "target_loss": target,
+        "train_lr": lr_train,
+        "lr": lr,
+        "batch_size": b_run,
+        "paths": opts["sharp_paths"],
+        "horizon": opts["horizon"],
+        "max_steps": opts["sharp_max_steps"],
+        "minima": minima,
+        "sharper": sharp,
+        "trace_agrees": bool((minima[sharp]["trace"] - minima[flat]["trace"]) > 0),
+        "loss_gap": abs(minima[0]["train_loss"] - minima[1]["train_loss"]),
+        "matched": all(m["reached_target"] for m in minima),
+        "comparison": comparison,
+    }
 
 
 def _decay_arms(
