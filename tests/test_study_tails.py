@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -252,3 +253,26 @@ def test_registered_and_quick_preset_runs(tmp_path):
         summary = json.loads((out / key / "summary.json").read_text())
         assert summary["config"]["dataset"] == key
         assert summary["analyses"]["tails"]["settings"]["n_boot"] == 9
+
+
+def test_a_budget_caps_dimension_wise_samples_and_says_so(tiny_run, tmp_path):
+    """Under max_memory a dimension-wise sample holds at most max_memory // 480 values (a seeded
+    random subset of the coordinates); the row and the table say so; without one, all."""
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy)
+    ctx = _ctx(copy, min_tail=5, matched_samples=0, n_boot=0)
+    cap = 5000
+    ctx.config = dataclasses.replace(ctx.config, max_memory=cap * 2 * tails.BATTERY_BYTES_PER_VALUE)
+    res = tails.compute(ctx)
+    rows = _rows(res)
+    p = 64 * 128 + 128 + 128 * 64 + 64 + 64 * 10 + 10  # every coordinate of the MLP
+    assert cap < p
+    for fam in ("dim_full", "dim_minibatch", "dim_sgn"):
+        assert rows[f"{fam}/model"]["values_per_sample"] == cap
+        assert rows[f"{fam}/model"]["subsampled"] == {"samples": 2, "max_values": cap}
+        # per tensor: the two weight matrices (8192 values each) at both checkpoints
+        assert rows[f"{fam}/layer"]["subsampled"] == {"samples": 4, "max_values": cap}
+    assert "seeded random subset of coordinates" in tails._values_cell(rows["dim_full/model"])
+    unbudgeted = _rows(json.loads((tiny_run / "summary.json").read_text())["analyses"]["tails"])
+    assert unbudgeted["dim_full/model"]["values_per_sample"] == p
+    assert "subsampled" not in unbudgeted["dim_full/model"]
