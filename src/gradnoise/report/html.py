@@ -28,8 +28,6 @@ from .numbers import fmt_cell
 CONTENT_WIDTH_PX = 1040
 
 
-
-
 @dataclass(frozen=True)
 class Table:
     """A small table: header row and body rows (numbers are formatted by the report's one

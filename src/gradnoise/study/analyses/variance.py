@@ -591,8 +591,8 @@ def render(view: RunView) -> Section:
                 save_figure(fig, view.figure_path("at_loss")),
                 "Minibatch gradient variance against the training loss on the full train set "
                 "(log-log; x axis reversed: training proceeds to the right; colour: step).",
-                intro="Variance against progress rather than time: two runs, or two phases of "
-                "one run, are compared at equal training loss (the text above reads the variance "
+                intro="Faghri et al. (2020)'s variance against progress rather than time: two "
+                "runs, or two phases of one run, are compared at equal training loss (the text above reads the variance "
                 "and NGV at a fixed loss level). Each point is one "
                 "measurement, coloured by its step, with the loss axis reversed so that "
                 "training runs left to right; points that rise to the right mean the variance "
@@ -621,10 +621,10 @@ def render(view: RunView) -> Section:
                 "Per layer (weights and bias of a module together): variance and NGV of the "
                 "minibatch gradient and the per-example GSNR, averaged over the layer's "
                 "coordinates (log scale).",
-                intro="Where in the network the noise sits: the same variance, NGV and GSNR "
-                "as above, averaged over the coordinates of each layer instead of the whole "
-                "model, one line per layer (legend in the left plot). A layer whose variance grows while the "
-                "others stay flat drives the model-wide trend, and layers with a low GSNR are "
+                intro="Where in the network the noise sits: Faghri et al. (2020)'s variance, "
+                "with NGV and GSNR, as above but averaged over the coordinates of each layer "
+                "instead of the whole model, one line per layer (legend in the left plot). A "
+                "layer whose variance grows while the others stay flat drives the model-wide trend, and layers with a low GSNR are "
                 "those whose updates are mostly noise.",
             )
         )
