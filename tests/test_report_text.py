@@ -357,3 +357,48 @@ def test_the_prose_check_sees_a_figure_without_prose(tmp_path):
     assert "tails: ['tails-figure-1'] not preceded by an intro" in problems[0]
     assert "training" in problems[1] and "too short" in problems[1]
     assert "variance" in problems[2] and "cites none" in problems[2]
+
+
+def test_ccdf_thinning_keeps_the_tail_and_bounds_the_size():
+    """The charts' thinning spreads points along the drawn log-log curve: a heavy tail keeps
+    points down to its last value (thinning by index would leave it almost none), and the
+    count stays near the budget however large the sample."""
+    from gradnoise.report.figures import ccdf, thin, thin_loglog
+
+    values = np.abs(np.random.default_rng(0).standard_t(1.5, 200_000))
+    x, p = ccdf(values)
+    tx, tp = thin_loglog(x, p, 100)
+    assert 50 <= tx.size <= 101
+    assert tx[0] == x[0] and tx[-1] == x[-1] and tp[-1] == p[-1]
+    assert np.all(np.diff(tx) > 0) and np.all(np.diff(tp) < 0)
+    # the last decade of probability (p < 1e-4: 20 of the 200,000 values) keeps points
+    assert (tp < 1e-4).sum() >= 5
+    _, ip = thin(x, p, 100)
+    assert (ip < 1e-4).sum() <= 2  # by index: the tail is nearly empty
+    short = thin_loglog(np.array([1.0, 2.0, 0.0, 3.0]), np.array([1.0, 0.5, 0.4, np.nan]))
+    assert short[0].tolist() == [1.0, 2.0]  # non-positive and non-finite points dropped
+
+
+def test_chart_spec_marks_dashed_series_and_figures_take_charts(tmp_path):
+    from gradnoise.report import Chart, Figure, Section
+    from gradnoise.report.html import chart_spec, section_blocks
+
+    chart = Chart(
+        "c", "x", "y", [("data", [1, 2], [1, 0.5]), ("fit", [1, 2], [1, 0.4])], dashed=["fit"]
+    )
+    spec = json.loads(chart_spec(chart))
+    assert spec["dashed"] == [False, True] and spec["points"] == [False, False]
+    section = Section(
+        "s",
+        "S",
+        charts=[Chart("alone", "x", "y", [("a", [1], [1])], intro="about it")],
+        figures=[Figure(tmp_path / "a.png", intro="why", charts=[chart, chart]), Figure(tmp_path)],
+    )
+    blocks = section_blocks(section)
+    assert [[i for i, _ in b.charts] for b in blocks] == [
+        ["s-chart-1"],
+        ["s-chart-2", "s-chart-3"],
+        [],
+    ]
+    assert [b.intro for b in blocks] == ["about it", "why", ""]
+    assert [b.figure_id for b in blocks] == ["", "s-figure-1", "s-figure-2"]

@@ -1,10 +1,13 @@
-"""The self-contained HTML report: sections with text, tables and embedded PNG figures.
+"""The self-contained HTML report: sections with text, tables, PNG figures and interactive charts.
 
 One file, readable offline and shareable: every figure is embedded (data URI), every table has
 a CSV download (data URI), user strings are escaped (Jinja2 autoescape), and the page is laid
 out for any width from a phone to a desktop (viewport meta, tables in horizontal scroll
-wrappers, a sticky table of contents). ``tests/test_report_browser.py`` checks the layout in
-headless Chromium.
+wrappers, a sticky table of contents). Each figure opens with its intro paragraph (what it
+shows, why it matters, how to read it). A figure may carry interactive charts of its panels
+(uPlot, inlined): where JavaScript runs they are drawn and the PNG is hidden, so a reader sees
+one figure per curve; without JavaScript (or if a chart fails to draw) the PNG is shown.
+``tests/test_report_browser.py`` checks the layout in headless Chromium.
 """
 
 from __future__ import annotations

@@ -162,7 +162,7 @@ def _simsekli(view: RunView, res: dict[str, Any], arrays: dict[str, np.ndarray])
                 intro="Simsekli et al. (2019) pool the noise of all coordinates into one sample "
                 "and find its tail heavy (α-stable with α < 2). This plot shows why pooling "
                 "needs a control: the complementary CDF P(|X| ≥ x) of the pooled |SGN| on "
-                "log–log axes, against the same number of Gaussian values drawn with each "
+                "log–log axes, against Gaussian values drawn with each "
                 "coordinate's own scale and pooled the same way, and a single Gaussian of the "
                 "same RMS. A single Gaussian's CCDF plunges (it bends ever more steeply down); "
                 "a heavy tail decays slowly, as a straight line. If the Gaussian-coordinates "
@@ -333,7 +333,7 @@ def _panigrahi(view: RunView, res: dict[str, Any]) -> tuple:
         "Benjamini–Hochberg control of the false discovery rate, dotted ones after Holm's "
         "stricter family-wise control. A share near 1 means Gaussian noise; lines that rise "
         "with B are the central limit theorem at work. Projections mix many coordinates, so "
-        "they look more Gaussian than single coordinates.",
+        "they tend to look more Gaussian than single coordinates.",
     )
     return paragraphs, [table], [fig_obj]
 

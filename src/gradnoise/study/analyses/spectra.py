@@ -850,8 +850,8 @@ def render(view: RunView) -> Section:
                 "stochastic gradients has a power-law spectrum: its eigenvalues sorted from "
                 "the largest (rank k = 1) on log–log axes, where a power law lambda_k ~ k^-s is "
                 "a straight line of slope -s. The baselines say what a straight line is worth: "
-                "a Gaussian random matrix of the same shape and trace (whose ranks follow the "
-                "Marchenko–Pastur law and fall off flat, then steeply), the same model at "
+                "a Gaussian random matrix of the same shape and trace (its eigenvalues follow the "
+                "Marchenko–Pastur law: a nearly flat rank plot), the same model at "
                 "initialisation and with shuffled labels. The claim needs the trained curve "
                 "straight over the fitted window (CSN bootstrap p in the table) and much steeper "
                 "than the random matrix's; the second plot shows how the shape changes along "
@@ -1142,14 +1142,16 @@ def render(view: RunView) -> Section:
                     intro="Xie et al. (2022) report power-law Hessian spectra: the top "
                     "eigenvalues of a well-trained network's Hessian fall on a straight line "
                     "lambda_k ~ k^-s with s near 1 on log–log axes, and those at initialisation "
-                    "do not. The first plot shows the top eigenvalues at each checkpoint with "
+                    "do not. The first plot shows the top eigenvalues at initialisation and "
+                    "after training with "
                     "their fit (dashed), the second the gaps between consecutive eigenvalues "
                     "(if lambda_k ~ k^-s, the gaps fall as k^-(s+1): a second straight line). "
                     "Read the verdict from the table: the CSN bootstrap p-value (p > "
                     f"{fmt_num(P_PLAUSIBLE)}: the power law is plausible, p < {fmt_num(P_REJECT)}"
                     ": rejected, in between: borderline) and whether s lies between "
-                    f"{fmt_num(HESSIAN_S[0])} and {fmt_num(HESSIAN_S[1])}. Only the top {hess[-1]['k']} eigenvalues are computed, so a straight "
-                    "look over so few ranks is weak evidence.",
+                    f"{fmt_num(HESSIAN_S[0])} and {fmt_num(HESSIAN_S[1])}. Only the top "
+                    f"{hess[-1]['k']} eigenvalues are computed, so a straight line over so few "
+                    "ranks is weak evidence.",
                     charts=hess_charts,
                 )
             )

@@ -145,8 +145,8 @@ def render(view: RunView) -> Section:
                 intro="Whether and how far the network trained: the minibatch loss at every "
                 "step (noisy, with its running mean) and the test loss and accuracy at each "
                 "evaluation. The loss is on a log scale, where a steady decrease is a straight "
-                "descent; a gap between the running training loss and the test loss is "
-                "overfitting. The noise statistics below are measured at checkpoints along this "
+                "descent; a test loss well above the running training loss is a generalisation "
+                "gap. The noise statistics below are measured at checkpoints along this "
                 "curve, so read them against where on it each checkpoint lies.",
                 charts=charts,
             )
