@@ -392,7 +392,12 @@ def test_chart_spec_marks_dashed_series_and_figures_take_charts(tmp_path):
         "s",
         "S",
         charts=[Chart("alone", "x", "y", [("a", [1], [1])], intro="about it")],
-        figures=[Figure(tmp_path / "a.png", intro="why", charts=[chart, chart]), Figure(tmp_path)],
+        figures=[
+            Figure(
+                tmp_path / "a.png", intro="why", charts=[chart, Chart("e", "x", "y", []), chart]
+            ),
+            Figure(tmp_path, charts=[Chart("empty", "x", "y", [])]),
+        ],
     )
     blocks = section_blocks(section)
     assert [[i for i, _ in b.charts] for b in blocks] == [

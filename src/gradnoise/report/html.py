@@ -191,7 +191,10 @@ def section_blocks(section: Section) -> list[Block]:
     for chart in section.charts:
         blocks.append(Block(chart.intro, numbered([chart])))
     for i, fig in enumerate(section.figures, start=1):
-        blocks.append(Block(fig.intro, numbered(fig.charts), fig, f"{section.key}-figure-{i}"))
+        # a chart without series (e.g. no testable sample in a short run) is left out; the
+        # PNG of a figure whose charts are all empty is its figure
+        drawn = [chart for chart in fig.charts if chart.series]
+        blocks.append(Block(fig.intro, numbered(drawn), fig, f"{section.key}-figure-{i}"))
     return blocks
 
 
