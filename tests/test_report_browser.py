@@ -205,6 +205,20 @@ def test_interactive_plots_hover_and_log_switch(browser, report):
     )
     assert log == "0"  # the loss starts on a log axis
     assert browser.find_elements("css selector", "#training-chart-1 .uplot")
+    # a tails CCDF: log-log axes, values on hover, a legend entry hides its series
+    browser.execute_script("document.getElementById('tails-chart-1').scrollIntoView()")
+    spec = browser.execute_script(
+        "return JSON.parse(document.querySelector('#tails-chart-1 .chart').dataset.spec)"
+    )
+    assert spec["logx"] and spec["log"] and any(spec["dashed"])
+    over = browser.find_element("css selector", "#tails-chart-1 .u-over")
+    ActionChains(browser).move_to_element(over).perform()
+    shown = browser.execute_script(values.replace("training", "tails"))
+    assert any(v != "–" for v in shown), shown
+    hidden = "return document.querySelectorAll('#tails-chart-1 .u-legend .u-off').length"
+    assert browser.execute_script(hidden) == 0
+    browser.find_element("css selector", "#tails-chart-1 .u-legend .u-series:nth-child(2)").click()
+    assert browser.execute_script(hidden) == 1
     errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
     assert not errors, errors
 
