@@ -115,7 +115,9 @@ def _open(driver, path: Path, width: int) -> dict:
         const anchors = [...document.querySelectorAll('a[href^="#"]')].map(a => a.getAttribute('href'));
         const imgs = [...document.images].map(i => ({
           ok: i.complete && i.naturalWidth > 0, natural: i.naturalWidth, shown: i.clientWidth,
-          attr: Number(i.getAttribute('width'))}));
+          attr: Number(i.getAttribute('width')), displayed: i.getClientRects().length > 0,
+          fallback: i.closest('figure.fallback') !== null}));
+        const shown = el => el.getClientRects().length > 0;
         return {
           innerWidth: window.innerWidth, scrollWidth: doc.scrollWidth, wide: wide.slice(0, 10),
           anchors: anchors,
@@ -131,6 +133,11 @@ def _open(driver, path: Path, width: int) -> dict:
           pwned: window.__pwned === undefined ? null : window.__pwned,
           charts: document.querySelectorAll('.chart').length,
           drawn: document.querySelectorAll('.chart .uplot canvas').length,
+          chartsShown: [...document.querySelectorAll('.chart-box')].filter(shown).length,
+          charted: document.querySelectorAll('.block.charted').length,
+          chartedDrawn: document.querySelectorAll('.block.charted.drawn').length,
+          fallbacksShown: [...document.querySelectorAll('figure.fallback')].filter(shown).length,
+          tailsCharts: document.querySelectorAll('#tails .chart .uplot canvas').length,
         };
         """
     )
@@ -148,22 +155,33 @@ def test_report_in_a_browser_at_desktop_and_phone_widths(browser, report):
             f"{len(m['anchors'])} anchors ({len(m['unresolved'])} unresolved), "
             f"{len(m['images'])} images ({sum(not i['ok'] for i in m['images'])} not loaded), "
             f"{len(errors)} console errors, DOMContentLoaded {m['domMs']:.0f} ms, load "
-            f"{m['loadMs']:.0f} ms, {m['tables']} tables, {m['csv']} CSV links"
+            f"{m['loadMs']:.0f} ms, {m['tables']} tables, {m['csv']} CSV links, {m['drawn']} of "
+            f"{m['charts']} charts drawn, {m['fallbacksShown']} of {m['charted']} charted PNGs "
+            f"shown, {sum(i['displayed'] for i in m['images'])} images shown"
         )
         assert m["innerWidth"] == width  # the viewport meta makes a phone lay out at 400 px
         assert m["scrollWidth"] <= width, f"page overflows at {width} px: {m['wide']}"
         assert not m["wide"], m["wide"]
         assert m["anchors"] and not m["unresolved"], m["unresolved"]
         assert m["images"] and all(i["ok"] for i in m["images"])
+        # one figure per curve: with JavaScript every chart is drawn and shown and the PNGs of
+        # charted figures (their fallback) are not displayed; figures without charts are shown
+        assert m["charted"] >= 10 and m["chartedDrawn"] == m["charted"]
+        assert m["fallbacksShown"] == 0
+        assert m["chartsShown"] == m["charts"]
+        assert m["tailsCharts"] == 6  # the tails CCDFs, interactive
+        plain = [i for i in m["images"] if not i["fallback"]]
+        assert plain and all(i["displayed"] for i in plain)
+        assert all(not i["displayed"] for i in m["images"] if i["fallback"])
         assert not errors, errors
         assert m["loadMs"] < BUDGET_RENDER_MS
         assert m["firstSection"] == "verdicts"
         assert m["navPosition"] == "sticky"
         assert m["tables"] and m["csv"] == m["tables"]  # each section's table has its CSV
-        assert m["charts"] >= 5 and m["drawn"] == m["charts"]  # interactive plots drawn
+        assert m["charts"] >= 20 and m["drawn"] == m["charts"]  # interactive plots drawn
         if width == 1400:
             # figures are drawn at their display size: shown at their own pixels
-            scaled = [i for i in m["images"] if i["shown"] != i["natural"]]
+            scaled = [i for i in m["images"] if i["displayed"] and i["shown"] != i["natural"]]
             assert not scaled, scaled
             # table of contents entries on one line each (no mid-title wrap)
             assert max(m["navLinkHeights"]) < 1.9 * min(m["navLinkHeights"])
@@ -187,8 +205,51 @@ def test_interactive_plots_hover_and_log_switch(browser, report):
     )
     assert log == "0"  # the loss starts on a log axis
     assert browser.find_elements("css selector", "#training-chart-1 .uplot")
+    # a tails CCDF: log-log axes, values on hover, a legend entry hides its series
+    browser.execute_script("document.getElementById('tails-chart-1').scrollIntoView()")
+    spec = browser.execute_script(
+        "return JSON.parse(document.querySelector('#tails-chart-1 .chart').dataset.spec)"
+    )
+    assert spec["logx"] and spec["log"] and any(spec["dashed"])
+    over = browser.find_element("css selector", "#tails-chart-1 .u-over")
+    ActionChains(browser).move_to_element(over).perform()
+    shown = browser.execute_script(values.replace("training", "tails"))
+    assert any(v != "–" for v in shown), shown
+    hidden = "return document.querySelectorAll('#tails-chart-1 .u-legend .u-off').length"
+    assert browser.execute_script(hidden) == 0
+    browser.find_element("css selector", "#tails-chart-1 .u-legend .u-series:nth-child(2)").click()
+    assert browser.execute_script(hidden) == 1
     errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
     assert not errors, errors
+
+
+def test_without_javascript_the_pngs_are_the_figures(browser, report):
+    """Where scripts do not run, the charts (which need them) are hidden and every PNG,
+    including those of charted figures, is shown at its drawn size."""
+    browser.execute_cdp_cmd("Emulation.setScriptExecutionDisabled", {"value": True})
+    try:
+        _viewport(browser, 1400)
+        browser.get(report.as_uri())
+        m = browser.execute_script(
+            """
+            const shown = el => el.getClientRects().length > 0;
+            return {
+              js: document.documentElement.classList.contains('js'),
+              fallbacks: document.querySelectorAll('figure.fallback').length,
+              fallbacksShown: [...document.querySelectorAll('figure.fallback')].filter(shown).length,
+              chartsShown: [...document.querySelectorAll('.chart-box')].filter(shown).length,
+              images: document.images.length,
+              imagesShown: [...document.images].filter(i => shown(i) && i.clientWidth === i.naturalWidth).length,
+            };
+            """
+        )
+    finally:
+        browser.execute_cdp_cmd("Emulation.setScriptExecutionDisabled", {"value": False})
+    # execute_script runs even with page scripts disabled; the page's own script did not
+    assert not m["js"]
+    assert m["fallbacks"] >= 10 and m["fallbacksShown"] == m["fallbacks"]
+    assert m["chartsShown"] == 0
+    assert m["imagesShown"] == m["images"]
 
 
 def test_comparison_report_in_a_browser(browser, compare_report):

@@ -176,15 +176,72 @@ def test_power_law_spectrum_supports_and_random_matrix_contradicts():
     assert short.verdict == INCONCLUSIVE
 
 
+def _hessian_claim(fit):
+    rows = [{"kind": "trained", "label": "t", "fit": fit}]
+    return spectra.claims({"covariance": [], "hessian": rows})[0]
+
+
 def test_hessian_rule():
     def claim(s, p, n):
-        rows = [{"kind": "trained", "label": "t", "fit": {"s": s, "pvalue": p, "n": n}}]
-        return spectra.claims({"covariance": [], "hessian": rows})[0].verdict
+        return _hessian_claim({"s": s, "pvalue": p, "n": n}).verdict
 
     assert claim(1.0, 0.5, 40) == SUPPORTS
     assert claim(0.1, 0.5, 40) == CONTRADICTS
     assert claim(1.0, 0.01, 40) == CONTRADICTS
     assert claim(1.0, 0.5, 6) == INCONCLUSIVE
+    # the borderline band 0.05 <= p <= 0.1: a p-value on the fence decides nothing ...
+    assert claim(1.0, 0.095, 40) == INCONCLUSIVE
+    assert claim(1.0, 0.05, 40) == INCONCLUSIVE
+    assert claim(1.0, 0.1, 40) == INCONCLUSIVE
+    assert claim(1.0, 0.101, 40) == SUPPORTS
+    assert claim(1.0, 0.049, 40) == CONTRADICTS
+    # ... unless s alone already contradicts "s near 1"
+    assert claim(3.0, 0.095, 40) == CONTRADICTS
+    assert claim(0.4, 0.095, 40) == CONTRADICTS
+    rule = _hessian_claim({"s": 1.0, "pvalue": 0.095, "n": 40}).test_rule
+    assert "0.05 <= p <= 0.1" in rule and "inconclusive" in rule and "p > 0.1" in rule
+
+
+@pytest.mark.parametrize(
+    ("name", "verdict"),
+    [("power law", SUPPORTS), ("exponential", CONTRADICTS), ("Gaussian matrix", CONTRADICTS)],
+)
+def test_hessian_rule_on_synthetic_spectra(name, verdict):
+    """Rank fits (with the CSN bootstrap) of known spectra: a power law k^-1 supports; an
+    exponential decay (its least-squares s, 1.75, lies inside 0.5..2, so only the bootstrap can
+    reject it) and the top eigenvalues of a Gaussian (Wigner) matrix contradict."""
+    k = np.arange(1, 61, dtype=np.float64)
+    if name == "power law":
+        values = k**-1.0
+    elif name == "exponential":
+        values = np.exp(-0.1 * k)
+    else:
+        a = np.random.default_rng(5).standard_normal((300, 300))
+        values = np.linalg.eigvalsh((a + a.T) / np.sqrt(600))[::-1][:60]
+    fit = spectra.fit_spectrum(values, [1, 60], bootstrap=100, rng=0)
+    claim = _hessian_claim(fit)
+    assert claim.verdict == verdict, claim.evidence
+    if name == "exponential":
+        assert 0.5 <= fit["s"] <= 2.0 and fit["pvalue"] < 0.05
+    # the same fit with its p-value moved into the borderline band is inconclusive when its s
+    # is near 1, and still contradicts when it is not
+    borderline = _hessian_claim({**fit, "pvalue": 0.095}).verdict
+    assert borderline == (INCONCLUSIVE if 0.5 <= fit["s"] <= 2.0 else CONTRADICTS)
+
+
+def test_covariance_rule_has_the_same_borderline_band():
+    def claim(s, p, s_random=0.1, n=40):
+        rows = [
+            {"kind": "trained", "label": "t", "fit": {"s": s, "pvalue": p, "n": n}},
+            {"kind": "random", "label": "r", "fit": {"s": s_random}},
+        ]
+        return spectra.claims({"covariance": rows, "hessian": []})[0]
+
+    assert claim(1.0, 0.5).verdict == SUPPORTS
+    assert claim(1.0, 0.095).verdict == INCONCLUSIVE
+    assert claim(1.0, 0.04).verdict == CONTRADICTS
+    assert claim(0.15, 0.095).verdict == CONTRADICTS  # like the random matrix either way
+    assert "0.05 <= p <= 0.1" in claim(1.0, 0.095).test_rule
 
 
 # ------------------------------------------------------------------------------ variance

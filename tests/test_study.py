@@ -35,6 +35,7 @@ def test_run_directory_contents(tiny_run):
         "grads.zarr",
         "figures/training_curves.png",
         "figures/gradients_norms.png",
+        "figures/gradients_per_sample_norms.png",
         "figures/gradients_values.png",
         "checkpoints/step_0000000.pt",
         "checkpoints/step_0000020.pt",
@@ -51,7 +52,7 @@ def test_run_directory_contents(tiny_run):
     assert sorted(run.per_sample) == [0, 20] and run.per_sample[0].shape == (32, 500)
     assert sorted(run.noise) == [0, 20] and run.noise[20].shape == (8, 500)
     html = (tiny_run / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 3 and "Gradient norms and distributions" in html
+    assert html.count("data:image/png;base64,") == 4 and "Gradient norms and distributions" in html
 
 
 def test_same_seed_gives_identical_summary(tiny_run, tmp_path):

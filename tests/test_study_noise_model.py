@@ -34,7 +34,7 @@ OPTIONS = {
     "arm_steps": 5,
 }
 CONFIG = StudyConfig(**TINY, analyses=("training", "noise_model"), options={"noise_model": OPTIONS})
-FIGURES = ("simsekli", "panigrahi", "battash_maps", "battash", "arms")
+FIGURES = ("simsekli_ccdf", "simsekli", "panigrahi", "battash_maps", "battash", "arms")
 
 
 @pytest.fixture(scope="module")

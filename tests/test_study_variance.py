@@ -43,11 +43,11 @@ def _arrays(run):
 
 def test_section_figures_and_arrays(var_run):
     res, a = _results(var_run), _arrays(var_run)
-    for stem in ("over_training", "layers", "estimators"):
+    for stem in ("over_training", "at_loss", "layers", "estimators"):
         assert (var_run / f"figures/variance_{stem}.png").exists(), stem
     html = (var_run / "report.html").read_text()
     assert "Gradient variance (Faghri et al.)" in html and "GC" in html
-    assert html.count("data:image/png;base64,") == 4  # training curves + 3 of ours
+    assert html.count("data:image/png;base64,") == 5  # training curves + 4 of ours
     np.testing.assert_array_equal(a["steps"], np.arange(0, 21, 4))
     assert res["measurements"] == 6 and res["options"]["every"] == 4
     assert res["options"]["num_clusters"] == 16 and res["options"]["snapshot_every"] == 16

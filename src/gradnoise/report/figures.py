@@ -138,3 +138,26 @@ def thin(x: np.ndarray, y: np.ndarray, max_points: int = 2000) -> tuple[np.ndarr
         return x, y
     idx = np.unique(np.geomspace(1, x.size, max_points).astype(np.int64) - 1)
     return x[idx], y[idx]
+
+
+def thin_loglog(
+    x: np.ndarray, y: np.ndarray, max_points: int = 120
+) -> tuple[np.ndarray, np.ndarray]:
+    """At most about ``max_points`` points of a monotone curve (a CCDF, a rank spectrum) that
+    look the same on log-log axes: the points are spread evenly along the drawn line (its
+    length measured as |d log x| / range + |d log y| / range), over the bulk and the tail
+    alike, not evenly in index (where a CCDF's tail would get almost none); the first and last
+    points are always kept. Non-positive or non-finite points are dropped."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
+    x, y = x[ok], y[ok]
+    if x.size <= max_points:
+        return x, y
+    lx, ly = np.log10(x), np.log10(y)
+    sx = max(float(np.ptp(lx)), 1e-12)
+    sy = max(float(np.ptp(ly)), 1e-12)
+    arc = np.concatenate([[0.0], np.cumsum(np.abs(np.diff(lx)) / sx + np.abs(np.diff(ly)) / sy)])
+    marks = np.linspace(0.0, arc[-1], max_points - 1)
+    idx = np.unique(np.concatenate([np.searchsorted(arc, marks), [0, x.size - 1]]))
+    idx = idx[idx < x.size]
+    return x[idx], y[idx]

@@ -1,10 +1,13 @@
-"""The self-contained HTML report: sections with text, tables and embedded PNG figures.
+"""The self-contained HTML report: sections with text, tables, PNG figures and interactive charts.
 
 One file, readable offline and shareable: every figure is embedded (data URI), every table has
 a CSV download (data URI), user strings are escaped (Jinja2 autoescape), and the page is laid
 out for any width from a phone to a desktop (viewport meta, tables in horizontal scroll
-wrappers, a sticky table of contents). ``tests/test_report_browser.py`` checks the layout in
-headless Chromium.
+wrappers, a sticky table of contents). Each figure opens with its intro paragraph (what it
+shows, why it matters, how to read it). A figure may carry interactive charts of its panels
+(uPlot, inlined): where JavaScript runs they are drawn and the PNG is hidden, so a reader sees
+one figure per curve; without JavaScript (or if a chart fails to draw) the PNG is shown.
+``tests/test_report_browser.py`` checks the layout in headless Chromium.
 """
 
 from __future__ import annotations
@@ -26,14 +29,6 @@ from .numbers import fmt_cell
 
 #: the widest a figure is shown (CSS px): the content column at a 1,400 px window
 CONTENT_WIDTH_PX = 1040
-
-
-@dataclass(frozen=True)
-class Figure:
-    """A PNG file of the run directory and its caption."""
-
-    path: Path
-    caption: str = ""
 
 
 @dataclass(frozen=True)
@@ -60,6 +55,10 @@ class Chart:
         log_x: a log x axis (x values must be positive: ranks, sizes).
         points: labels of series drawn as markers only (e.g. values at checkpoints).
         caption: what the plot shows, under it.
+        dashed: labels of series drawn as dashed lines (e.g. fitted curves), in the colour of
+            the series before them (give a fit right after its data).
+        intro: prose shown before a chart of :attr:`Section.charts` (a chart of a
+            :class:`Figure` is introduced by the figure's ``intro``).
     """
 
     title: str
@@ -70,6 +69,28 @@ class Chart:
     points: Sequence[str] = ()
     log_x: bool = False
     caption: str = ""
+    dashed: Sequence[str] = ()
+    intro: str = ""
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A PNG file of the run directory and its caption.
+
+    Attributes:
+        path: the PNG.
+        caption: what the PNG shows, under it.
+        intro: prose shown before the figure: what it shows, why it matters and how to read it.
+        charts: interactive versions of every panel of the PNG. When given, a browser running
+            JavaScript shows the charts (with their own captions) and hides the PNG, which is
+            the fallback (shown without JavaScript, or when a chart fails to draw): a reader
+            sees one figure per curve. Leave empty when a panel has no chart.
+    """
+
+    path: Path
+    caption: str = ""
+    intro: str = ""
+    charts: Sequence[Chart] = ()
 
 
 def _finite(value: Any) -> float | None:
@@ -104,6 +125,7 @@ def chart_spec(chart: Chart) -> str:
             "logx": bool(chart.log_x),
             "labels": [label for label, _, _ in chart.series],
             "points": [label in chart.points for label, _, _ in chart.series],
+            "dashed": [label in chart.dashed for label, _, _ in chart.series],
             "data": [[_finite(x) for x in xs], *columns],
         },
         separators=(",", ":"),
@@ -125,7 +147,9 @@ class Section:
         paragraphs: plain-text paragraphs (escaped when rendered): what the figures show and
             why it matters, before them.
         tables, charts, figures: content, rendered in this order after the text (charts are
-            interactive line plots; figures static PNGs).
+            interactive line plots, each preceded by its ``intro``; figures are PNGs, each
+            preceded by its ``intro`` and by its interactive ``charts``, which replace it where
+            JavaScript runs).
         notes: caveats, rendered last; links: ``(text, relative URL)`` pairs.
     """
 
@@ -137,6 +161,41 @@ class Section:
     notes: Sequence[str] = field(default_factory=tuple)
     links: Sequence[tuple[str, str]] = ()
     charts: Sequence[Chart] = ()
+
+
+@dataclass(frozen=True)
+class Block:
+    """What the template draws for one figure or stand-alone chart: the intro paragraph, the
+    interactive charts with their anchors (``<section>-chart-<n>``, numbered through the
+    section), and the PNG (``None`` for a stand-alone chart) with its anchor."""
+
+    intro: str
+    charts: Sequence[tuple[str, Chart]]
+    figure: Figure | None = None
+    figure_id: str = ""
+
+
+def section_blocks(section: Section) -> list[Block]:
+    """The section's stand-alone charts, then its figures, as :class:`Block` objects."""
+    blocks: list[Block] = []
+    count = 0
+
+    def numbered(charts: Sequence[Chart]) -> list[tuple[str, Chart]]:
+        nonlocal count
+        out = []
+        for chart in charts:
+            count += 1
+            out.append((f"{section.key}-chart-{count}", chart))
+        return out
+
+    for chart in section.charts:
+        blocks.append(Block(chart.intro, numbered([chart])))
+    for i, fig in enumerate(section.figures, start=1):
+        # a chart without series (e.g. no testable sample in a short run) is left out; the
+        # PNG of a figure whose charts are all empty is its figure
+        drawn = [chart for chart in fig.charts if chart.series]
+        blocks.append(Block(fig.intro, numbered(drawn), fig, f"{section.key}-figure-{i}"))
+    return blocks
 
 
 def _embed(path: Path) -> str:
@@ -206,11 +265,12 @@ def render_report(
     env.filters["csv_uri"] = _csv_uri
     env.filters["display_size"] = _display_size
     env.filters["chart_spec"] = chart_spec
-    charts = any(s.charts for s in sections)
+    layout = [(s, section_blocks(s)) for s in sections]
+    charts = any(b.charts for _, blocks in layout for b in blocks)
     page = env.get_template("report.html").render(
         title=title,
         config=config,
-        sections=sections,
+        layout=layout,
         meta=dict(meta or {}),
         verdicts=list(verdicts),
         downloads=list(downloads),

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from ...report import Figure, Section, Table
-from ...report.figures import figure, save_figure
+from ...report import Chart, Figure, Section, Table
+from ...report.figures import figure, save_figure, thin_loglog
 from ..context import RunView
 
 ALPHA_RANGE = (0.0, 4.0)  # displayed range of raw (unclipped) per-coordinate Mohammadi estimates
@@ -114,9 +114,13 @@ def _simsekli(view: RunView, res: dict[str, Any], arrays: dict[str, np.ndarray])
         "original recipe as log(eps)). Gaussian controls: coordinate j ~ N(0, s_j^2), s_j its "
         "sample sd, or IQR_j / 1.349 (the sd where the IQR is 0), centred over the pass.",
     )
-    with figure(3, width=4.3, height=4.0) as (fig, (ax_ccdf, ax_hist, ax_step)):
-        grid = arrays[f"simsekli_ccdf_grid_{s}"]
-        rms = float(arrays[f"simsekli_pooled_rms_{s}"])
+    grid = arrays[f"simsekli_ccdf_grid_{s}"]
+    rms = float(arrays[f"simsekli_pooled_rms_{s}"])
+    ref = _gauss_ccdf(grid, rms)
+    ok = ref > 1e-7
+    ccdf_title = f"Pooled values, step {s}"
+    figures = []
+    with figure(1, width=6.0, height=4.0) as (fig, ax_ccdf):
         ax_ccdf.loglog(grid, arrays[f"simsekli_ccdf_noise_{s}"], color="C0", label="SGN, pooled")
         ax_ccdf.loglog(
             grid,
@@ -124,16 +128,50 @@ def _simsekli(view: RunView, res: dict[str, Any], arrays: dict[str, np.ndarray])
             color="C1",
             label="Gaussian coords, same scales",
         )
-        ref = _gauss_ccdf(grid, rms)
-        ok = ref > 1e-7
         ax_ccdf.loglog(grid[ok], ref[ok], "k--", lw=0.9, label="one Gaussian, same RMS")
         ax_ccdf.set(
             xlabel="|value| (non-constant coordinates)",
             ylabel="P(|X| >= x)",
-            title=f"Pooled values, step {s}",
+            title=ccdf_title,
             ylim=(max(1e-7, 0.5 / (last["batches"] * last["coordinates"])), 1.5),
         )
         ax_ccdf.legend(fontsize=7)
+        chart = Chart(
+            ccdf_title,
+            "|value| (non-constant coordinates)",
+            "P(|X| ≥ x)",
+            [
+                ("SGN, pooled", *thin_loglog(grid, arrays[f"simsekli_ccdf_noise_{s}"], 150)),
+                (
+                    "Gaussian coords, same scales",
+                    *thin_loglog(grid, arrays[f"simsekli_ccdf_control_{s}"], 150),
+                ),
+                ("one Gaussian, same RMS", *thin_loglog(grid[ok], ref[ok], 150)),
+            ],
+            log_y=True,
+            log_x=True,
+            caption="CCDF of the pooled |SGN| values against Gaussian coordinates with the "
+            "same per-coordinate scales, pooled the same way, and a single Gaussian of the "
+            "same RMS.",
+        )
+        figures.append(
+            Figure(
+                save_figure(fig, view.figure_path("simsekli_ccdf")),
+                "CCDF of pooled |SGN| (log-log) against Gaussian coordinates with the same "
+                "per-coordinate scales and a single Gaussian with the same RMS (dashed).",
+                intro="Simsekli et al. (2019) pool the noise of all coordinates into one sample "
+                "and find its tail heavy (α-stable with α < 2). This plot shows why pooling "
+                "needs a control: the complementary CDF P(|X| ≥ x) of the pooled |SGN| on "
+                "log–log axes, against Gaussian values drawn with each "
+                "coordinate's own scale and pooled the same way, and a single Gaussian of the "
+                "same RMS. A single Gaussian's CCDF plunges (it bends ever more steeply down); "
+                "a heavy tail decays slowly, as a straight line. If the Gaussian-coordinates "
+                "control is as heavy as the SGN, the heavy pooled tail comes from mixing "
+                "scales, not from heavy-tailed noise.",
+                charts=[chart],
+            )
+        )
+    with figure(2, width=4.3, height=4.0) as (fig, (ax_hist, ax_step)):
         bins = np.linspace(*ALPHA_RANGE, 61)
         for key, color, label in (
             ("alpha_coord", "C0", "SGN"),
@@ -183,14 +221,23 @@ def _simsekli(view: RunView, res: dict[str, Any], arrays: dict[str, np.ndarray])
         )
         ax_step.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
         fig_path = save_figure(fig, view.figure_path("simsekli"))
-    fig_obj = Figure(
-        fig_path,
-        "Left: CCDF of pooled |SGN| (log-log) against Gaussian coordinates with the same "
-        "per-coordinate scales and a single Gaussian. Middle: per-coordinate α on the same "
-        "samples (noisy for few batches), with the pooled estimates. Right: α along training "
-        "(medians of per-coordinate estimates; their spread is in the table).",
+    figures.append(
+        Figure(
+            fig_path,
+            "Left: per-coordinate α on the same samples (noisy for few batches), with the pooled "
+            "estimates (dashed). Right: α along training (medians of per-coordinate estimates; "
+            "their spread is in the table).",
+            intro="The tail index itself, estimated with the Mohammadi estimator Simsekli et "
+            "al. (2019) use (2 for Gaussian noise, smaller for heavier tails; clipped to [0, 4] "
+            "for display, the black line marks 2). Left: the estimates per coordinate, for the "
+            "SGN and for the Gaussian control whose true value is 2, with the pooled "
+            "estimates as dashed lines; right: the estimates along training. Heavy-tailed "
+            "noise shows as per-coordinate SGN values clearly left of the control's; when the "
+            "two histograms coincide while the pooled value is far below 2, the low pooled α is "
+            "an artefact of pooling.",
+        )
     )
-    return paragraphs, [table], [fig_obj]
+    return paragraphs, [table], figures
 
 
 # --------------------------------------------------------------------------- Panigrahi
@@ -279,6 +326,14 @@ def _panigrahi(view: RunView, res: dict[str, Any]) -> tuple:
         path,
         "Fraction of SGN coordinates (left) and random one-dimensional projections (right) "
         "accepted as Gaussian vs batch size, one line per checkpoint.",
+        intro="Panigrahi et al. (2019) test the noise for normality and find it Gaussian for "
+        "batch sizes of 256 and more. Here: the share of noise coordinates (left) and of random "
+        "one-dimensional projections u^T xi (right) that a normality test does not reject, "
+        "against the batch size on a log axis, one line per checkpoint; solid lines after "
+        "Benjamini–Hochberg control of the false discovery rate, dotted ones after Holm's "
+        "stricter family-wise control. A share near 1 means Gaussian noise; lines that rise "
+        "with B are the central limit theorem at work. Projections mix many coordinates, so "
+        "they tend to look more Gaussian than single coordinates.",
     )
     return paragraphs, [table], [fig_obj]
 
@@ -443,6 +498,13 @@ def _battash(view: RunView, res: dict[str, Any], arrays: dict[str, np.ndarray]) 
                 f"Per-parameter SαS α and scale of every coordinate of {mp['param']} "
                 f"{tuple(mp['shape'])} ({mp['method']} fits, B = {mp['batch_size']}); white: "
                 "degenerate coordinates (zero IQR).",
+                intro="Battash, Wolf & Lindenbaum (2024) fit a symmetric α-stable (SαS) law to "
+                "the noise of every coordinate and map the result onto the weight matrix. Each "
+                f"cell is one weight of {mp['param']} (rows: output units, columns: inputs): its "
+                "fitted α at the first and the last checkpoint (colour scale 0.5 to 2; 2 is "
+                "Gaussian, lower is heavier-tailed) and its SαS scale at the last (log10). Rows "
+                "or columns of one colour show that the tail is a property of a unit or an "
+                "input feature rather than of single weights; white cells could not be fitted.",
             )
         )
     sizes = sorted({r["batch_size"] for r in rows})
@@ -519,6 +581,14 @@ def _battash(view: RunView, res: dict[str, Any], arrays: dict[str, np.ndarray]) 
                 "Left: distribution of fitted SαS α per checkpoint. Middle: fraction of "
                 "coordinates where SαS beats the Gaussian (AIC), by parameter tensor along "
                 f"training. {right}",
+                intro="The claim of Battash et al. (2024) that an α-stable law describes the "
+                "noise better than a Gaussian, decided coordinate by coordinate: left, the "
+                "distribution of the fitted α (near 2: Gaussian-like; well below 2: heavy "
+                "tails) at each checkpoint; middle, the share of coordinates where the SαS fit "
+                "wins by AIC (it must beat the Gaussian by more than the cost of its extra "
+                "parameter), per parameter tensor along training; right, that share over all "
+                "coordinates. Above one half, SαS describes most coordinates better; the "
+                "verdict applies a Wilson interval to this share.",
             )
         )
     notes: list[str] = []
@@ -620,6 +690,14 @@ def _arms(view: RunView, arms: dict[str, Any], arrays: dict[str, np.ndarray]) ->
                 "Left: minibatch loss along each arm. Middle: frequency of large per-step noise "
                 "values relative to the branch point. Right: median SαS scale of the per-step "
                 "noise lr·xi.",
+                intro="Battash et al. (2024) argue that learning-rate decay helps because it "
+                "reduces the noise of each step, lr·xi, not because of the smaller step itself. "
+                "The arms test that from one checkpoint: left, the training loss of each arm "
+                "(constant, lr-decay, batch-increase, lr-decay-small-batch); middle, how often "
+                "a step's noise exceeds the 99th percentile of the branch point's (the dashed "
+                "line at 0.01 is no change); right, the typical size of the step noise. If the "
+                "argument holds, batch-increase lowers the noise as lr-decay does, and the two "
+                "losses follow each other.",
             )
         ],
     )

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ...report import Chart, Figure, Section, Table
-from ...report.figures import ccdf, figure, save_figure, thin
+from ...report.figures import ccdf, figure, save_figure, thin, thin_loglog
 from ..context import RunView, StudyContext
 from ..registry import Analysis
 
@@ -91,7 +91,21 @@ def render(view: RunView) -> Section:
     colors = {s: f"C{k}" for k, s in enumerate(steps)}
     figures = []
 
-    with figure(2) as (fig, (ax_norm, ax_hist)):
+    norm_chart = Chart(
+        "Gradient norm along training",
+        "step",
+        "gradient norm",
+        [
+            ("minibatch ||g_B||", run.steps, run.scalars["grad_norm"]),
+            ("full ||G|| (checkpoints)", steps, [r["full_grad_norm"] for r in res["checkpoints"]]),
+            ("mean SGN ||g_B - G||", steps, [r["sgn_norm_mean"] for r in res["checkpoints"]]),
+        ],
+        log_y=True,
+        points=("full ||G|| (checkpoints)", "mean SGN ||g_B - G||"),
+        caption="Line: the norm of each training step's minibatch gradient; markers: at each "
+        "checkpoint, the full-batch gradient norm and the mean norm of the noise g_B - G.",
+    )
+    with figure(1, width=6.0) as (fig, ax_norm):
         ax_norm.plot(
             run.steps, run.scalars["grad_norm"], lw=0.7, color="C0", label="minibatch ||g_B||"
         )
@@ -116,6 +130,22 @@ def render(view: RunView) -> Section:
             title="Gradient norm along training",
         )
         ax_norm.legend()
+        figures.append(
+            Figure(
+                save_figure(fig, view.figure_path("norms")),
+                "Gradient norms along training (log scale): every minibatch gradient (line), "
+                "the full-batch gradient and the mean SGN norm at each checkpoint (markers).",
+                intro="How large the gradient noise is against the gradient itself. Where the "
+                "mean SGN norm ||g_B - G|| lies above the full-gradient norm ||G||, a minibatch "
+                "step points mostly along noise rather than downhill; as training nears a minimum "
+                "||G|| shrinks, so the noise comes to dominate. The minibatch norm along every step "
+                "shows how this evolves between checkpoints (log scale: equal ratios are equal "
+                "distances).",
+                charts=[norm_chart],
+            )
+        )
+
+    with figure(1, width=6.0) as (fig, ax_hist):
         all_norms = np.concatenate([arrays[f"per_sample_norm_{s}"] for s in steps])
         positive = all_norms[all_norms > 0]
         bins = np.geomspace(positive.min(), positive.max(), 40) if positive.size else 10
@@ -137,12 +167,47 @@ def render(view: RunView) -> Section:
         ax_hist.legend()
         figures.append(
             Figure(
-                save_figure(fig, view.figure_path("norms")),
-                "Left: gradient norms along training (log scale). Right: distribution of "
-                "per-sample gradient norms at each checkpoint (log-log).",
+                save_figure(fig, view.figure_path("per_sample_norms")),
+                "Distribution of per-sample gradient norms at each checkpoint (log-log, "
+                "logarithmic bins).",
+                intro=f"Whether a few examples carry most of the gradient: the histogram of "
+                f"the gradient norms ||g_i|| of {res['per_sample_examples']} single examples at "
+                "each checkpoint, on logarithmic bins and log-log axes. A narrow hump means "
+                "every example pulls about equally; a long right tail (see max/median in the "
+                "table) means a few hard or mislabelled examples dominate the minibatch "
+                "gradient, one source of heavy-tailed noise.",
             )
         )
 
+    def ccdf_series(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return thin_loglog(*ccdf(np.abs(values)), 150)
+
+    value_series = [("minibatch, all steps", *ccdf_series(run.grads))]
+    for s, values in sorted(run.per_sample.items()):
+        value_series.append((f"per-sample, step {s}", *ccdf_series(values)))
+    sgn_series = [(f"step {s}", *ccdf_series(v)) for s, v in sorted(run.noise.items())]
+    value_charts = [
+        Chart(
+            "Gradient values",
+            "|g| (tracked coordinates)",
+            "P(|g| ≥ x)",
+            value_series,
+            log_y=True,
+            log_x=True,
+            caption=f"Minibatch gradients of all {run.length} recorded steps, and per-sample "
+            "gradients at each checkpoint, over the tracked coordinates.",
+        ),
+        Chart(
+            "SGN values",
+            "|g_B - G| (tracked coordinates)",
+            "P(|xi| ≥ x)",
+            sgn_series,
+            log_y=True,
+            log_x=True,
+            caption="The noise of minibatch gradients at the fixed parameters of each "
+            "checkpoint, over the tracked coordinates.",
+        ),
+    ]
     with figure(2) as (fig, (ax_mb, ax_sgn)):
         x, p = thin(*ccdf(np.abs(run.grads)))
         ax_mb.loglog(x, p, color="0.3", label=f"minibatch, all {run.length} steps")
@@ -163,6 +228,13 @@ def render(view: RunView) -> Section:
                 save_figure(fig, view.figure_path("values")),
                 "Complementary CDFs of absolute gradient values on log-log axes; a power-law "
                 "tail is a straight line. The tail tests quantify this.",
+                intro="A first look at the tails the next sections test: the complementary CDF "
+                "P(X ≥ x) of the absolute values of the tracked gradient coordinates, pooled, "
+                "for minibatch and per-sample gradients and for the noise g_B - G. On log–log "
+                "axes a power-law tail is a straight line and a Gaussian or exponential tail "
+                "falls off ever faster (bends down). Pooling coordinates of different scales "
+                "alone makes a tail look heavier, so this is a preview, not a test.",
+                charts=value_charts,
             )
         )
 
@@ -193,18 +265,6 @@ def render(view: RunView) -> Section:
         caption=f"At fixed parameters of each checkpoint, over all parameters; minibatches of "
         f"{res['batch_size']} ({res['noise_batches']} draws).",
     )
-    chart = Chart(
-        "Gradient norm along training",
-        "step",
-        "gradient norm",
-        [
-            ("minibatch ||g_B||", run.steps, run.scalars["grad_norm"]),
-            ("full ||G|| (checkpoints)", steps, [r["full_grad_norm"] for r in res["checkpoints"]]),
-            ("mean SGN ||g_B - G||", steps, [r["sgn_norm_mean"] for r in res["checkpoints"]]),
-        ],
-        log_y=True,
-        points=("full ||G|| (checkpoints)", "mean SGN ||g_B - G||"),
-    )
     return Section(
         "gradients",
         "Gradient norms and distributions",
@@ -215,7 +275,6 @@ def render(view: RunView) -> Section:
             "value distributions preview the tail tests of the next section."
         ],
         tables=[table],
-        charts=[chart],
         figures=figures,
     )
 

@@ -110,8 +110,22 @@ def render(view: RunView) -> Section:
         loss_series.append(("test", steps[evaluated], s["test_loss"][evaluated]))
         acc_series.append(("test", steps[evaluated], s["test_acc"][evaluated]))
     charts = [
-        Chart("Loss", "step", loss_name, loss_series, log_y=True),
-        Chart("Accuracy", "step", "accuracy", acc_series),
+        Chart(
+            "Loss",
+            "step",
+            loss_name,
+            loss_series,
+            log_y=True,
+            caption=f"Each minibatch's loss, its running mean over {width} steps and the test "
+            "loss (log scale; the switch above makes it linear).",
+        ),
+        Chart(
+            "Accuracy",
+            "step",
+            "accuracy",
+            acc_series,
+            caption=f"Minibatch accuracy (running mean over {width} steps) and test accuracy.",
+        ),
     ]
     return Section(
         "training",
@@ -122,13 +136,19 @@ def render(view: RunView) -> Section:
             "initialisation, not of training)."
         ],
         tables=[table],
-        charts=charts,
         notes=notes,
         figures=[
             Figure(
                 path,
                 "Loss (log scale) and accuracy along training; grey: every "
                 "minibatch, blue: running mean, red: test set.",
+                intro="Whether and how far the network trained: the minibatch loss at every "
+                "step (noisy, with its running mean) and the test loss and accuracy at each "
+                "evaluation. The loss is on a log scale, where a steady decrease is a straight "
+                "descent; a test loss well above the running training loss is a generalisation "
+                "gap. The noise statistics below are measured at checkpoints along this "
+                "curve, so read them against where on it each checkpoint lies.",
+                charts=charts,
             )
         ],
     )

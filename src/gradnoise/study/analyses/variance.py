@@ -503,8 +503,33 @@ def render(view: RunView) -> Section:
     b = res["batch_size"]
     figures = []
 
-    with figure(2, 2) as (fig, axes):
-        ax_var, ax_ngv, ax_snr, ax_loss = axes
+    charts = [
+        Chart(
+            f"Minibatch gradient variance (B = {b})",
+            "step",
+            "mean over coordinates",
+            [("Var of g_B", steps, a["variance"]), ("G_j^2 (signal)", steps, a["grad_sq_mean"])],
+            log_y=True,
+            caption="Variance of the minibatch gradient and squared full gradient, both "
+            "averaged over coordinates.",
+        ),
+        Chart(
+            "NGV and GSNR",
+            "step",
+            "ratio",
+            [
+                ("NGV", steps, a["ngv"]),
+                ("GSNR mean r_j", steps, a["gsnr_mean"]),
+                ("GSNR median r_j", steps, a["gsnr_median"]),
+                ("||G||^2 / tr(Sigma)", steps, a["gsnr_aggregate"]),
+            ],
+            log_y=True,
+            caption="NGV of the minibatch gradient; per-example GSNR r_j (mean and median over "
+            "coordinates) and the aggregate ||G||^2 / tr(Sigma).",
+        ),
+    ]
+    with figure(3) as (fig, axes):
+        ax_var, ax_ngv, ax_snr = axes
         ax_var.plot(steps, _positive(a["variance"]), "o-", ms=3, color="C0", label="Var of g_B")
         ax_var.plot(
             steps, _positive(a["grad_sq_mean"]), "s--", ms=3, color="C3", label="G_j^2 (signal)"
@@ -532,6 +557,27 @@ def render(view: RunView) -> Section:
         ax_snr.set(xlabel="step", ylabel="GSNR (per example)", title="Gradient SNR")
         ax_snr.legend()
         _log(ax_snr)
+        figures.append(
+            Figure(
+                save_figure(fig, view.figure_path("over_training")),
+                f"Along training, over all {res['parameters']} parameters, from "
+                f"{res['options']['draws']} minibatches of B = {b} per measurement (a separate "
+                "data stream): variance of the minibatch gradient and squared mean gradient "
+                "(both averaged over coordinates), NGV and per-example GSNR (log scale).",
+                intro="The quantity of Faghri et al. (2020)'s claim that gradient variance "
+                "grows during training: at each measurement, the variance of the minibatch "
+                "gradient averaged over coordinates, next to the squared full gradient (the "
+                "signal it is compared with), the normalised gradient variance NGV (variance "
+                "over second moment, per coordinate) and the gradient signal-to-noise ratio "
+                "GSNR (Liu et al. 2020). On the log scale a rising variance line is the claim; "
+                "the verdict reads its trend after the transient (Spearman ρ and late/early "
+                "growth in the text above). A per-example GSNR well below 1 means single "
+                "examples' gradients are dominated by their spread, not by the mean gradient.",
+                charts=charts,
+            )
+        )
+
+    with figure(1, width=5.0) as (fig, ax_loss):
         loss = _positive(a["train_loss"])
         sc = ax_loss.scatter(loss, _positive(a["variance"]), c=steps, cmap="viridis", s=14)
         ax_loss.plot(loss, _positive(a["variance"]), color="0.7", lw=0.6, zorder=0)
@@ -546,12 +592,15 @@ def render(view: RunView) -> Section:
         fig.colorbar(sc, ax=ax_loss, label="step")
         figures.append(
             Figure(
-                save_figure(fig, view.figure_path("over_training")),
-                f"Along training, over all {res['parameters']} parameters, from "
-                f"{res['options']['draws']} minibatches of B = {b} per measurement (a separate "
-                "data stream): variance of the minibatch gradient and squared mean gradient "
-                "(both averaged over coordinates), NGV, per-example GSNR, and the variance "
-                "against the training loss (x axis reversed: training proceeds to the right).",
+                save_figure(fig, view.figure_path("at_loss")),
+                "Minibatch gradient variance against the training loss on the full train set "
+                "(log-log; x axis reversed: training proceeds to the right; colour: step).",
+                intro="Faghri et al. (2020)'s variance against progress rather than time: two "
+                "runs, or two phases of one run, are compared at equal training loss (the text above reads the variance "
+                "and NGV at a fixed loss level). Each point is one "
+                "measurement, coloured by its step, with the loss axis reversed so that "
+                "training runs left to right; points that rise to the right mean the variance "
+                "grows as the loss falls.",
             )
         )
 
@@ -576,6 +625,11 @@ def render(view: RunView) -> Section:
                 "Per layer (weights and bias of a module together): variance and NGV of the "
                 "minibatch gradient and the per-example GSNR, averaged over the layer's "
                 "coordinates (log scale).",
+                intro="Where in the network the noise sits: Faghri et al. (2020)'s variance, "
+                "with NGV and GSNR, as above but averaged over the coordinates of each layer "
+                "instead of the whole model, one line per layer (legend in the left plot). A "
+                "layer whose variance grows while the others stay flat drives the model-wide trend, and layers with a low GSNR are "
+                "those whose updates are mostly noise.",
             )
         )
 
@@ -638,6 +692,14 @@ def render(view: RunView) -> Section:
                     "sqrt(Var/draws)). Top right: red triangles on the top edge mark "
                     "re-clusterings, green dashed lines SVRG snapshots; at a snapshot step SVRG "
                     "is exact (zero variance, not drawn on log axes).",
+                    intro="Faghri et al. (2020)'s second claim: Gradient Clustering (GC, "
+                    "stratified sampling over clusters of per-example gradients) estimates the "
+                    "gradient with lower variance than plain minibatch SGD (SG-B) of the same "
+                    "batch size. Each estimator is drawn repeatedly at the same parameters "
+                    "along the run: its variance (top left), its variance divided by SG-B's "
+                    "(top right: below the line at 1 is better than SG-B; SG-2B, twice the "
+                    "batch, is the reference at about 1/2), its NGV and the bias of the mean of "
+                    "its draws (bottom), all on log axes. The verdict reads the GC ratio.",
                 )
             )
         tables.append(
@@ -748,33 +810,11 @@ def render(view: RunView) -> Section:
             "stale between re-clusterings; the SVRG snapshot and the clustering are refreshed "
             "at the first measurement of each period."
         )
-    charts = [
-        Chart(
-            f"Minibatch gradient variance (B = {b})",
-            "step",
-            "mean over coordinates",
-            [("Var of g_B", steps, a["variance"]), ("G_j^2 (signal)", steps, a["grad_sq_mean"])],
-            log_y=True,
-        ),
-        Chart(
-            "NGV and GSNR",
-            "step",
-            "ratio",
-            [
-                ("NGV", steps, a["ngv"]),
-                ("GSNR mean r_j", steps, a["gsnr_mean"]),
-                ("GSNR median r_j", steps, a["gsnr_median"]),
-                ("||G||^2 / tr(Sigma)", steps, a["gsnr_aggregate"]),
-            ],
-            log_y=True,
-        ),
-    ]
     return Section(
         NAME,
         ANALYSIS.title,
         paragraphs=paragraphs,
         tables=tables,
-        charts=charts,
         figures=figures,
         notes=notes,
     )
