@@ -124,10 +124,22 @@ def simsekli_stats(
     const = constant_columns(noise)
     keep = ~const
     s = noise.std(axis=0, dtype=np.float64)
+    sk = s[keep]
+    # the CCDF grid from per-coordinate sums (no [P, M] copy of the kept columns)
+    rms = math.sqrt(
+        float(np.square(noise, dtype=np.float64).sum(axis=0)[keep].sum()) / (p * keep.sum())
+    )
+    grid = np.geomspace(rms * 1e-2, float(np.abs(noise).max(axis=0)[keep].max()), 200)
     pooled = tail_index(noise, pooled=True)
+    # each [P, M] array is reduced and released before the next one is made (memory: a few
+    # copies of the noise, not seven); the draws keep their order (z, then zr)
     z = rng.standard_normal((p, m)) * s
     z -= z.mean(axis=0)
     control = tail_index(z, pooled=True)
+    z = z[:, keep]
+    alpha_ctrl, _ = _per_coordinate_alpha(z)
+    ccdf_control = log_grid_ccdf(z, grid)
+    del z
     # the same with robust scales (IQR / 1.349, the sd of a Gaussian): sample sds of
     # heavy-tailed coordinates scatter even when their scales are equal
     robust = _iqr(noise) / IQR_PER_SD
@@ -135,15 +147,13 @@ def simsekli_stats(
     zr = rng.standard_normal((p, m)) * robust
     zr -= zr.mean(axis=0)
     control_iqr = tail_index(zr, pooled=True)
-    del zr
+    del zr, robust
     nz = noise[:, keep]
     pooled_nc = tail_index(nz, pooled=True)
-    standardised = tail_index(nz / s[keep], pooled=True)
+    standardised = tail_index(nz / sk, pooled=True)
     alpha_coord, k_coord = _per_coordinate_alpha(nz)
-    alpha_ctrl, _ = _per_coordinate_alpha(z[:, keep])
-    sk = s[keep]
-    rms = math.sqrt(float(np.mean(np.square(nz, dtype=np.float64))))
-    grid = np.geomspace(rms * 1e-2, float(np.abs(nz).max()), 200)
+    ccdf_noise = log_grid_ccdf(nz, grid)
+    del nz
     out: dict[str, Any] = {
         "batches": p,
         "coordinates": m,
@@ -167,8 +177,8 @@ def simsekli_stats(
         "alpha_coord": alpha_coord.astype(np.float32),
         "alpha_control": alpha_ctrl.astype(np.float32),
         "ccdf_grid": grid,
-        "ccdf_noise": log_grid_ccdf(nz, grid),
-        "ccdf_control": log_grid_ccdf(z[:, keep], grid),
+        "ccdf_noise": ccdf_noise,
+        "ccdf_control": ccdf_control,
         "pooled_rms": np.array(rms),
     }
     if resampled is not None:
