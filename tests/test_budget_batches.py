@@ -29,6 +29,19 @@ def _budget_for(model, loss, x, y, examples: int, dropout="error") -> int:
     return ACTIVATION_COPIES * measured * examples
 
 
+def _forward_sizes(monkeypatch) -> list[int]:
+    """The examples of every batch-gradient forward from now on."""
+    seen: list[int] = []
+    real = batches._summed_grad
+
+    def spy(model, loss_fn, x, *args):
+        seen.append(int(x.shape[0]))
+        return real(model, loss_fn, x, *args)
+
+    monkeypatch.setattr(batches, "_summed_grad", spy)
+    return seen
+
+
 def _close(a: torch.Tensor, b: torch.Tensor) -> None:
     scale = float(b.abs().max()) or 1.0
     assert float((a - b).abs().max()) <= 1e-12 * scale
@@ -109,14 +122,7 @@ def test_sub_batches_give_the_same_gradients_on_the_zoo(case, monkeypatch):
     mb = gradnoise.minibatch_grads(
         model, loss, (x, y), batch_size=case.batch + 2, num_batches=3, seed=1, **kw
     )
-    seen: list[int] = []
-    real = batches._summed_grad
-
-    def spy(model, loss_fn, x, *args):
-        seen.append(int(x.shape[0]))
-        return real(model, loss_fn, x, *args)
-
-    monkeypatch.setattr(batches, "_summed_grad", spy)
+    seen = _forward_sizes(monkeypatch)
     # measured under the case's dropout choice, which may save less than the model as it is
     sub = batches._Setup(
         model, loss, (x, y), None, case.dropout, None, None, "test", budget
@@ -241,14 +247,7 @@ def test_the_probe_records_full_gradients_and_noise_within_the_budget(tmp_path, 
     net = net.float()
     x = torch.cat([x, x, x, x]).float()
     y = torch.cat([y, y, y, y])
-    seen: list[int] = []
-    real = batches._summed_grad
-
-    def spy(model, loss_fn, x, *args):
-        seen.append(int(x.shape[0]))
-        return real(model, loss_fn, x, *args)
-
-    monkeypatch.setattr(batches, "_summed_grad", spy)
+    seen = _forward_sizes(monkeypatch)
     budget = _budget_for(net, loss, x, y, 3)
     probe = gradnoise.Probe(
         tmp_path / "run",
