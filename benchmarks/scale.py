@@ -2,8 +2,9 @@
 
 Run::
 
-    .venv/bin/python benchmarks/scale.py                  # the stated sizes (about an hour on 1 core)
+    .venv/bin/python benchmarks/scale.py                  # sizes reduced where stated ones take hours
     .venv/bin/python benchmarks/scale.py --quick          # reduced sizes (minutes); says so
+    .venv/bin/python benchmarks/scale.py --stated         # every stated size (hours)
     .venv/bin/python benchmarks/scale.py --models cnn --ops per_sample,full_grad
 
 Models (random weights, synthetic inputs of the right shapes, cross-entropy):
@@ -333,6 +334,9 @@ def _gib(nbytes: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="reduced sizes (minutes)")
+    parser.add_argument(
+        "--stated", action="store_true", help="the stated sizes everywhere (hours on one core)"
+    )
     parser.add_argument("--models", default="cnn,gpt")
     parser.add_argument("--ops", default=",".join(OPS))
     parser.add_argument("--max-memory", default="2GiB")
@@ -360,7 +364,7 @@ def main() -> None:
     for model in args.models.split(","):
         for op in args.ops.split(","):
             full, here, quick = SIZES[model][op]
-            n = quick if args.quick else here
+            n = quick if args.quick else (full if args.stated else here)
             cmd = [sys.executable, __file__, "--one", model, op, str(n)]
             cmd += ["--max-memory", args.max_memory]
             try:
