@@ -24,7 +24,8 @@ and the wall time. ``peak - base`` is what the operation added. Each line compar
   set the captures are sized to (chunk = max_memory // (3 P itemsize), ``gradnoise.memory``),
   plus what the output holds (``[N, C]`` or ``[K, C]`` of the C = 10^5 followed coordinates;
   for the batch gradients three gradients of P: autograd's, its flattened copy, the running
-  sum; for the Hessian the Lanczos basis). ``sgn``, ``full_grad`` and ``hessian`` pass the same
+  sum; for the Hessian the Lanczos basis and four float64 vectors of P: a product's input,
+  output, float32 parts and sum). ``sgn``, ``full_grad`` and ``hessian`` pass the same
   ``max_memory``, which bounds one forward's activations (measured; ``gradnoise.memory``); a
   per-sample chunk's activations come on top of the formula;
 * ``N x P``: the bytes of all N per-example (or K minibatch) gradients of all P parameters in
@@ -245,7 +246,9 @@ def run_op(model_name: str, op: str, n: int, max_memory: str) -> dict:
             max_steps=MAX_HVP,
             max_memory=budget,
         )
-        info["held"] = (NCV + 1) * info["P"] * 8  # the Lanczos basis, float64
+        # the Lanczos basis, and a product's vectors of P: its float64 input and output, the
+        # float32 parts it is split into and the accumulated result (max_memory bounds the graphs)
+        info["held"] = (NCV + 1) * info["P"] * 8 + 4 * info["P"] * 8
         info["top"] = float(res.eigenvalues[0])
         info["converged"] = int(res.converged.sum())
         info["matvecs"] = int(getattr(res, "num_matvecs", -1))
@@ -392,7 +395,7 @@ def main() -> None:
             if op == "hessian":
                 notes.append(
                     f"{r['converged']}/10 converged, {r['matvecs']} HVPs (cap {MAX_HVP}); budget: "
-                    f"+ Lanczos basis ({NCV + 1} x P float64)"
+                    f"+ Lanczos basis ({NCV + 1} x P float64) + 4 x P float64 of a product"
                 )
             if op == "study":
                 notes.append(f"analyses (s): {r['analysis_s']}; Hessian off (see hessian row)")
