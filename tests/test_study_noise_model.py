@@ -319,3 +319,51 @@ def test_quick_preset_through_cli(tmp_path):
         bat = summary["analyses"]["noise_model"]["battash"]
         assert [r["step"] for r in bat["rows"]] == [0, 40]
         assert (out / key / "figures" / "noise_model_battash_maps.png").exists()
+
+
+def test_a_budget_keeps_a_random_subset_of_coordinates_for_simsekli(ctx, run_dir, tmp_path):
+    """Under max_memory the data pass keeps max_memory // (2 * 40 * P) coordinates, a seeded
+    uniform subset: the pooled alpha is the plain-autograd oracle's on those columns, and the
+    report says a subset was used."""
+    import dataclasses
+
+    from gradnoise.study.analyses import noise_model
+
+    b = CONFIG.batch_size
+    x, y = ctx.train_tensors
+    p = x.shape[0] // b
+    keep = 3000
+    budget = keep * 2 * noise_model.SIMSEKLI_BYTES_PER_ENTRY * p
+    cfg = dataclasses.replace(
+        CONFIG, max_memory=budget, options={"noise_model": {**OPTIONS, "studies": ["simsekli"]}}
+    )
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    budget_ctx = StudyContext(cfg, copy, ctx.data, ctx.checkpoints, np.empty(0, dtype=np.int64))
+    res = noise_model.compute(budget_ctx)
+    row = res["simsekli"]["checkpoints"][-1]
+    model = ctx.load_model(20)
+    total = sum(q.numel() for q in model.parameters())
+    assert row["coordinates"] == keep < total == row["model_parameters"]
+    sel = gradnoise.select_params(
+        model, coords=keep, seed=budget_ctx.seed_for("noise_model-simsekli")
+    )
+    starts, at = {}, 0
+    for name, q in model.named_parameters():
+        starts[name], at = at, at + q.numel()
+    cols = np.concatenate(
+        [np.asarray(sel.flat_indices(k)) + starts[name] for k, name in enumerate(sel.names)]
+    )
+    grads = []
+    for k in range(p):
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(
+            model(x[k * b : (k + 1) * b]), y[k * b : (k + 1) * b]
+        ).backward()
+        grads.append(torch.cat([q.grad.reshape(-1) for q in model.parameters()])[cols])
+    g = torch.stack(grads).double()
+    noise = (g - g.mean(0)).float().numpy()
+    assert tail_index(noise, pooled=True).alpha == pytest.approx(row["pooled_alpha"], rel=1e-4)
+    from gradnoise.study.analyses._noise_render import _coordinates
+
+    assert "random subset of 3,000 of the" in _coordinates(row)

@@ -9,9 +9,21 @@ import numpy as np
 
 from ...report import Chart, Figure, Section, Table
 from ...report.figures import figure, save_figure, thin_loglog
+from ...report.numbers import fmt_num
 from ..context import RunView
 
 ALPHA_RANGE = (0.0, 4.0)  # displayed range of raw (unclipped) per-coordinate Mohammadi estimates
+
+
+def _coordinates(row: dict[str, Any]) -> str:
+    """ "all M parameters", or the budget's random subset of them."""
+    m, total = row["coordinates"], row.get("model_parameters")
+    if total is None or m >= total:
+        return f"all {fmt_num(m)} parameters"
+    return (
+        f"a seeded uniform random subset of {fmt_num(m)} of the {fmt_num(total)} parameters "
+        "(the study's max_memory bounds the pass's [minibatches x coordinates] noise)"
+    )
 
 
 def _f(v: Any, digits: int = 3) -> Any:
@@ -54,8 +66,7 @@ def _simsekli(view: RunView, res: dict[str, Any], arrays: dict[str, np.ndarray])
     paragraphs = [
         f"Simsekli et al. (2019): one pass over the train split in {last['batches']} disjoint "
         f"minibatches of {sim['batch_size']} at fixed parameters; noise = minibatch gradient "
-        f"minus the mean of the pass's minibatch gradients, all {last['coordinates']} "
-        "parameters. The Mohammadi estimator pooled over all coordinates (row-major: blocks of "
+        f"minus the mean of the pass's minibatch gradients, {_coordinates(last)}. The Mohammadi estimator pooled over all coordinates (row-major: blocks of "
         "adjacent coordinates, the original recipe) is compared with the same estimator per "
         "coordinate and on Gaussian coordinates with the observed per-coordinate scales.",
         f"At step {s} the pooled recipe gives α = {last['pooled_alpha']:.2f}, the median "

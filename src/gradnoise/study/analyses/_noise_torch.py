@@ -35,10 +35,12 @@ def data_pass_noise(
     batch_size: int,
     dropout: Any = "error",
     max_memory: Any = None,
+    params: Any = None,
 ) -> np.ndarray:
     """Simsekli et al.'s SGN sample (methods.md §4b(b)): one pass over the data in P = N // B
     consecutive disjoint minibatches (data order as stored; the last N - P B examples are not
-    used), minibatch gradients g_k of all parameters, noise g_k - (1/P) sum_k g_k. ``[P, M]``."""
+    used), minibatch gradients g_k of all parameters (or of the coordinates ``params``), noise
+    g_k - (1/P) sum_k g_k. ``[P, M]``."""
     p = x.shape[0] // batch_size
     if p < 2:
         raise ValueError(
@@ -56,6 +58,7 @@ def data_pass_noise(
                 batch_size=batch_size,
                 dropout=dropout,
                 max_memory=max_memory,
+                params=params,
             )
             for k in range(p)
         ]

@@ -173,6 +173,28 @@ def check(ctx: StudyContext, model: Any) -> None:
     _map_param(ctx.options(NAME), model)
 
 
+#: bytes per entry of the [P, M] data-pass noise while Simsekli's statistics run (the float32
+#: noise, one float64 control and the estimator's float64 temporaries)
+SIMSEKLI_BYTES_PER_ENTRY = 40
+
+
+def _simsekli_coords(ctx: StudyContext, model: Any, batches: int) -> Any:
+    """Under the study's ``max_memory`` the data-pass noise ``[P, M]`` (P minibatches of one
+    pass) keeps at most ``max_memory // (2 * 40 * P)`` coordinates, a seeded uniform subset of
+    all of them (the pooled estimator then pools a random subset of the coordinates); None (all)
+    otherwise or when they fit."""
+    budget = ctx.config.max_memory
+    total = sum(int(p.numel()) for p in model.parameters() if p.requires_grad)
+    if budget is None or batches < 1:
+        return None
+    keep = budget // (2 * SIMSEKLI_BYTES_PER_ENTRY * batches)
+    if keep >= total:
+        return None
+    from ...capture import select_params
+
+    return select_params(model, coords=max(int(keep), 1), seed=ctx.seed_for(f"{NAME}-simsekli"))
+
+
 def compute(ctx: StudyContext) -> dict[str, Any]:
     import numpy as np
 
@@ -246,13 +268,21 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
 
         if "simsekli" in studies:
             noise = nt.data_pass_noise(
-                model, loss_fn, x, y, opts["pass_batch_size"], ctx.dropout, **ctx.memory()
+                model,
+                loss_fn,
+                x,
+                y,
+                opts["pass_batch_size"],
+                ctx.dropout,
+                params=_simsekli_coords(ctx, model, n // opts["pass_batch_size"]),
+                **ctx.memory(),
             )
             resampled = xi_at(opts["pass_batch_size"]) if opts["resampled"] else None
             row, arr = ns.simsekli_stats(
                 noise, rng=ctx.rng(f"{NAME}-simsekli-control-{step}"), resampled=resampled
             )
             del noise
+            row["model_parameters"] = sum(int(p.numel()) for p in model.parameters())
             sim_rows.append({"step": step, **row})
             arrays.update({f"simsekli_{key}_{step}": v for key, v in arr.items()})
         if "panigrahi" in studies:
