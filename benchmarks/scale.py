@@ -41,7 +41,11 @@ Hessian-vector products, batches and graph caching set by ``max_memory``: its (n
 float64 basis is not sized by ``max_memory``) and ``study`` (``Probe`` with the
 default analyses, quick analysis options, on a 10^5-coordinate selection, 2 training steps and
 checkpoints [0, 2]; the spectra analysis without its Hessian, which the ``hessian`` row measures:
-the study's own runs in float64 to tol 1e-6 with up to 1,000 products, hours at this size). A size below the stated one is marked ``(reduced)`` with the full size.
+the study's own runs in float64 to tol 1e-6 with up to 1,000 products, hours at this size); the
+study's budget adds what its analyses hold besides ``max_memory`` (the tails analysis's
+dimension-wise vectors, three float64 vectors of P per checkpoint, and three float32 copies of
+P), and its notes give each analysis's own peak. A size below the stated one is marked
+``(reduced)`` with the full size.
 """
 
 from __future__ import annotations
@@ -306,7 +310,10 @@ def run_op(model_name: str, op: str, n: int, max_memory: str) -> dict:
             for k, v in timings.items()
             if k.startswith("analysis_")
         }
-        info["held"] = 0
+        # what the analyses must hold besides max_memory: the tails analysis's dimension-wise
+        # vectors (|G|, |g_B|, |g_B - G| in float64 per checkpoint, two checkpoints) and three
+        # float32 copies of the parameters (the model, a loaded checkpoint, a gradient)
+        info["held"] = (2 * 3 * 8 + 3 * 4) * info["P"]
         info["analysis_added_gib"] = per_analysis
         info["peak_override"] = max([*peaks, _status("VmHWM")])
         info["unavailable"] = {
