@@ -268,12 +268,17 @@ def run_op(model_name: str, op: str, n: int, max_memory: str) -> dict:
         def measured(analysis, ctx, missed=()):
             peaks.append(_status("VmHWM"))
             Path("/proc/self/clear_refs").write_text("5")
+            start = _status("VmRSS")
             try:
                 return real_run(analysis, ctx, missed)
             finally:
                 peak = _status("VmHWM")
                 peaks.append(peak)
-                per_analysis[analysis.name] = round((peak - base) * KIB / 2**30, 2)
+                # (resident at its start, peak during it), both above the row's base
+                per_analysis[analysis.name] = (
+                    round((start - base) * KIB / 2**30, 2),
+                    round((peak - base) * KIB / 2**30, 2),
+                )
 
         probe_module.run_analysis = measured
 
@@ -406,7 +411,9 @@ def main() -> None:
                 )
             if op == "study":
                 notes.append(f"analyses (s): {r['analysis_s']}; Hessian off (see hessian row)")
-                notes.append(f"added GiB per analysis: {r['analysis_added_gib']}")
+                notes.append(
+                    f"added GiB per analysis (at its start, peak): {r['analysis_added_gib']}"
+                )
                 if r["unavailable"]:
                     notes.append(f"unavailable: {r['unavailable']}")
             notes.append("within budget" if added <= budget else "OVER budget")

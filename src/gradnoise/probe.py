@@ -30,6 +30,7 @@ import contextlib
 import copy
 import dataclasses
 import datetime as _dt
+import gc
 import math
 import platform
 import time
@@ -904,6 +905,8 @@ def run_analysis(analysis: Any, ctx: StudyContext, missed: Sequence[int] = ()) -
         return analysis.compute(ctx)
     except MissingDataError as err:
         return {"unavailable": str(err)}
+    finally:  # the analysis's models and arrays (hooked modules hold reference cycles) are
+        gc.collect()  # freed before the next analysis allocates its own
 
 
 def _factory(model: nn.Module, initial: Path) -> Callable[[], nn.Module]:
