@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
 import dataclasses
 import datetime as _dt
 import gc
@@ -905,8 +906,17 @@ def run_analysis(analysis: Any, ctx: StudyContext, missed: Sequence[int] = ()) -
         return analysis.compute(ctx)
     except MissingDataError as err:
         return {"unavailable": str(err)}
-    finally:  # the analysis's models and arrays (hooked modules hold reference cycles) are
-        gc.collect()  # freed before the next analysis allocates its own
+    finally:  # what the analysis held goes before the next one allocates its own
+        release_memory()
+
+
+def release_memory() -> None:
+    """Collect reference cycles (hooked modules hold them) and, on glibc, hand freed heap pages
+    back to the system (``malloc_trim``): tensors below glibc's mmap threshold live on the heap,
+    whose freed pages otherwise stay resident between analyses."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _factory(model: nn.Module, initial: Path) -> Callable[[], nn.Module]:
