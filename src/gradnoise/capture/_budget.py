@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..memory import batch_for
+from ..memory import batch_for, parse_memory
 from ._common import DataArg, fetch, per_example_losses
 from .audit import ModelAudit
 
@@ -61,7 +61,11 @@ def activation_bytes(
     of one example to one of ``min(n, 4)`` (what does not grow with the batch, such as saved
     weights, cancels). The forwards run under the computation's dropout choice (``audit``; None:
     the model as it is), on a forked RNG and with the model's buffers restored, so measuring
-    changes nothing the capture computes."""
+    changes nothing the capture computes. Measured once per cached audit (same model structure,
+    input shapes, dtype and dropout choice)."""
+    memo = None if audit is None else audit._activation_bytes
+    if memo is not None and create_graph in memo:
+        return memo[create_graph]
     small, large = 1, min(n, 4)
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
     devices = [device] if device.type == "cuda" else []
@@ -83,7 +87,10 @@ def activation_bytes(
         for name, b in model.named_buffers():
             if name in buffers:
                 b.copy_(buffers[name])
-    return max(int(per_example), 1)
+    measured = max(int(per_example), 1)
+    if memo is not None:
+        memo[create_graph] = measured
+    return measured
 
 
 def sub_batch(
@@ -101,7 +108,7 @@ def sub_batch(
 ) -> int | None:
     """Examples per forward under ``max_memory`` (:func:`gradnoise.memory.batch_for` of the
     measured :func:`activation_bytes`); None without a budget."""
-    if max_memory is None:
+    if parse_memory(max_memory) is None:  # a malformed budget is refused before measuring
         return None
     measured = activation_bytes(
         model, loss_fn, data, n, tensors, audit, dropout, device, create_graph=create_graph

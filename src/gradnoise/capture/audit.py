@@ -115,6 +115,9 @@ class ModelAudit:
     _switch: tuple[nn.Module, ...] = field(default=(), repr=False, compare=False)
     # per structured layer (by id): its calls' (input shape[1:], output shape[1:]) on the probe
     _calls: dict[int, list[Any]] = field(default_factory=dict, repr=False, compare=False)
+    # activation bytes per example measured for a memory budget, by create_graph (see
+    # capture/_budget.py): they depend only on what the audit's cache key holds
+    _activation_bytes: dict[bool, int] = field(default_factory=dict, repr=False, compare=False)
 
     def same_calls(self, module: nn.Module, shapes: list[Any]) -> bool:
         """Does a chunk call ``module`` as the audited forward did (count and shapes)?"""
