@@ -36,7 +36,10 @@ def _saved_bytes(
             seen[(storage.data_ptr(), str(t.device))] = storage.nbytes()
         except (RuntimeError, NotImplementedError):  # sparse or wrapper tensors
             seen[("tensor", id(t))] = t.numel() * t.element_size()
-        return t
+        # detached: an output saved by its own node would otherwise hold that node, and with it
+        # the whole graph, in a cycle through C++ that gc cannot collect (autograd restores the
+        # grad_fn on unpacking, so a create_graph backward is unchanged)
+        return t.detach()
 
     with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         total = per_example_losses(loss_fn, model(x), y).sum()
