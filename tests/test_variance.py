@@ -354,3 +354,95 @@ def test_stratified_variance_bad_inputs():
         stratified_minibatch_variance(x * 1e300, labels, batch_size=3)
     with pytest.raises(InsufficientDataError, match="no rows"):
         stratified_minibatch_variance(x[:0], labels[:0], batch_size=3)
+
+
+# ----------------------------------------------------------------------------------------------
+# in-memory inputs are computed over blocks of columns
+
+
+def _all_three(x, **kw):
+    out = {}
+    batch = kw.get("batch_size")
+    var = gradient_variance(
+        x, groups=kw.get("groups"), **{k: v for k, v in kw.items() if k != "groups"}
+    )
+    ngv_kw = {k: v for k, v in kw.items() if k not in ("groups", "ddof")}
+    ngv = normalized_gradient_variance(x, groups=kw.get("groups"), **ngv_kw)
+    snr = gsnr(x, groups=kw.get("groups"), **{k: v for k, v in kw.items() if k != "groups"})
+    out["var"] = (var.per_coordinate, var.total, var.mean, var.layers, var.mean_sq_norm)
+    out["ngv"] = (ngv.per_coordinate, ngv.value, ngv.layers, ngv.num_degenerate)
+    out["gsnr"] = (snr.per_coordinate, snr.mean, snr.median, snr.aggregate, snr.layers)
+    del batch
+    return out
+
+
+def _assert_identical(a, b):
+    for key in a:
+        for u, w in zip(a[key], b[key], strict=True):
+            if isinstance(u, np.ndarray):
+                np.testing.assert_array_equal(u, w)
+            else:
+                assert u == w or (u != u and w != w), (key, u, w)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"ddof": 0},
+        {"batch_size": 3, "replace": False},
+        {"batch_size": 2, "population_size": 1e6},
+        {"mean": "given", "ddof": 0},
+    ],
+    ids=["draws", "ddof0", "per-example", "sampled", "mean"],
+)
+def test_blockwise_columns_give_the_same_bits_as_one_block(monkeypatch, kw):
+    rng = np.random.default_rng(3)
+    x = rng.standard_t(2.5, size=(7, 1001))
+    x[:, 10] = 0.0  # a degenerate column
+    plain = x.astype(np.float32)
+    x[:, 500:503] *= 1e-290  # columns rescaled by a power of two (float64 only)
+    x[:, 900] *= 1e140
+    kw = dict(kw)
+    if kw.get("mean") == "given":
+        kw["mean"] = rng.standard_normal(1001) * 0.1
+        kw["mean"][[10, 500, 501, 502]] = 0.0  # all-zero columns need a zero mean (NGV)
+    groups = {"a": slice(0, 400), "b": np.arange(400, 1001)}
+    import gradnoise.variance as gv
+
+    monkeypatch.setattr(gv, "BLOCK_BYTES", 2**40)  # one block
+    whole = _all_three(x, groups=groups, **kw)
+    whole32 = _all_three(plain, groups=groups, **kw)
+    monkeypatch.setattr(gv, "BLOCK_BYTES", 8 * 7 * 3)  # 3 columns per block
+    _assert_identical(_all_three(x, groups=groups, **kw), whole)
+    _assert_identical(_all_three(plain, groups=groups, **kw), whole32)
+
+
+def test_blockwise_nan_count_covers_every_block(monkeypatch):
+    import gradnoise.variance as gv
+
+    monkeypatch.setattr(gv, "BLOCK_BYTES", 8 * 4 * 2)
+    x = np.ones((4, 50), dtype=np.float32)
+    x[1, 3], x[2, 40], x[0, 41] = np.nan, np.inf, -np.inf
+    with pytest.raises(DataError, match="3 NaN/Inf"):
+        gradient_variance(x)
+
+
+def test_a_float32_input_is_never_copied_whole_to_float64(monkeypatch):
+    import tracemalloc
+
+    import gradnoise.variance as gv
+
+    monkeypatch.setattr(gv, "BLOCK_BYTES", 2**20)
+    k, p = 16, 400_000
+    x = np.random.default_rng(0).standard_normal((k, p)).astype(np.float32)
+    tracemalloc.start()
+    try:
+        gradient_variance(x)
+        normalized_gradient_variance(x)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # the per-coordinate results (m, v, second moment, exponents: 32 bytes a column) and a few
+    # blocks; one float64 copy of the input alone is 128 bytes a column
+    assert peak < 64 * p, peak / p
