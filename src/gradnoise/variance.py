@@ -374,7 +374,7 @@ def _moments(
         population_size=population_size,
     )
     given = None if mean is None else _as_mean(mean, x.shape[1])
-    options = {
+    options: dict[str, Any] = {
         "ddof": ddof,
         "batch_size": batch_size,
         "replace": replace,
