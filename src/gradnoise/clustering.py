@@ -101,7 +101,9 @@ class _Block:
     """A group of gradient columns with its own centres (rank-1 or full)."""
 
     name: str
-    cols: np.ndarray  # global columns of the selection, in this block's dense order
+    # global columns of the selection, in this block's dense order (a range: 8 bytes a column
+    # less for a layer's contiguous columns)
+    cols: np.ndarray | range
 
     def features(self, records: dict[nn.Module, list[LayerIO]], full: Tensor | None, c: int) -> Any:
         raise NotImplementedError
@@ -452,7 +454,7 @@ class GradientClustering:
         hooked: dict[int, nn.Module] = {}
         for j, name in enumerate(sel.names):
             module, pname = owners[name]
-            cols = np.arange(offsets[j], offsets[j + 1])
+            cols = range(int(offsets[j]), int(offsets[j + 1]))
             exact = result.path(name) == "structured"
             simple = centers == "rank1" and sel.indices[j] is None and exact
             linear = type(module) is nn.Linear
@@ -975,11 +977,11 @@ def _weighted_grads(
 def _stats(
     name: str, draws: Tensor, full: np.ndarray, batch_size: int, sel: ParamSelection
 ) -> EstimatorStats:
-    x = draws.detach().cpu().double().numpy()
+    x = draws.detach().cpu().numpy()  # in its own dtype: the statistics widen block by block
     var = gradient_variance(x, groups=sel)
     ngv = normalized_gradient_variance(x)
     k = x.shape[0]
-    diff = x.mean(0) - full
+    diff = x.mean(0, dtype=np.float64) - full
     sq = float(diff @ diff)
     return EstimatorStats(
         name=name,

@@ -208,8 +208,8 @@ def _group_codes(groups: GroupsArg, p: int) -> tuple[np.ndarray, list[str]] | No
         codes = np.full(p, -1, dtype=np.int64)
         names = []
         for k, (name, cols) in enumerate(groups.items()):
-            idx = np.arange(p)[cols] if isinstance(cols, slice) else np.asarray(cols)
-            if idx.size and (idx.min() < -p or idx.max() >= p):
+            idx = cols if isinstance(cols, slice) else np.asarray(cols)
+            if isinstance(idx, np.ndarray) and idx.size and (idx.min() < -p or idx.max() >= p):
                 raise ValueError(f"group {name!r} has columns outside [0, {p})")
             if np.any(codes[idx] >= 0):
                 raise ValueError(f"group {name!r} overlaps another group")

@@ -142,7 +142,7 @@ class _State:
 
     opts: dict[str, Any]
     selection: Any
-    groups: dict[str, np.ndarray]
+    groups: dict[str, slice | np.ndarray]
     n: int
     comparator: Any = None
     series: dict[str, list[float]] = field(default_factory=dict)
@@ -155,17 +155,32 @@ class _State:
     cmp_clusters: list[int] = field(default_factory=list)
 
 
-def _layer_groups(model: Any, selection: Any) -> dict[str, np.ndarray]:
-    """Columns of each module (weight and bias together), in ``named_parameters()`` order."""
+def _layer_groups(model: Any, selection: Any) -> dict[str, slice | np.ndarray]:
+    """Columns of each module (weight and bias together), in ``named_parameters()`` order: a
+    slice where they are contiguous (as usual; an index array costs 8 bytes a column)."""
     modules = dict(model.named_modules())
-    out: dict[str, list[np.ndarray]] = {}
+    out: dict[str, list[tuple[int, int]]] = {}
     offsets = selection.offsets
     for j, name in enumerate(selection.names):
         prefix = name.rsplit(".", 1)[0] if "." in name else ""
         kind = type(modules.get(prefix, model)).__name__
         label = f"{prefix} ({kind})" if prefix else kind
-        out.setdefault(label, []).append(np.arange(offsets[j], offsets[j + 1]))
-    return {k: np.concatenate(v) for k, v in out.items()}
+        out.setdefault(label, []).append((int(offsets[j]), int(offsets[j + 1])))
+    groups: dict[str, slice | np.ndarray] = {}
+    for label, spans in out.items():
+        if all(spans[i][1] == spans[i + 1][0] for i in range(len(spans) - 1)):
+            groups[label] = slice(spans[0][0], spans[-1][1])
+        else:
+            groups[label] = np.concatenate([np.arange(a, b) for a, b in spans])
+    return groups
+
+
+def _sq_norm(row: np.ndarray) -> float:
+    return float(np.sum(row * row))
+
+
+def _size(cols: slice | np.ndarray) -> int:
+    return cols.stop - cols.start if isinstance(cols, slice) else int(cols.size)
 
 
 def _start(ctx: StudyContext, model: Any) -> _State:
@@ -230,9 +245,8 @@ def measure(ctx: StudyContext, model: Any, state: _State, step: int) -> dict[str
         )
         .detach()
         .cpu()
-        .double()
         .numpy()
-    )
+    )  # in the model's dtype: the statistics widen to float64 block by block
     var = gradient_variance(draws, groups=groups)
     ngv = normalized_gradient_variance(draws, groups=groups)
     # per-example GSNR (Liu et al.): Var_B = sigma^2 (N - B) / (B (N - 1)) without replacement
@@ -245,7 +259,7 @@ def measure(ctx: StudyContext, model: Any, state: _State, step: int) -> dict[str
         "train_loss": _train_loss(ctx, model),
         "grad_norm": float(np.linalg.norm(g)),
         "grad_sq_mean": float(g @ g) / g.size,
-        "minibatch_sq_norm": float(np.mean(np.sum(draws * draws, axis=1))),
+        "minibatch_sq_norm": float(np.mean([_sq_norm(d.astype(np.float64)) for d in draws])),
         "variance": var.mean,
         "variance_total": var.total,
         "ngv": ngv.value,
@@ -364,7 +378,7 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
         "steps": steps,
         **series,
         "layer_names": np.asarray(names),
-        "layer_sizes": np.asarray([state.groups[k].size for k in names], dtype=np.int64),
+        "layer_sizes": np.asarray([_size(state.groups[k]) for k in names], dtype=np.int64),
         **{f"layer_{k}": v for k, v in layers.items()},
     }
     start = opts["transient"] * ctx.config.steps
@@ -397,7 +411,7 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
         },
         "layers": {
             k: {
-                "parameters": int(state.groups[k].size),
+                "parameters": _size(state.groups[k]),
                 "variance_last": float(layers["variance"][-1, j]),
                 "ngv_mean": float(np.nanmean(layers["ngv"][:, j])),
                 "gsnr_last": float(layers["gsnr"][-1, j]),
