@@ -307,6 +307,8 @@ def run_op(model_name: str, op: str, n: int, max_memory: str) -> dict:
                 loss.backward()
                 probe.step(step, loss=loss.item())
                 opt.step()
+            # training: the Probe's checkpoint captures and the variance analysis's measurements
+            info["training_added_gib"] = round((_status("VmHWM") - base) * KIB / 2**30, 2)
             probe.finish(final_step=2)
             summary = json.loads((Path(tmp) / "run" / "summary.json").read_text())
             timings = json.loads((Path(tmp) / "run" / "manifest.json").read_text())["timings"]
@@ -412,7 +414,9 @@ def main() -> None:
             if op == "study":
                 notes.append(f"analyses (s): {r['analysis_s']}; Hessian off (see hessian row)")
                 notes.append(
-                    f"added GiB per analysis (at its start, peak): {r['analysis_added_gib']}"
+                    f"added GiB in training (captures, variance measurements): "
+                    f"{r['training_added_gib']}; per analysis (at its start, peak): "
+                    f"{r['analysis_added_gib']}"
                 )
                 if r["unavailable"]:
                     notes.append(f"unavailable: {r['unavailable']}")

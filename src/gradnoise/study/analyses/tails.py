@@ -49,7 +49,9 @@ per value (measured: 229 MB for 10^6 values), so a dimension-wise sample of a 10
 model needs gigabytes. Under the study's ``max_memory`` a dimension-wise sample holds at most
 ``max_memory // (2 * 240)`` values: a longer one is replaced by a seeded uniform random subset
 of its coordinates (without replacement), and the family's row and table say how many samples
-were subsampled and to what size. Without a budget every coordinate is tested.
+were subsampled and to what size. Without a budget every coordinate is tested. Between the
+checkpoints' captures and the batteries only G and the minibatch gradients are kept, in the
+model's dtype; a family's float64 vectors exist only while its battery runs.
 
 On a Dask cluster (``gradnoise analyze RUN_DIR --dask ...``) the ``iter_grad`` battery reads the
 gradient store out of core (:meth:`gradnoise.store.Run.to_dask`) and runs blockwise over its
@@ -166,6 +168,19 @@ def _windows(length: int, settings: dict[str, Any], checkpoints: int) -> int:
     return int(min(w, length))
 
 
+def _dim_vector(family: str, full: np.ndarray, mb: np.ndarray, v: int) -> np.ndarray:
+    """The float64 dimension-wise vector ``v`` of ``family`` at one checkpoint: ``|G|``,
+    ``|g_B|`` or ``|g_B - G|`` (0 where the minibatch gives no gradient: xi = -G, dropped)."""
+    if family == "dim_full":
+        return np.abs(full.astype(np.float64))
+    g_b = mb[v].astype(np.float64)
+    if family == "dim_minibatch":
+        return np.abs(g_b)
+    sgn = np.abs(g_b - full.astype(np.float64))
+    sgn[g_b == 0] = 0.0
+    return sgn
+
+
 def _row(key: str, family: str, scope: str | None) -> dict[str, Any]:
     label, axis = FAMILIES[family]
     if scope is not None:
@@ -257,8 +272,11 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
             arrays[f"{key}/{name}"] = value
 
     # ---------------------------------------------------------------- gradients at checkpoints
-    dim: dict[str, list[np.ndarray]] = {f"{f}/{sc}": [] for f in DIM_FAMILIES for sc in SCOPES}
-    dim_meta: dict[str, list[tuple[int, int, int]]] = {k: [] for k in dim}  # (step, vector, layer)
+    keys = [f"{f}/{sc}" for f in DIM_FAMILIES for sc in SCOPES]
+    dim_meta: dict[str, list[tuple[int, int, int]]] = {k: [] for k in keys}  # (step, vector, layer)
+    # per checkpoint G and the minibatch gradients as captured (the model's dtype); a family's
+    # float64 |.| vectors are built only while its battery runs
+    raw: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     stored = run.noise
     sgn_stored = all(step in stored and stored[step].shape[0] >= s["sgn_batches"] for step in steps)
     finite = ~run.nonfinite  # rows whose gradient held NaN/Inf are left out (and counted)
@@ -291,27 +309,19 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
             dropout=ctx.dropout,
             **ctx.memory(),
         )
-        full = full_t.cpu().numpy().astype(np.float64)
-        mb = mb_t.cpu().numpy().astype(np.float64)
-        sgn = np.abs(mb - full[None, :])
-        sgn[mb == 0] = 0.0  # no gradient from the minibatch: xi = -G, dropped (see docstring)
-        vectors = {
-            "dim_full": [np.abs(full)],
-            "dim_minibatch": list(np.abs(mb)),
-            "dim_sgn": list(sgn),
-        }
-        for a in vectors["dim_minibatch"]:  # size-matched subsets (see the docstring)
+        raw[step] = (full_t.cpu().numpy(), mb_t.cpu().numpy())
+        for v in range(raw[step][1].shape[0]):  # size-matched subsets (see the docstring)
+            a = _dim_vector("dim_minibatch", *raw[step], v)
             nonzero = a[a > 0]
             if s["matched_samples"] and nonzero.size >= t_len:
                 for _ in range(s["matched_samples"]):
                     matched.append(matched_rng.choice(nonzero, size=t_len, replace=False))
                     matched_steps.append(step)
-        for fam, vecs in vectors.items():
-            for v, a in enumerate(vecs):
-                dim[f"{fam}/model"].append(a)
+            del a, nonzero
+        for fam in DIM_FAMILIES:
+            for v in range(1 if fam == "dim_full" else raw[step][1].shape[0]):
                 dim_meta[f"{fam}/model"].append((step, v, -1))
                 for k in range(len(layer_names)):
-                    dim[f"{fam}/layer"].append(a[offsets[k] : offsets[k + 1]])
                     dim_meta[f"{fam}/layer"].append((step, v, k))
         cols = torch.as_tensor(_selection_columns(sel, layer_names, offsets))
         if sgn_stored:
@@ -351,17 +361,21 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
     # a budget bounds the values per dimension-wise sample (see the module docstring)
     cap = None if cfg.max_memory is None else cfg.max_memory // (2 * BATTERY_BYTES_PER_VALUE)
     subsampled: dict[str, int] = {}
-    if cap is not None:
-        sub_rng = ctx.rng("tails-dim-subsample")
-        for key, samples in dim.items():
-            for j, a in enumerate(samples):
-                if a.size > cap:
-                    samples[j] = sub_rng.choice(a, size=cap, replace=False)
-                    subsampled[key] = subsampled.get(key, 0) + 1
+    sub_rng = ctx.rng("tails-dim-subsample")
 
     # ---------------------------------------------------------------- dimension-wise batteries
-    for key, samples in ctx.progress.track(list(dim.items()), "tails: dimension-wise tests"):
+    for key in ctx.progress.track(keys, "tails: dimension-wise tests"):
         fam, scope = key.split("/")
+        samples: list[np.ndarray] = []
+        for step, v, k in dim_meta[key]:
+            if k <= 0:  # one vector per (step, v): the model, or its first layer
+                vector = _dim_vector(fam, *raw[step], v)
+            a = vector if k < 0 else vector[offsets[k] : offsets[k + 1]]
+            if cap is not None and a.size > cap:
+                a = sub_rng.choice(a, size=cap, replace=False)
+                subsampled[key] = subsampled.get(key, 0) + 1
+            samples.append(a)
+        del vector
         res = power_law_battery(samples, rng=ctx.rng(f"tails-{key}"), **common)
         meta = np.array(dim_meta[key], dtype=np.int64).reshape(-1, 3)
         record(key, res, step=meta[:, 0], vector=meta[:, 1], layer=meta[:, 2])
@@ -386,7 +400,8 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
                 label = f"step {step}" if scope == "model" else layer_names[k]
                 examples[ex_key].append({**_example(res, j, label), "tag": tag})
         rows.append(row)
-    del dim
+        del samples
+    del raw
 
     # ---------------------------------------------------------------- iteration-wise batteries
     rec_steps = run.steps[finite]
