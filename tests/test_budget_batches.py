@@ -52,6 +52,11 @@ def test_batch_for_divides_the_budget_and_refuses_below_one_example():
     assert batch_for(1000, None) is None
     with pytest.raises(ConfigError, match=r'raise max_memory to at least "2KiB"'):
         batch_for(1000, 1999)
+    # a working set per example and bytes held whatever the batch come off the budget
+    assert batch_for(1000, 10_000 + 7 * 2500, extra=500, fixed=10_000) == 7
+    assert batch_for(1000, 10_000 + 7 * 2500 - 1, extra=500, fixed=10_000) == 6
+    with pytest.raises(ConfigError, match=r'held whatever the batch.*at least "13KiB"'):
+        batch_for(1000, 12_499, extra=500, fixed=10_000)
 
 
 def test_measured_activation_bytes_are_the_saved_tensors_per_example():
@@ -241,9 +246,54 @@ def test_hessian_products_follow_the_budget_and_keep_their_values():
     np.testing.assert_allclose(eigs_b.eigenvalues, eigs.eigenvalues, rtol=1e-8)
 
 
+def _clustering_budget(net, loss, x, y, examples: int) -> int:
+    """A budget that lets Gradient Clustering take ``examples`` examples per chunk: its fixed
+    accumulators plus, per example, the activations and its features and temporaries."""
+    plan = gradnoise.GradientClustering(net, loss, 3, rng=0)
+    plan._prepare((x, y))
+    features, temps = plan._example_bytes(plan.audit)
+    fixed = sum(a.numel() * a.element_size() for b in plan.blocks for a in b.new_acc())
+    return fixed + _budget_for(net, loss, x, y, examples) + examples * (features + temps)
+
+
+def _sequence_data():
+    torch.manual_seed(0)
+
+    class Tokens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb, self.fc, self.out = nn.Embedding(11, 6), nn.Linear(6, 8), nn.Linear(8, 11)
+
+        def forward(self, t):
+            return self.out(torch.tanh(self.fc(self.emb(t)))).transpose(1, 2)
+
+    x = torch.randint(0, 11, (10, 5))
+    return Tokens(), nn.CrossEntropyLoss(), x, torch.randint(0, 11, (10, 5))
+
+
+@pytest.mark.parametrize("data", [_conv_data, _sequence_data], ids=["conv", "sequence"])
+def test_clustering_feature_bytes_are_those_a_chunk_holds(data):
+    # the estimate behind the clustering's chunk size, against the features of a real chunk
+    net, loss, x, y = data()
+    gc = gradnoise.GradientClustering(net, loss, 3, rng=0)
+    gc._prepare((x, y))
+    c, item = 4, next(net.parameters()).element_size()
+    feats = gc._features(x[:c], y[:c])
+    held = {}
+    for f in feats:
+        for t in f if isinstance(f, tuple) else (f,):
+            held[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    estimate = sum(
+        b.example_bytes(gc.audit._calls.get(id(getattr(b, "module", None)), []), item)[0]
+        for b in gc.blocks
+    )
+    assert sum(held.values()) == c * estimate
+    assert {gc.layout[n] for n in gc.layout} >= {"rank1"}
+
+
 def test_clustering_chunks_and_the_comparator_follow_the_budget():
     net, loss, x, y = _conv_data()
-    budget = _budget_for(net, loss, x, y, 3)
+    budget = _clustering_budget(net, loss, x, y, 3)
     gc = gradnoise.GradientClustering(net, loss, 3, rng=0, max_memory=budget)
     free = gradnoise.GradientClustering(net, loss, 3, rng=0)
     result, result_free = gc.fit((x, y)), free.fit((x, y))

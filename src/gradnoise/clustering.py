@@ -130,6 +130,17 @@ class _Block:
     def dense(self) -> Tensor:
         raise NotImplementedError
 
+    def example_bytes(self, calls: list[Any], source_item: int) -> tuple[int, int]:
+        """``(features, temporaries)``: bytes per example of this block's features of a chunk
+        and of the largest temporaries of its :meth:`terms` (``calls``: the layer's calls as
+        the audit saw them, ``(input shape[1:], output shape[1:])``; ``source_item``: the
+        model's bytes per value)."""
+        raise NotImplementedError
+
+
+def _numel(shape: Any) -> int:
+    return math.prod(shape) if shape is not None else 0
+
 
 class _RankOne(_Block):
     """Weight of a Linear or Conv layer: centres ``co_c ci_c^T`` (``[dout, din]``)."""
@@ -185,17 +196,12 @@ class _RankOne(_Block):
     def terms(self, f: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         a, d = f
         t = a.shape[2]
-        k = self.ci.shape[0]
         if t == 1:
             a1, d1 = a[:, :, 0], d[:, :, 0]
             dot = (a1 @ self.ci.T) * (d1 @ self.co.T)
             return dot, (a1 * a1).sum(1) * (d1 * d1).sum(1)
         outer = None
-        dot_mode = self.dot_mode or (
-            "pairs"
-            if k * t * (self.din + self.dout) <= t * self.din * self.dout + k * self.din * self.dout
-            else "outer"
-        )
+        dot_mode, norm_mode = self._modes(t)
         if dot_mode == "pairs":
             ca = torch.einsum("kd,bdt->bkt", self.ci, a)
             cd = torch.einsum("ko,bot->bkt", self.co, d)
@@ -203,9 +209,6 @@ class _RankOne(_Block):
         else:
             outer = torch.bmm(d, a.transpose(1, 2))  # per-example gradient [c, dout, din]
             dot = ((outer @ self.ci.T) * self.co.T.unsqueeze(0)).sum(1)
-        norm_mode = self.norm_mode or (
-            "pairs" if t * (self.din + self.dout) <= self.din * self.dout else "outer"
-        )
         if norm_mode == "pairs":
             aa = torch.bmm(a.transpose(1, 2), a)
             dd = torch.bmm(d.transpose(1, 2), d)
@@ -215,6 +218,38 @@ class _RankOne(_Block):
                 outer = torch.bmm(d, a.transpose(1, 2))
             sq = (outer * outer).sum((1, 2))
         return dot, sq
+
+    def _modes(self, t: int) -> tuple[str, str]:
+        """The cheaper einsum orders for ``t`` positions per example: (dot, norm)."""
+        k, din, dout = self.ci.shape[0], self.din, self.dout
+        dot = self.dot_mode or (
+            "pairs" if k * t * (din + dout) <= t * din * dout + k * din * dout else "outer"
+        )
+        norm = self.norm_mode or ("pairs" if t * (din + dout) <= din * dout else "outer")
+        return dot, norm
+
+    def example_bytes(self, calls: list[Any], source_item: int) -> tuple[int, int]:
+        t = 0
+        for in_shape, out_shape in calls:  # positions: conv output pixels, linear rows
+            t += (
+                _numel(out_shape) // max(self.dout, 1)
+                if self.conv
+                else _numel(in_shape) // max(self.din, 1)
+            )
+        t = max(t, 1)
+        k, din, dout = self.ci.shape[0], self.din, self.dout
+        item = self.ci.element_size()
+        if t == 1:
+            return item * (din + dout), item * 2 * k
+        dot, norm = self._modes(t)
+        outer = dout * din  # one example's gradient, formed by the "outer" orders
+        # the locals of terms() all live until it returns: the dot's and the norm's add up
+        temps = 3 * k * t if dot == "pairs" else outer + 2 * dout * k
+        if norm == "pairs":
+            temps += 3 * t * t
+        else:
+            temps += outer if dot == "outer" else 2 * outer
+        return item * t * (din + dout), item * temps
 
     def center_sq(self) -> Tensor:
         return (self.ci * self.ci).sum(1) * (self.co * self.co).sum(1)
@@ -302,6 +337,14 @@ class _Full(_Block):
 
     def dense(self) -> Tensor:
         return self.centers
+
+    def example_bytes(self, calls: list[Any], source_item: int) -> tuple[int, int]:
+        # temporaries: the distance's product, and for the per-sample fallback the per-sample
+        # gradient the features are converted from when the model's dtype is not the clustering's
+        item = self.centers.element_size()
+        cols = self.centers.shape[1]
+        source = source_item * cols if self.bias_of is None and source_item != item else 0
+        return item * cols, item * cols + source
 
 
 # ----------------------------------------------------------------------------------------------
@@ -427,6 +470,7 @@ class GradientClustering:
             self._plan(self.centers_mode, self.audit)
         if self.max_memory is not None:
             n = dataset_size(data)
+            features, temps = self._example_bytes(self.audit)
             limits = [
                 sub_batch(
                     self.max_memory,
@@ -438,11 +482,29 @@ class GradientClustering:
                     self.audit,
                     self.dropout,
                     self.device,
+                    extra=features + temps,
+                    fixed=sum(
+                        a.numel() * a.element_size() for b in self.blocks for a in b.new_acc()
+                    ),
                 ),
                 chunk_for(self.tensors, self.max_memory) if self.centers_mode == "full" else None,
             ]
             self.chunk_size = min([self.chunk_size] + [c for c in limits if c is not None])
         return self.audit
+
+    def _example_bytes(self, audit: ModelAudit) -> tuple[int, int]:
+        """Per example of a chunk: the features of all blocks (held together), the largest
+        block's distance temporaries, and the layer inputs and output gradients the hooks
+        record (in the model's dtype); see :meth:`_Block.example_bytes`."""
+        features = temps = records = 0
+        item = self.tensors[0].element_size() if self.tensors else 4
+        for b in self.blocks:
+            module = getattr(b, "module", None)
+            calls = audit._calls.get(id(module), []) if module is not None else []
+            f, t = b.example_bytes(calls, item)
+            features, temps = features + f, max(temps, t)
+            records += sum(item * (_numel(i) + _numel(o)) for i, o in calls)
+        return features + records, temps
 
     def _plan(self, centers: Centers, result: ModelAudit) -> None:
         sel, k = self.selection, self.num_clusters

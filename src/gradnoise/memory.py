@@ -147,26 +147,37 @@ def chunk_for(
     return budget // per_example
 
 
-def batch_for(activation_bytes: int, max_memory: object, *, what: str = "max_memory") -> int | None:
-    """Examples per forward so that ``ACTIVATION_COPIES * activation_bytes`` per example fits
-    ``max_memory`` (None: no budget, None back).
+def batch_for(
+    activation_bytes: int,
+    max_memory: object,
+    *,
+    what: str = "max_memory",
+    extra: int = 0,
+    fixed: int = 0,
+) -> int | None:
+    """Examples per forward so that ``fixed + n * (ACTIVATION_COPIES * activation_bytes +
+    extra)`` fits ``max_memory``: ``extra`` is what the computation holds per example besides
+    the activations (e.g. Gradient Clustering's features), ``fixed`` what it holds whatever the
+    batch (None: no budget, None back).
 
     Raises:
-        ConfigError: the budget is below one example's activations; the message names the
-            smallest budget that works.
+        ConfigError: the budget is below one example; the message names the smallest budget
+            that works.
     """
     budget = parse_memory(max_memory, what)
     if budget is None:
         return None
-    per_example = ACTIVATION_COPIES * max(int(activation_bytes), 1)
-    if budget < per_example:
+    per_example = ACTIVATION_COPIES * max(int(activation_bytes), 1) + int(extra)
+    if budget < fixed + per_example:
+        held = f"{format_bytes(fixed)} held whatever the batch + " if fixed else ""
+        working = f" + {int(extra):,} bytes of working set" if extra else ""
         raise ConfigError(
-            f"{what}={max_memory!r} ({budget:,} bytes) is below one example's activations in a "
-            f"forward and backward ({ACTIVATION_COPIES} x {int(activation_bytes):,} bytes saved "
-            f"for backward = {format_bytes(per_example)}); raise {what} to at least "
-            f'"{_round_up(per_example)}"'
+            f"{what}={max_memory!r} ({budget:,} bytes) is below {held}one example's activations "
+            f"in a forward and backward ({ACTIVATION_COPIES} x {int(activation_bytes):,} bytes "
+            f"saved for backward{working} = {format_bytes(per_example)}); raise {what} to at "
+            f'least "{_round_up(fixed + per_example)}"'
         )
-    return budget // per_example
+    return (budget - fixed) // per_example
 
 
 def model_chunk(model: nn.Module, max_memory: object, *, what: str = "max_memory") -> int | None:
