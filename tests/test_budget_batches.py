@@ -345,3 +345,25 @@ def test_the_probe_records_full_gradients_and_noise_within_the_budget(tmp_path, 
     probe.finish()
     assert seen and max(seen) <= 3  # batches of 8 and full-gradient batches of 256, split
     assert sum(seen) >= 48 + 4 * 8  # the full gradient and the noise minibatches at least
+
+
+def test_clustering_holds_one_chunk_of_features_at_a_time():
+    # a chunk's features are sized by the budget: the previous chunk's must be gone before the
+    # next chunk's are computed (they were alive until the name was rebound: twice the budget)
+    import weakref
+
+    net, loss, x, y = _conv_data()
+    gc = gradnoise.GradientClustering(net, loss, 3, rng=0, chunk_size=4)
+    real = gc._features
+    previous: list[weakref.ref] = []
+    alive_at_call: list[int] = []
+
+    def spy(xc, yc):
+        alive_at_call.append(sum(ref() is not None for ref in previous))
+        out = real(xc, yc)
+        previous[:] = [weakref.ref(t) for f in out for t in (f if isinstance(f, tuple) else (f,))]
+        return out
+
+    gc._features = spy
+    gc.fit((x, y), iters=2)
+    assert len(alive_at_call) >= 6 and max(alive_at_call) == 0

@@ -483,6 +483,9 @@ class GradientClustering:
                     self.dropout,
                     self.device,
                     extra=features + temps,
+                    # the per-sample fallback's forward runs while the structured pass's
+                    # records are alive
+                    forwards=1 if self.fallback_selection is None else 2,
                     fixed=sum(
                         a.numel() * a.element_size() for b in self.blocks for a in b.new_acc()
                     ),
@@ -712,6 +715,7 @@ class GradientClustering:
                 b.accumulate(acc, f, a_t)
             assignment[rows] = a
             best[rows] = d[np.arange(len(rows)), a]
+            del feats, f, dist  # else alive while the next chunk's are computed: twice the budget
         counts = np.bincount(assignment, minlength=k)
         counts_t = torch.as_tensor(counts, device=self.device)
         for b, acc in zip(self.blocks, accs, strict=True):

@@ -110,13 +110,14 @@ def sub_batch(
     create_graph: bool = False,
     extra: int = 0,
     fixed: int = 0,
+    forwards: int = 1,
 ) -> int | None:
     """Examples per forward under ``max_memory`` (:func:`gradnoise.memory.batch_for` of the
-    measured :func:`activation_bytes`, with ``extra`` bytes per example and ``fixed`` bytes
-    held besides); None without a budget."""
+    measured :func:`activation_bytes` times ``forwards`` whose graphs are alive together, with
+    ``extra`` bytes per example and ``fixed`` bytes held besides); None without a budget."""
     if parse_memory(max_memory) is None:  # a malformed budget is refused before measuring
         return None
     measured = activation_bytes(
         model, loss_fn, data, n, tensors, audit, dropout, device, create_graph=create_graph
     )
-    return batch_for(measured, max_memory, extra=extra, fixed=fixed)
+    return batch_for(forwards * measured, max_memory, extra=extra, fixed=fixed)
