@@ -248,12 +248,14 @@ def test_hessian_products_follow_the_budget_and_keep_their_values():
 
 def _clustering_budget(net, loss, x, y, examples: int) -> int:
     """A budget that lets Gradient Clustering take ``examples`` examples per chunk: its fixed
-    accumulators plus, per example, the activations and its features and temporaries."""
+    accumulators plus, per example, the activations of its forwards, its features and
+    temporaries."""
     plan = gradnoise.GradientClustering(net, loss, 3, rng=0)
     plan._prepare((x, y))
     features, temps = plan._example_bytes(plan.audit)
     fixed = sum(a.numel() * a.element_size() for b in plan.blocks for a in b.new_acc())
-    return fixed + _budget_for(net, loss, x, y, examples) + examples * (features + temps)
+    forwards = 1 if plan.fallback_selection is None else 2  # GroupNorm: a per-sample fallback
+    return fixed + forwards * _budget_for(net, loss, x, y, examples) + examples * (features + temps)
 
 
 def _sequence_data():
