@@ -256,7 +256,12 @@ def test_sgn_from_per_sample_matches_naive_means():
     assert all(np.unique(b).size == 8 for b in batches)
     xi = ns.sgn_from_per_sample(per_sample, full, batches)
     naive = np.stack([per_sample[b].astype(np.float64).mean(0) - full for b in batches])
-    np.testing.assert_allclose(xi, naive, atol=1e-6)
+    np.testing.assert_allclose(xi, naive, rtol=0, atol=1e-15)  # summed in float64
+    # blocks of columns: each column on its own, the same bits at any width
+    for block_bytes in (1, 8 * 20 * 8 * 3):
+        np.testing.assert_array_equal(
+            ns.sgn_from_per_sample(per_sample, full, batches, block_bytes=block_bytes), xi
+        )
     without = ~(batches == 3).any(axis=1)  # minibatches without example 3: exactly -G_2
     assert without.any() and np.all(xi[without, 2] == -full[2])
     with pytest.raises(ValueError, match="batch_size"):
@@ -367,3 +372,21 @@ def test_a_budget_keeps_a_random_subset_of_coordinates_for_simsekli(ctx, run_dir
     from gradnoise.study.analyses._noise_render import _coordinates
 
     assert "random subset of 3,000 of the" in _coordinates(row)
+
+
+@pytest.mark.parametrize("method", ["mcculloch", "mle"])
+def test_parameter_map_in_column_blocks_equals_one_block(method):
+    # a 4M-entry output layer's map is fitted block by block under a budget
+    rng = np.random.default_rng(4)
+    per_sample = rng.standard_t(2.5, size=(40, 30)).astype(np.float32)
+    per_sample[:, 7] = 0.0  # degenerate
+    full = per_sample.astype(np.float64).mean(0)
+    batches = ns.draw_minibatches(rng, 40, 8, 60)
+    xi = ns.sgn_from_per_sample(per_sample, full, batches)
+    whole = ns.parameter_map(xi, (5, 6), method=method)
+    blocks = ns.map_from_per_sample(
+        per_sample, full, batches, (5, 6), method=method, max_bytes=60 * (64 + 128) * 4
+    )
+    np.testing.assert_array_equal(blocks[0], whole[0])
+    np.testing.assert_array_equal(blocks[1], whole[1])
+    assert blocks[2] == whole[2] == 1

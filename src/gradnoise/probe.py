@@ -902,6 +902,7 @@ def run_analysis(analysis: Any, ctx: StudyContext, missed: Sequence[int] = ()) -
         if missed:
             reason += f" (checkpoint steps {list(missed)} requested)"
         return {"unavailable": reason}
+    release_memory()  # the first analysis too: training's captures leave freed heap pages
     try:
         return analysis.compute(ctx)
     except MissingDataError as err:

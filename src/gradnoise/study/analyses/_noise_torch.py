@@ -76,11 +76,20 @@ def per_sample_and_mean(
     chunk_size: int | None = 256,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-example gradients of the whole train split on ``selection`` (``[N, C]``, the
-    parameters' dtype) and their mean, the full gradient G (``[C]``, float64)."""
-    g = per_sample_grads(
-        model, loss_fn, x, y, params=selection, chunk_size=chunk_size, dropout=dropout
+    parameters' dtype) and their mean, the full gradient G (``[C]``, float64; summed in float64
+    a block of columns at a time, never a float64 copy of all of them)."""
+    g = (
+        per_sample_grads(
+            model, loss_fn, x, y, params=selection, chunk_size=chunk_size, dropout=dropout
+        )
+        .cpu()
+        .numpy()
     )
-    return g.cpu().numpy(), g.double().mean(0).cpu().numpy()
+    width = max(1, (64 * 2**20) // (8 * max(g.shape[0], 1)))
+    mean = np.empty(g.shape[1])
+    for c0 in range(0, g.shape[1], width):
+        mean[c0 : c0 + width] = g[:, c0 : c0 + width].astype(np.float64).mean(0)
+    return g, mean
 
 
 def train_arm(

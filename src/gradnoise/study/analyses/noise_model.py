@@ -176,6 +176,9 @@ def check(ctx: StudyContext, model: Any) -> None:
 #: bytes per entry of the [P, M] data-pass noise while Simsekli's statistics run (the float32
 #: noise, one float64 control and the estimator's float64 temporaries)
 SIMSEKLI_BYTES_PER_ENTRY = 40
+#: without ``max_memory``, the parameter map is fitted in column blocks of about this many bytes
+#: (the maps do not depend on the block width; see ``_noise_stats.map_from_per_sample``)
+MAP_BYTES = 512 * 2**20
 
 
 def _simsekli_coords(ctx: StudyContext, model: Any, batches: int) -> Any:
@@ -315,11 +318,15 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
             gamma_map = nt.per_sample_and_mean(
                 model, loss_fn, x, y, map_sel, ctx.dropout, ctx.chunk_size(model, 256, map_sel)
             )
-            xi_map = ns.sgn_from_per_sample(
-                gamma_map[0], gamma_map[1], batches(f"map-{step}", cfg.batch_size)
+            a_map, s_map, n_deg = ns.map_from_per_sample(
+                gamma_map[0],
+                gamma_map[1],
+                batches(f"map-{step}", cfg.batch_size),
+                map_shape,
+                method=opts["map_method"],
+                max_bytes=cfg.max_memory or MAP_BYTES,
             )
             del gamma_map
-            a_map, s_map, n_deg = ns.parameter_map(xi_map, map_shape, method=opts["map_method"])
             arrays[f"battash_alpha_map_{step}"] = a_map.astype(np.float32)
             arrays[f"battash_scale_map_{step}"] = s_map.astype(np.float32)
             finite = np.isfinite(a_map)
