@@ -16,7 +16,7 @@ from torch import nn
 
 import gradnoise
 from gradnoise.capture import audit
-from gradnoise.errors import UnsupportedLayerError
+from gradnoise.errors import PerSampleFallbackWarning, UnsupportedLayerError
 
 
 def _rounding_only(monkeypatch) -> list[bool]:
@@ -112,3 +112,78 @@ def test_without_a_failure_no_float64_copy_is_made(monkeypatch):
     x, y = torch.randn(5, 3, 8, 8, generator=gen), torch.randint(0, 5, (5,), generator=gen)
     gradnoise.per_sample_grads(net, nn.CrossEntropyLoss(), x, y)
     assert widened == [False]
+
+
+# ----------------------------------------------------------------------------------------------
+# the per-chunk check (capture/_verify.py): the same rule for one example computed alone
+
+
+def _chunk_rounding_only(monkeypatch) -> list[int]:
+    """Every float32 gradient of an example computed alone in the per-chunk check is off by 5%
+    (as rounding through a ResNet-18-GN moves it: 8e-2), float64 ones are exact; counts the
+    float64 re-checks."""
+    from gradnoise.capture import _verify
+
+    real_alone, real_agrees = _verify.example_alone, _verify._Float64Check.agrees
+    rechecks: list[int] = []
+
+    def alone(model, loss_fn, x, y, columns, row):
+        out = real_alone(model, loss_fn, x, y, columns, row)
+        if row.dtype == torch.float32:
+            row.mul_(1.05)
+        return out
+
+    def agrees(self, col, k):
+        rechecks.append(k)
+        return real_agrees(self, col, k)
+
+    monkeypatch.setattr(_verify, "example_alone", alone)
+    monkeypatch.setattr(_verify._Float64Check, "agrees", agrees)
+    return rechecks
+
+
+def test_a_float32_chunk_gap_is_rechecked_in_float64_and_not_refused(monkeypatch):
+    # a ResNet-18-GN's clustering was refused at chunks of 4 (relative gap 8e-2 in float32)
+    net = _deep(5)
+    gen = torch.Generator().manual_seed(6)
+    x, y = torch.randn(12, 3, 8, 8, generator=gen), torch.randint(0, 5, (12,), generator=gen)
+    loss = nn.CrossEntropyLoss()
+    expected = gradnoise.GradientClustering(net, loss, 3, rng=0, chunk_size=3).fit((x, y))
+    rows = gradnoise.per_sample_grads(net, loss, x, y, chunk_size=3)
+    rechecks = _chunk_rounding_only(monkeypatch)
+    got = gradnoise.GradientClustering(net, loss, 3, rng=0, chunk_size=3).fit((x, y))
+    assert rechecks  # the float32 check failed, the float64 one decided
+    assert (got.assignment == expected.assignment).all()
+    torch.testing.assert_close(
+        gradnoise.per_sample_grads(net, loss, x, y, chunk_size=3), rows, rtol=0, atol=0
+    )
+
+
+class _SortByKey(nn.Module):
+    """Sort the batch, run a layer, unsort: exact per example, the layer's rows reordered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.out = nn.Linear(4, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        order = x[:, 0].argsort()
+        return self.out(torch.tanh(self.fc(x[order]))[order.argsort()])
+
+
+def test_examples_reordered_in_float32_still_fail_the_chunk_check(monkeypatch):
+    torch.manual_seed(0)
+    net, loss = _SortByKey(), nn.CrossEntropyLoss()
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    x[:4, 0] = torch.tensor([-3.0, -2.0, -1.0, 0.0])  # the audit's probe is sorted already
+    x[4:, 0] = torch.tensor([3.0, 2.0, 1.0, 0.5])  # the second chunk is not
+    rechecks = _chunk_rounding_only(monkeypatch)
+    with pytest.warns(PerSampleFallbackWarning, match="stepped aside.*examples reordered"):
+        rows = gradnoise.per_sample_grads(net, loss, x, y, chunk_size=4)
+    assert rechecks  # the float64 copy saw the reordering too: the layer stepped aside
+    ref = []
+    for i in range(8):
+        net.zero_grad()
+        loss(net(x[i : i + 1]), y[i : i + 1]).backward()
+        ref.append(torch.cat([p.grad.reshape(-1) for p in net.parameters()]))
+    torch.testing.assert_close(rows, torch.stack(ref), rtol=1e-5, atol=1e-6)

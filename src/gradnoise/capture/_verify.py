@@ -22,6 +22,7 @@ raises :class:`~gradnoise.errors.UnsupportedLayerError`.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -30,8 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UnsupportedLayerError
-from ._passes import Column, Pass, call_shapes, example_alone, flat_selected
-from .audit import FLOOR, ModelAudit, relative_gap
+from ._passes import Column, Pass, call_shapes, example_alone, flat_selected, structured_pass
+from .audit import FLOOR, ModelAudit, owner_modules, relative_gap
 from .layers import LAYER_RULES, conv_weight_grad
 
 
@@ -196,6 +197,7 @@ def verify_chunk(
                 "the per-example gradients do not add up to the batch gradient (e.g. a parameter "
                 "also used outside its layer for some inputs)"
             )
+    wide = _Float64Check(model, loss_fn, x, y)
     for k in examples_to_check(seed, c):
         alive = [col for col in columns if col not in failed]
         if not alive:
@@ -211,7 +213,7 @@ def verify_chunk(
                 module, pname, calls[module], col.index, alone[col.cols].numel(), slice(k, k + 1)
             )
             gap = relative_gap(row[0], alone[col.cols], floor)
-            if not gap <= check_tolerance(row.dtype):
+            if not gap <= check_tolerance(row.dtype) and not wide.agrees(col, k):
                 failed.append(col)
                 reason = (
                     f"example {k} of the chunk computed alone has another gradient than the "
@@ -219,6 +221,46 @@ def verify_chunk(
                     "example axis for these inputs (e.g. examples reordered inside the model)"
                 )
     return failed, reason
+
+
+class _Float64Check:
+    """Check 3 again on a float64 copy of the model, for a low-precision failure: in float32 a
+    deep network's rounding can move one example's gradient by percents between a batch and a
+    batch of one (measured: 8e-2 relative through a ResNet-18's 20 GroupNorm layers, 4e-15 in
+    float64), which is no reason to refuse the layer rule. The copy and its chunk pass are made
+    once, on the first failure; a real reordering or coupling fails in float64 too."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Any,
+        x: Tensor,
+        y: Tensor,
+    ) -> None:
+        self.args = (model, loss_fn, x, y)
+        self.state: tuple[nn.Module, dict[str, tuple[nn.Module, str]], Tensor, Pass] | None = None
+
+    def agrees(self, col: Column, k: int) -> bool:
+        model, loss_fn, x, y = self.args
+        if col.tensor.dtype == torch.float64:
+            return False
+        if self.state is None:
+            wide = copy.deepcopy(model).double()
+            wide_owners = owner_modules(wide)
+            xd = x.double() if x.is_floating_point() else x
+            modules = list({id(m): m for m, _ in wide_owners.values()}.values())
+            self.state = (wide, wide_owners, xd, structured_pass(wide, loss_fn, xd, y, modules))
+        wide, wide_owners, xd, found = self.state
+        module, pname = wide_owners[col.name]
+        calls = [(inp, g) for m, inp, g in found.calls if m is module]
+        tensor = getattr(module, pname)
+        width = col.cols.stop - col.cols.start
+        row = rule_rows(module, pname, calls, col.index, width, slice(k, k + 1))
+        alone = torch.zeros(width, dtype=torch.float64, device=xd.device)
+        wide_col = Column(col.name, tensor, slice(0, width), col.index)
+        example_alone(wide, loss_fn, xd[k : k + 1], y[k : k + 1], [wide_col], alone)
+        floor = FLOOR * float(alone.abs().max())
+        return relative_gap(row[0], alone, floor) <= check_tolerance(torch.float64)
 
 
 def examples_to_check(seed: int, c: int) -> list[int]:
