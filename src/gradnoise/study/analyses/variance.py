@@ -175,6 +175,13 @@ def _layer_groups(model: Any, selection: Any) -> dict[str, slice | np.ndarray]:
     return groups
 
 
+def _summary(result: Any) -> Any:
+    """``result`` without its per-coordinate array."""
+    import dataclasses
+
+    return dataclasses.replace(result, per_coordinate=np.empty(0))
+
+
 def _sq_norm(row: np.ndarray) -> float:
     return float(np.sum(row * row))
 
@@ -247,11 +254,12 @@ def measure(ctx: StudyContext, model: Any, state: _State, step: int) -> dict[str
         .cpu()
         .numpy()
     )  # in the model's dtype: the statistics widen to float64 block by block
-    var = gradient_variance(draws, groups=groups)
-    ngv = normalized_gradient_variance(draws, groups=groups)
+    # only summaries are kept: each result's per-coordinate values (P floats) go at once
+    var = _summary(gradient_variance(draws, groups=groups))
+    ngv = _summary(normalized_gradient_variance(draws, groups=groups))
     # per-example GSNR (Liu et al.): Var_B = sigma^2 (N - B) / (B (N - 1)) without replacement
     to_example = (n - b) / (b * (n - 1)) if n > 1 else math.nan
-    snr = gsnr(draws, mean=g, ddof=0, groups=groups)
+    snr = _summary(gsnr(draws, mean=g, ddof=0, groups=groups))
     names = list(groups)
     layer_norm = np.array([float(np.linalg.norm(g[groups[k]])) for k in names])
     return {
