@@ -1045,21 +1045,23 @@ def _stats(
 ) -> EstimatorStats:
     x = draws.detach().cpu().numpy()  # in its own dtype: the statistics widen block by block
     var = gradient_variance(x, groups=sel)
-    ngv = normalized_gradient_variance(x)
+    variance, total, layers = var.mean, var.total, var.layers
+    del var  # its P per-coordinate floats go before the next statistic's are made
+    ngv = normalized_gradient_variance(x).value
     k = x.shape[0]
     diff = x.mean(0, dtype=np.float64) - full
     sq = float(diff @ diff)
     return EstimatorStats(
         name=name,
         batch_size=batch_size,
-        variance=var.mean,
-        total_variance=var.total,
-        ngv=ngv.value,
+        variance=variance,
+        total_variance=total,
+        ngv=ngv,
         bias=float(np.abs(diff).mean()),
         bias_sq_norm=sq,
-        bias_z=sq / (var.total / k) if var.total > 0 else (0.0 if sq == 0 else math.inf),
+        bias_z=sq / (total / k) if total > 0 else (0.0 if sq == 0 else math.inf),
         num_draws=k,
-        layers=var.layers,
+        layers=layers,
     )
 
 
@@ -1116,6 +1118,7 @@ def compare_estimators(
                 seed=_seeds(gen, 1)[0], params=sel, **budget,
             )  # fmt: skip
             out[name] = _stats(name, draws, full, b, sel)
+            del draws  # else alive while the next estimator's draws are computed
         elif name == "svrg":
             if svrg_snapshot is None:
                 raise ValueError("the 'svrg' estimator needs svrg_snapshot (a copy of the model)")
@@ -1131,12 +1134,16 @@ def compare_estimators(
             mu = full_grad(
                 svrg_snapshot, loss_fn, data, batch_size=full_batch_size, params=sel, **budget
             )
-            out[name] = _stats(name, now - then + mu, full, batch_size, sel)
+            now.sub_(then).add_(mu)  # mu - g_B(theta_snap) + g_B(theta), in place: [K, P] once
+            del then, mu
+            out[name] = _stats(name, now, full, batch_size, sel)
+            del now
         else:
             strata = _strata_of(clustering, dataset_size(data))
             batches = [strata.draw(batch_size, gen) for _ in range(num_draws)]
             draws = _weighted_grads(model, loss_fn, data, batches, sel, max_memory)
             out[name] = _stats(name, draws, full, batch_size, sel)
+            del draws
     return EstimatorComparison(
         estimators=out,
         full_grad_sq_norm=float(full @ full),

@@ -605,6 +605,9 @@ class Probe:
                 for hook in self.hooks:
                     hook(self.ctx, step, self.model)
                 headline.update(self._measured(step))
+            state = self.ctx.scratch.get("variance")
+            if step in self.checkpoint_steps or (state is not None and step in state.steps[-1:]):
+                release_memory()  # captures and measurements leave freed heap pages resident
         self.last_step = step
         self.steps_seen += 1
         done = time.perf_counter()
