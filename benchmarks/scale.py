@@ -42,9 +42,13 @@ float64 basis is not sized by ``max_memory``) and ``study`` (``Probe`` with the
 default analyses, quick analysis options, on a 10^5-coordinate selection, 2 training steps and
 checkpoints [0, 2]; the spectra analysis without its Hessian, which the ``hessian`` row measures:
 the study's own runs in float64 to tol 1e-6 with up to 1,000 products, hours at this size); the
-study's budget adds what its analyses hold besides ``max_memory`` (the tails analysis's
+study's budget adds 60 bytes per parameter for what its analyses hold outside ``max_memory``'s
+working sets (set before this benchmark's study rows were first run: the tails analysis's
 dimension-wise vectors, three float64 vectors of P per checkpoint, and three float32 copies of
-P), and its notes give each analysis's own peak. A size below the stated one is marked
+P; the tails analysis now keeps G and g_B per checkpoint in float32 and one family's float64
+vectors, 32 bytes per parameter, and the variance measurement K = 4 float32 draws and its float64
+per-coordinate moments, 48), and its notes give the training phase's peak (checkpoint captures,
+variance measurements) and each analysis's own. A size below the stated one is marked
 ``(reduced)`` with the full size.
 """
 
