@@ -600,14 +600,15 @@ class Probe:
             recorded = time.perf_counter()
             if step in self.checkpoint_steps and step not in self.ctx.checkpoints:
                 headline.update(self._checkpoint(step))
+                release_memory()  # the captures' freed heap pages, before a measurement
             captured = time.perf_counter()
             if self.writes:  # the analyses' measurements belong to the run rank 0 writes
                 for hook in self.hooks:
                     hook(self.ctx, step, self.model)
                 headline.update(self._measured(step))
             state = self.ctx.scratch.get("variance")
-            if step in self.checkpoint_steps or (state is not None and step in state.steps[-1:]):
-                release_memory()  # captures and measurements leave freed heap pages resident
+            if state is not None and step in state.steps[-1:]:
+                release_memory()  # a measurement leaves freed heap pages resident
         self.last_step = step
         self.steps_seen += 1
         done = time.perf_counter()
@@ -729,10 +730,12 @@ class Probe:
                     headline: dict[str, float] = {}
                     if final_step in self.checkpoint_steps:
                         headline.update(self._checkpoint(final_step))
+                        release_memory()
                     if self.writes:
                         for hook in self.hooks:
                             hook(self.ctx, final_step, self.model)
                         headline.update(self._measured(final_step))
+                    release_memory()
                     if self.tensorboard is not None:
                         self._tensorboard(final_step, headline)
                 if not self.writes:
