@@ -161,9 +161,12 @@ class GSNRResult(StatResult):
 # input handling
 
 
-def _as_samples(samples: Any, name: str = "samples", *, convert: bool = True) -> np.ndarray:
-    """``samples`` checked (2-D, numeric, columns, finite); in float64 with ``convert``, else in
-    its own dtype (the blockwise path converts one block at a time)."""
+def _as_samples(
+    samples: Any, name: str = "samples", *, convert: bool = True, checked: bool = False
+) -> np.ndarray:
+    """``samples`` checked (2-D, numeric, columns, finite unless ``checked`` says the caller
+    counted that already); in float64 with ``convert``, else in its own dtype (the blockwise
+    path converts one block at a time)."""
     x = as_float_array(samples, name) if convert else np.asarray(samples)
     if x.dtype.kind not in "fiub":
         raise TypeError(f"{name} must be numeric, got dtype {x.dtype}")
@@ -174,7 +177,9 @@ def _as_samples(samples: Any, name: str = "samples", *, convert: bool = True) ->
         )
     if x.shape[1] == 0:
         raise ValueError(f"{name} has no columns")
-    if convert:
+    if checked:
+        pass
+    elif convert:
         check_finite(x, name)
     else:  # counted block by block: the whole count, without a whole-array temporary
         width = max(1, BLOCK_BYTES // max(int(x.shape[0]), 1))
@@ -387,7 +392,9 @@ def _moments(
     big_n, top = None, 0.0 if given is None else float(np.abs(given).max())
     for c0 in range(0, p, width):
         cols = slice(c0, c0 + width)
-        block = _column_moments(x[:, cols], mean=None if given is None else given[cols], **options)
+        block = _column_moments(
+            x[:, cols], mean=None if given is None else given[cols], checked=True, **options
+        )
         m[cols], v[cols], e[cols], second[cols] = block.m, block.v, block.e, block.second
         big_n, top = block.big_n, max(top, float(block.maxabs.max()))
     return _Moments(_Shape(k, p), m, v, big_n, e, top, second=second)  # type: ignore[arg-type]
@@ -429,9 +436,11 @@ def _block_moments(
     batch_size: int | None,
     replace: bool,
     population_size: float | None,
+    checked: bool = False,
 ) -> _Moments:
-    """:func:`_moments` of one block of columns, all in float64 (the kernel of both paths)."""
-    x = _as_samples(samples)
+    """:func:`_moments` of one block of columns, all in float64 (the kernel of both paths;
+    ``checked``: the in-memory path counted NaN/Inf over all columns already)."""
+    x = _as_samples(samples, checked=checked)
     k = x.shape[0]
     _check_moment_options(
         k, ddof=ddof, mean=mean, batch_size=batch_size, population_size=population_size
