@@ -326,6 +326,11 @@ def run_op(model_name: str, op: str, n: int, max_memory: str) -> dict:
         # float32 copies of the parameters (the model, a loaded checkpoint, a gradient)
         info["held"] = (2 * 3 * 8 + 3 * 4) * info["P"]
         info["analysis_added_gib"] = per_analysis
+        # the two stretches outside every bracket: the final step's capture and measurements
+        # (from the training reading to the first analysis), and writing the report (after the
+        # last analysis, which is variance and holds little)
+        info["final_step_added_gib"] = round((peaks[0] - base) * KIB / 2**30, 2) if peaks else None
+        info["after_analyses_added_gib"] = round((_status("VmHWM") - base) * KIB / 2**30, 2)
         info["peak_override"] = max([*peaks, _status("VmHWM")])
         info["unavailable"] = {
             k: str(v["unavailable"])[:160]
@@ -420,7 +425,8 @@ def main() -> None:
                 notes.append(
                     f"added GiB in training (captures, variance measurements): "
                     f"{r['training_added_gib']}; per analysis (at its start, peak): "
-                    f"{r['analysis_added_gib']}"
+                    f"{r['analysis_added_gib']}; final step (capture, measurements) "
+                    f"{r['final_step_added_gib']}; report {r['after_analyses_added_gib']}"
                 )
                 if r["unavailable"]:
                     notes.append(f"unavailable: {r['unavailable']}")
