@@ -74,7 +74,7 @@ from .capture.audit import ModelAudit, audit_data, demote, owner_modules
 from .capture.layers import _conv_geometry
 from .capture.per_sample import LayerIO
 from .errors import NonFiniteGradientError, UnsupportedLayerError
-from .memory import chunk_for
+from .memory import chunk_for, release_memory
 from .selection import ParamSelection
 from .stats._common import RNGLike, StatResult, as_generator
 from .variance import gradient_variance, normalized_gradient_variance
@@ -1021,8 +1021,8 @@ def _weighted_grads(
     dev = model_device(model, None)
     n = dataset_size(data)
     limit = sub_batch(max_memory, model, loss_fn, data, n, tensors, None, None, dev)
-    out = []
-    for idx, w in batches:
+    out: Tensor | None = None
+    for k, (idx, w) in enumerate(batches):
         step = len(idx) if limit is None else limit
         row: Tensor | None = None
         for start in range(0, len(idx), step):
@@ -1036,13 +1036,24 @@ def _weighted_grads(
             part = _flat_grad(grads, tensors, sel)
             row = part if row is None else row.add_(part)
         assert row is not None
-        out.append(row)
-    return torch.stack(out)
+        if out is None:  # rows filled in place: never a list of rows beside their stack
+            out = row.new_empty((len(batches), row.shape[0]))
+        out[k] = row
+    if out is None:
+        raise ValueError("no minibatch to compute: batches is empty")
+    return out
 
 
 def _stats(
-    name: str, draws: Tensor, full: np.ndarray, batch_size: int, sel: ParamSelection
+    name: str,
+    draws: Tensor,
+    full: np.ndarray,
+    batch_size: int,
+    sel: ParamSelection,
+    max_memory: int | str | None,
 ) -> EstimatorStats:
+    if max_memory is not None:  # the capture's freed heap pages, before P-sized statistics
+        release_memory()
     x = draws.detach().cpu().numpy()  # in its own dtype: the statistics widen block by block
     var = gradient_variance(x, groups=sel)
     variance, total, layers = var.mean, var.total, var.layers
@@ -1117,7 +1128,7 @@ def compare_estimators(
                 model, loss_fn, data, batch_size=b, num_batches=num_draws,
                 seed=_seeds(gen, 1)[0], params=sel, **budget,
             )  # fmt: skip
-            out[name] = _stats(name, draws, full, b, sel)
+            out[name] = _stats(name, draws, full, b, sel, max_memory)
             del draws  # else alive while the next estimator's draws are computed
         elif name == "svrg":
             if svrg_snapshot is None:
@@ -1136,13 +1147,13 @@ def compare_estimators(
             )
             now.sub_(then).add_(mu)  # mu - g_B(theta_snap) + g_B(theta), in place: [K, P] once
             del then, mu
-            out[name] = _stats(name, now, full, batch_size, sel)
+            out[name] = _stats(name, now, full, batch_size, sel, max_memory)
             del now
         else:
             strata = _strata_of(clustering, dataset_size(data))
             batches = [strata.draw(batch_size, gen) for _ in range(num_draws)]
             draws = _weighted_grads(model, loss_fn, data, batches, sel, max_memory)
-            out[name] = _stats(name, draws, full, batch_size, sel)
+            out[name] = _stats(name, draws, full, batch_size, sel, max_memory)
             del draws
     return EstimatorComparison(
         estimators=out,

@@ -36,6 +36,9 @@ of them fit. ``benchmarks/scale.py`` measures peak memory against ``baseline + m
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -190,3 +193,15 @@ def _round_up(n: int) -> str:
         return f"{-(-n // 2**10)}KiB"
     mib = -(-n // 2**20)
     return f"{mib}MiB" if mib < 1024 else f"{-(-mib // 1024)}GiB"
+
+
+def release_memory() -> None:
+    """Collect reference cycles (hooked modules hold them) and, on glibc, hand freed heap pages
+    back to the system (``malloc_trim``). A forward's activations and gradients below glibc's
+    (dynamic) mmap threshold live on the heap, whose freed pages otherwise stay resident; the
+    large arrays allocated next (statistics over all P coordinates, mmapped) cannot reuse them,
+    so they would add to the peak. Under a ``max_memory`` budget the captures' callers release
+    between capturing and computing statistics."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import ctypes
 import dataclasses
 import datetime as _dt
-import gc
 import math
 import platform
 import time
@@ -46,6 +44,7 @@ from torch import Tensor, nn
 
 from ._version import __version__
 from .errors import ConfigError, DataError, MissingDataError, ProbeError, ProbeWarning
+from .memory import release_memory
 from .study.config import StudyConfig
 from .study.context import STORE, SUMMARY, Progress, StudyContext, derive_seed
 from .study.optim import OptimizerSpec
@@ -915,15 +914,6 @@ def run_analysis(analysis: Any, ctx: StudyContext, missed: Sequence[int] = ()) -
         return {"unavailable": str(err)}
     finally:  # what the analysis held goes before the next one allocates its own
         release_memory()
-
-
-def release_memory() -> None:
-    """Collect reference cycles (hooked modules hold them) and, on glibc, hand freed heap pages
-    back to the system (``malloc_trim``): tensors below glibc's mmap threshold live on the heap,
-    whose freed pages otherwise stay resident between analyses."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _factory(model: nn.Module, initial: Path) -> Callable[[], nn.Module]:

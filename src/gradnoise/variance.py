@@ -40,6 +40,7 @@ need 0.7 GiB per copy); every per-coordinate value is the same whatever the bloc
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -199,8 +200,59 @@ def _as_mean(mean: Any, p: int) -> np.ndarray:
     return m
 
 
-def _group_codes(groups: GroupsArg, p: int) -> tuple[np.ndarray, list[str]] | None:
-    """Integer group code per column and the group names, or None for no grouping."""
+#: values summed at a time by :func:`_sequential_sum` (a float64 copy of this many is its memory)
+SUM_CHUNK = 2**20
+
+
+def _sequential_sum(values: np.ndarray) -> float:
+    """``((v_0 + v_1) + v_2) + ...`` in float64, the order of ``np.bincount(.., weights=)``,
+    over chunks of ``SUM_CHUNK`` values (``cumsum`` is sequential; the carry enters first)."""
+    total = 0.0
+    for c0 in range(0, values.shape[0], SUM_CHUNK):
+        chunk = np.empty(min(SUM_CHUNK, values.shape[0] - c0) + 1)
+        chunk[0] = total
+        chunk[1:] = values[c0 : c0 + SUM_CHUNK]
+        total = float(np.cumsum(chunk)[-1])
+    return total
+
+
+@dataclass(frozen=True)
+class _Grouping:
+    """Groups of columns: contiguous ``spans`` (a ParamSelection's parameters, a mapping of
+    slices that tile the columns: no per-column array), else an integer ``codes`` per column."""
+
+    names: list[str]
+    spans: list[slice] | None = None
+    codes: np.ndarray | None = None
+
+    def sums(
+        self, values: np.ndarray, where: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per group: the sum of ``values`` over its columns (those where ``where`` is True, if
+        given; ``values`` then holds only those columns, in column order) and their count."""
+        if self.spans is None:
+            assert self.codes is not None
+            codes = self.codes if where is None else self.codes[where]
+            return (
+                np.bincount(codes, weights=values, minlength=len(self.names)),
+                np.bincount(codes, minlength=len(self.names)),
+            )
+        counts = np.array(
+            [c.stop - c.start if where is None else int(where[c].sum()) for c in self.spans],
+            dtype=np.int64,
+        )
+        first = np.array([c.start for c in self.spans], dtype=np.int64)
+        if where is not None:  # where a span's columns start among the kept ones
+            order = np.argsort(first, kind="stable")
+            first[order] = np.concatenate([[0], np.cumsum(counts[order])[:-1]])
+        sums = np.array(
+            [_sequential_sum(values[a : a + c]) for a, c in zip(first, counts, strict=True)]
+        )
+        return sums, counts
+
+
+def _grouping(groups: GroupsArg, p: int) -> _Grouping | None:
+    """The columns of each group, or None for no grouping."""
     if groups is None:
         return None
     if isinstance(groups, ParamSelection):
@@ -208,8 +260,13 @@ def _group_codes(groups: GroupsArg, p: int) -> tuple[np.ndarray, list[str]] | No
             raise ValueError(
                 f"the ParamSelection has {groups.num_columns} columns but samples have {p}"
             )
-        return groups.layer_of_columns(), list(groups.names)
+        offsets = groups.offsets
+        spans = [slice(int(a), int(b)) for a, b in itertools.pairwise(offsets)]
+        return _Grouping(list(groups.names), spans=spans)
     if isinstance(groups, Mapping):
+        spans = _tiling_spans(groups, p)
+        if spans is not None:
+            return _Grouping([str(name) for name in groups], spans=spans)
         codes = np.full(p, -1, dtype=np.int64)
         names = []
         for k, (name, cols) in enumerate(groups.items()):
@@ -224,7 +281,7 @@ def _group_codes(groups: GroupsArg, p: int) -> tuple[np.ndarray, list[str]] | No
             raise ValueError(
                 f"{int((codes < 0).sum())} column(s) belong to no group; every column needs one"
             )
-        return codes, names
+        return _Grouping(names, codes=codes)
     labels = np.asarray(groups)
     if labels.ndim != 1 or labels.shape[0] != p:
         raise ValueError(
@@ -232,18 +289,37 @@ def _group_codes(groups: GroupsArg, p: int) -> tuple[np.ndarray, list[str]] | No
             f"({p}), got shape {labels.shape}"
         )
     uniq, codes = np.unique(labels, return_inverse=True)
-    return codes.astype(np.int64), [str(u) for u in uniq]
+    return _Grouping([str(u) for u in uniq], codes=codes.astype(np.int64))
+
+
+def _tiling_spans(groups: Mapping[str, Any], p: int) -> list[slice] | None:
+    """The groups' slices normalised to ``[0, p)``, when every group is a slice of step 1 and
+    together they cover each column once; None otherwise (per-column codes then check and
+    report what is wrong)."""
+    spans = []
+    for cols in groups.values():
+        if not isinstance(cols, slice):
+            return None
+        start, stop, step = cols.indices(p)
+        if step != 1:
+            return None
+        spans.append(slice(start, max(start, stop)))
+    at = 0
+    for cols in sorted((c for c in spans if c.stop > c.start), key=lambda c: c.start):
+        if cols.start != at:
+            return None
+        at = cols.stop
+    return spans if at == p else None
 
 
 def _group_sums(
-    values: np.ndarray, grouping: tuple[np.ndarray, list[str]] | None
+    values: np.ndarray, grouping: _Grouping | None
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Per group: (sum, mean) of ``values``; ``{}`` without grouping."""
     if grouping is None:
         return {}, {}
-    codes, names = grouping
-    sums = np.bincount(codes, weights=values, minlength=len(names))
-    counts = np.bincount(codes, minlength=len(names))
+    sums, counts = grouping.sums(values)
+    names = grouping.names
     return (
         {n: float(s) for n, s in zip(names, sums, strict=True)},
         {n: float(s / c) if c else math.nan for n, s, c in zip(names, sums, counts, strict=True)},
@@ -319,7 +395,7 @@ class _Moments:
         v = self.unscaled(self.v, 2, "the variance of a coordinate")
         m = self.unscaled(self.m, 1, "the mean")
         with np.errstate(over="ignore"):
-            sums, means = _group_sums(v, _group_codes(groups, v.shape[0]))
+            sums, means = _group_sums(v, _grouping(groups, v.shape[0]))
             total = float(v.sum())
             mean_sq_norm = float(m @ m)
         self.check([total, *sums.values()], "the summed variance")
@@ -359,8 +435,10 @@ def _moments(
     batch_size: int | None,
     replace: bool,
     population_size: float | None,
+    second: bool = False,
 ) -> _Moments:
-    """Samples, the mean used and the per-coordinate variance of the estimator (rescaled)."""
+    """Samples, the mean used and the per-coordinate variance of the estimator (rescaled);
+    ``second``: also the per-coordinate second moment (in memory it is kept only if asked)."""
     if is_dask_array(samples):
         return _dask_moments(
             samples,
@@ -387,17 +465,20 @@ def _moments(
     }
     k, p = int(x.shape[0]), int(x.shape[1])
     width = max(1, BLOCK_BYTES // (8 * max(k, 1)))
-    m, v, second = np.empty(p), np.empty(p), np.empty(p)
-    e = np.zeros(p, dtype=np.int64)
+    m, v = np.empty(p), np.empty(p)
+    moment2 = np.empty(p) if second else None
+    e = np.zeros(p, dtype=np.int16)  # float64 exponents lie in [-1074, 1024]: 2 bytes a column
     big_n, top = None, 0.0 if given is None else float(np.abs(given).max())
     for c0 in range(0, p, width):
         cols = slice(c0, c0 + width)
         block = _column_moments(
             x[:, cols], mean=None if given is None else given[cols], checked=True, **options
         )
-        m[cols], v[cols], e[cols], second[cols] = block.m, block.v, block.e, block.second
+        m[cols], v[cols], e[cols] = block.m, block.v, block.e
+        if moment2 is not None:
+            moment2[cols] = block.second
         big_n, top = block.big_n, max(top, float(block.maxabs.max()))
-    return _Moments(_Shape(k, p), m, v, big_n, e, top, second=second)  # type: ignore[arg-type]
+    return _Moments(_Shape(k, p), m, v, big_n, e, top, second=moment2)  # type: ignore[arg-type]
 
 
 def _check_moment_options(
@@ -634,12 +715,13 @@ def normalized_gradient_variance(
         batch_size=batch_size,
         replace=replace,
         population_size=population_size,
+        second=batch_size is None,
     )
     x, m, v, big_n = mo.x, mo.m, mo.v, mo.big_n
-    second = mo.second_moment() if batch_size is None else v + m * m
+    denom = mo.second_moment() if batch_size is None else v + m * m  # this call's own array
     # the ratio is scale-free: on rescaled coordinates eps is rescaled with them
     with np.errstate(over="ignore", under="ignore"):
-        denom = second + (np.ldexp(eps, -2 * mo.e) if mo.e.any() else eps)
+        denom += np.ldexp(eps, -2 * mo.e) if mo.e.any() else eps
     degenerate = denom == 0
     if np.any(degenerate & (v > 0)):
         bad = int((degenerate & (v > 0)).sum())
@@ -648,8 +730,7 @@ def normalized_gradient_variance(
             "variance is infinite; check the mean or pass eps > 0"
         )
     ratio = np.divide(v, denom, out=np.zeros_like(v), where=~degenerate)
-    grouping = _group_codes(groups, x.shape[1])
-    _, layer_means = _group_sums(ratio, grouping)
+    _, layer_means = _group_sums(ratio, _grouping(groups, x.shape[1]))
     return NGVResult(
         value=float(ratio.mean()),
         per_coordinate=ratio,
@@ -692,8 +773,9 @@ def gsnr(
     )
     x, m, v, big_n = mo.x, mo.m, mo.v, mo.big_n
     positive = v > 0
+    r = m * m
     with np.errstate(divide="ignore", invalid="ignore"):
-        r = (m * m) / v  # scale-free: exact on the rescaled coordinates
+        np.divide(r, v, out=r)  # scale-free: exact on the rescaled coordinates
     finite = r[positive]
     # aggregates mix coordinates: bring them to one common power of two (the largest)
     top = int(mo.e.max())
@@ -701,23 +783,25 @@ def gsnr(
         ms = np.ldexp(m, mo.e - top) if mo.e.any() else m
         v = np.ldexp(v, 2 * (mo.e - top)) if mo.e.any() else v
     signal = ms * ms
-    grouping = _group_codes(groups, x.shape[1])
+    grouping = _grouping(groups, x.shape[1])
     layers: dict[str, float] = {}
     layer_agg: dict[str, float] = {}
     if grouping is not None:
-        codes, names = grouping
-        sums = np.bincount(codes[positive], weights=finite, minlength=len(names))
-        counts = np.bincount(codes[positive], minlength=len(names))
-        sig = np.bincount(codes, weights=signal, minlength=len(names))
-        var = np.bincount(codes, weights=v, minlength=len(names))
-        for k, name in enumerate(names):
+        sums, counts = grouping.sums(finite, where=positive)
+        sig, _ = grouping.sums(signal)
+        var, _ = grouping.sums(v)
+        for k, name in enumerate(grouping.names):
             layers[name] = float(sums[k] / counts[k]) if counts[k] else math.nan
             layer_agg[name] = _ratio(float(sig[k]), float(var[k]))
-    total_v = float(v.sum())
+    aggregate = _ratio(float(signal.sum()), float(v.sum()))
+    del signal, ms, v
+    mean_r = float(finite.mean()) if finite.size else math.nan
+    # finite is this function's own copy: the median may partition it in place
+    median = float(np.median(finite, overwrite_input=True)) if finite.size else math.nan
     return GSNRResult(
-        mean=float(finite.mean()) if finite.size else math.nan,
-        median=float(np.median(finite)) if finite.size else math.nan,
-        aggregate=_ratio(float(signal.sum()), total_v),
+        mean=mean_r,
+        median=median,
+        aggregate=aggregate,
         per_coordinate=r,
         layers=layers,
         layer_aggregates=layer_agg,
