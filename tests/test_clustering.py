@@ -381,6 +381,40 @@ def test_compare_estimators_on_one_trajectory(trained):
             p.copy_(q)
 
 
+def test_svrg_rows_equal_the_whole_matrix_formula(trained):
+    # the SVRG draws are built a row at a time (never [K, P] twice): they must equal
+    # mu - g_B(theta_snap) + g_B(theta) from minibatch_grads' whole matrices, bit for bit
+    from gradnoise.clustering import _seeds
+    from gradnoise.stats._common import as_generator
+
+    net, x, y, _ = trained["digits"]
+    snapshot = copy.deepcopy(net)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    try:
+        got = compare_estimators(
+            net, LOSS, (x, y), batch_size=16, num_draws=7, estimators=["svrg"],
+            svrg_snapshot=snapshot, rng=4, max_memory="64MiB",
+        ).estimators["svrg"]  # fmt: skip
+        seed = _seeds(as_generator(4), 1)[0]
+        now = gradnoise.minibatch_grads(net, LOSS, (x, y), batch_size=16, num_batches=7, seed=seed)
+        then = gradnoise.minibatch_grads(
+            snapshot, LOSS, (x, y), batch_size=16, num_batches=7, seed=seed
+        )
+        mu = gradnoise.full_grad(snapshot, LOSS, (x, y))
+        draws = (now - then + mu).numpy()
+        full = gradnoise.full_grad(net, LOSS, (x, y)).double().numpy()
+        expected = gradient_variance(draws)
+        assert got.total_variance == expected.total and got.num_draws == 7
+        diff = draws.mean(0, dtype=np.float64) - full
+        assert got.bias_sq_norm == float(diff @ diff)
+    finally:
+        with torch.no_grad():
+            for p, q in zip(net.parameters(), snapshot.parameters(), strict=True):
+                p.copy_(q)
+
+
 def test_comparator_refreshes_on_schedule(trained):
     net, x, y, _ = trained["digits"]
     net = copy.deepcopy(net)

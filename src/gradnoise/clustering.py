@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Sampler, TensorDataset
 
-from .capture import full_grad, minibatch_grads, per_sample_grads
+from .capture import full_grad, iter_minibatch_grads, minibatch_grads, per_sample_grads
 from .capture._budget import sub_batch
 from .capture._common import (
     DataArg,
@@ -1041,13 +1041,15 @@ def _weighted_grads(
         out[k] = row
     if out is None:
         raise ValueError("no minibatch to compute: batches is empty")
+    if max_memory is not None:  # the forwards' freed heap pages go back (see release_memory)
+        release_memory(collect=False)
     return out
 
 
 def _stats(
     name: str,
     draws: Tensor,
-    full: np.ndarray,
+    full: Tensor,
     batch_size: int,
     sel: ParamSelection,
     max_memory: int | str | None,
@@ -1060,7 +1062,7 @@ def _stats(
     del var  # its P per-coordinate floats go before the next statistic's are made
     ngv = normalized_gradient_variance(x).value
     k = x.shape[0]
-    diff = x.mean(0, dtype=np.float64) - full
+    diff = x.mean(0, dtype=np.float64) - full.double().numpy()
     sq = float(diff @ diff)
     return EstimatorStats(
         name=name,
@@ -1118,8 +1120,12 @@ def compare_estimators(
     if num_draws < 2:
         raise ValueError(f"num_draws must be >= 2, got {num_draws}")
     budget = {"max_memory": max_memory}
-    full_t = full_grad(model, loss_fn, data, batch_size=full_batch_size, params=sel, **budget)
-    full = full_t.detach().cpu().double().numpy()
+    # kept in the model's dtype (exactly widened where used): a float64 copy is 8 bytes a column
+    full = full_grad(model, loss_fn, data, batch_size=full_batch_size, params=sel, **budget)
+    full = full.detach().cpu()
+    wide = full.double().numpy()
+    full_sq_norm = float(wide @ wide)
+    del wide
     out: dict[str, EstimatorStats] = {}
     for name in estimators:
         if name in ("sg", "sg2b"):
@@ -1134,21 +1140,28 @@ def compare_estimators(
             if svrg_snapshot is None:
                 raise ValueError("the 'svrg' estimator needs svrg_snapshot (a copy of the model)")
             seed = _seeds(gen, 1)[0]
-            now = minibatch_grads(
-                model, loss_fn, data, batch_size=batch_size, num_batches=num_draws, seed=seed,
-                params=sel, **budget,
-            )  # fmt: skip
-            then = minibatch_grads(
-                svrg_snapshot, loss_fn, data, batch_size=batch_size, num_batches=num_draws,
-                seed=seed, params=sel, **budget,
-            )  # fmt: skip
             mu = full_grad(
                 svrg_snapshot, loss_fn, data, batch_size=full_batch_size, params=sel, **budget
             )
-            now.sub_(then).add_(mu)  # mu - g_B(theta_snap) + g_B(theta), in place: [K, P] once
-            del then, mu
-            out[name] = _stats(name, now, full, batch_size, sel, max_memory)
-            del now
+            # mu - g_B(theta_snap) + g_B(theta), the same minibatch at both parameters, a row at
+            # a time: [K, P] once (the rows of minibatch_grads with this seed, at both models)
+            rows = zip(
+                iter_minibatch_grads(
+                    model, loss_fn, data, batch_size=batch_size, num_batches=num_draws,
+                    seed=seed, params=sel, **budget,
+                ),
+                iter_minibatch_grads(
+                    svrg_snapshot, loss_fn, data, batch_size=batch_size, num_batches=num_draws,
+                    seed=seed, params=sel, **budget,
+                ),
+                strict=True,
+            )  # fmt: skip
+            draws = torch.empty(num_draws, mu.shape[0], dtype=mu.dtype, device=mu.device)
+            for (k, now), (_, then) in rows:
+                draws[k] = now.sub_(then).add_(mu)
+            del mu, now, then
+            out[name] = _stats(name, draws, full, batch_size, sel, max_memory)
+            del draws
         else:
             strata = _strata_of(clustering, dataset_size(data))
             batches = [strata.draw(batch_size, gen) for _ in range(num_draws)]
@@ -1157,7 +1170,7 @@ def compare_estimators(
             del draws
     return EstimatorComparison(
         estimators=out,
-        full_grad_sq_norm=float(full @ full),
+        full_grad_sq_norm=full_sq_norm,
         batch_size=int(batch_size),
         num_draws=int(num_draws),
     )

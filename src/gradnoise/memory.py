@@ -195,13 +195,15 @@ def _round_up(n: int) -> str:
     return f"{mib}MiB" if mib < 1024 else f"{-(-mib // 1024)}GiB"
 
 
-def release_memory() -> None:
-    """Collect reference cycles (hooked modules hold them) and, on glibc, hand freed heap pages
-    back to the system (``malloc_trim``). A forward's activations and gradients below glibc's
-    (dynamic) mmap threshold live on the heap, whose freed pages otherwise stay resident; the
-    large arrays allocated next (statistics over all P coordinates, mmapped) cannot reuse them,
-    so they would add to the peak. Under a ``max_memory`` budget the captures' callers release
+def release_memory(*, collect: bool = True) -> None:
+    """Collect reference cycles (hooked modules hold them; ``collect``) and, on glibc, hand
+    freed heap pages back to the system (``malloc_trim``). A forward's activations and
+    gradients below glibc's (dynamic) mmap threshold live on the heap, whose freed pages
+    otherwise stay resident; large arrays allocated next (a forward's logits, statistics over
+    all P coordinates: mmapped) cannot reuse them, so they would add to the peak. Under a
+    ``max_memory`` budget the batch gradients trim when they return, and their callers release
     between capturing and computing statistics."""
-    gc.collect()
+    if collect:
+        gc.collect()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..memory import release_memory
 from ..selection import ParamSelection
 from ._budget import sub_batch
 from ._common import (
@@ -164,6 +165,8 @@ def full_grad(
             )
     result = setup.shard.sum_(total) / n
     check_finite(result, setup.selection, where="in the full gradient")
+    if max_memory is not None:  # the forwards' freed heap pages go back (see release_memory)
+        release_memory(collect=False)
     return result
 
 
@@ -239,6 +242,8 @@ def minibatch_grads(
             out[k] = _minibatch_row(setup, loss_fn, data, index, None if random else k)
     setup.shard.sum_(out)
     check_finite(out, setup.selection, where="in a minibatch gradient")
+    if max_memory is not None:
+        release_memory(collect=False)
     return out
 
 

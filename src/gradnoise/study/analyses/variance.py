@@ -239,6 +239,7 @@ def measure(ctx: StudyContext, model: Any, state: _State, step: int) -> dict[str
         model, ctx.loss_fn, data, batch_size=512, params=sel, dropout=ctx.dropout, **ctx.memory()
     )
     g = full.detach().cpu().double().numpy()
+    del full  # g is its exact float64 copy
     draws = (
         minibatch_grads(
             model,
