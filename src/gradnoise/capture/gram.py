@@ -405,10 +405,12 @@ def _assemble(
                 if not shard.mine(p):
                     continue
                 if cached is None or cached[0] != i:
+                    cached = fi = None  # the previous outer block goes before the next is made
                     cached = (i, block(starts[i], min(starts[i] + size, n)))
                 fi = cached[1]
                 fj = fi if j == i else block(starts[j], min(starts[j] + size, n))
                 _fill(gram, starts[i], starts[j], _gram_block(fi, fj))
+                del fj  # else alive while the next inner block is computed: a fourth block
         except _StepAside as err:
             failure = err
         for err in shard.gather_objects(failure):
