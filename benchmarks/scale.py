@@ -46,9 +46,13 @@ study's budget adds 60 bytes per parameter for what its analyses hold outside ``
 working sets (set before this benchmark's study rows were first run: the tails analysis's
 dimension-wise vectors, three float64 vectors of P per checkpoint, and three float32 copies of
 P; the tails analysis now keeps G and g_B per checkpoint in float32 and one family's float64
-vectors, 32 bytes per parameter, and the variance measurement K = 4 float32 draws and its float64
-per-coordinate moments, 48), and its notes give the training phase's peak (checkpoint captures,
-variance measurements) and each analysis's own. A size below the stated one is marked
+vectors, 32 bytes per parameter; the variance measurement holds K = 4 float32 draws and the
+float64 full gradient, 24 bytes, and while its statistics run, with no forward alive and freed
+heap pages returned first, their per-coordinate float64 arrays, 44 bytes for the GSNR, the
+largest; its comparators keep an SVRG snapshot, 4 bytes, and Gradient Clustering's float64
+centres over the columns without a rank-1 form, 8 bytes per cluster and such column), and its
+notes give the training phase's peak (checkpoint captures, variance measurements), the final
+step's, each analysis's own and the report's. A size below the stated one is marked
 ``(reduced)`` with the full size.
 """
 
