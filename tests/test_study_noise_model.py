@@ -390,3 +390,14 @@ def test_parameter_map_in_column_blocks_equals_one_block(method):
     np.testing.assert_array_equal(blocks[0], whole[0])
     np.testing.assert_array_equal(blocks[1], whole[1])
     assert blocks[2] == whole[2] == 1
+
+
+def test_the_map_blocks_get_what_the_budget_leaves_beside_the_gradients():
+    import numpy as np
+
+    from gradnoise.study.analyses.noise_model import MAP_BYTES, _map_bytes
+
+    held = (np.zeros((32, 1000), dtype=np.float32), np.zeros(1000))
+    assert _map_bytes(None, held) == MAP_BYTES
+    assert _map_bytes(10**6, held) == 10**6 - 32 * 1000 * 4 - 8 * 1000
+    assert _map_bytes(10**5, held) == 10**5 // 4  # the gradients alone exceed the budget

@@ -181,6 +181,15 @@ SIMSEKLI_BYTES_PER_ENTRY = 40
 MAP_BYTES = 512 * 2**20
 
 
+def _map_bytes(max_memory: int | None, held: Any) -> int:
+    """The map's column blocks: what ``max_memory`` leaves beside the per-example gradients and
+    mean the map reads (``held``), at least a quarter of it (the map does not depend on the
+    block width); ``MAP_BYTES`` without a budget."""
+    if max_memory is None:
+        return MAP_BYTES
+    return max(max_memory - sum(int(a.nbytes) for a in held), max_memory // 4)
+
+
 def _simsekli_coords(ctx: StudyContext, model: Any, batches: int) -> Any:
     """Under the study's ``max_memory`` the data-pass noise ``[P, M]`` (P minibatches of one
     pass) keeps at most ``max_memory // (2 * 40 * P)`` coordinates, a seeded uniform subset of
@@ -324,7 +333,7 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
                 batches(f"map-{step}", cfg.batch_size),
                 map_shape,
                 method=opts["map_method"],
-                max_bytes=cfg.max_memory or MAP_BYTES,
+                max_bytes=_map_bytes(cfg.max_memory, gamma_map),
             )
             del gamma_map
             arrays[f"battash_alpha_map_{step}"] = a_map.astype(np.float32)
