@@ -229,7 +229,6 @@ def _train_loss(ctx: StudyContext, model: Any) -> float:
 def measure(ctx: StudyContext, model: Any, state: _State, step: int) -> dict[str, Any]:
     """One measurement at the model's current parameters (no ``.grad`` or model change)."""
     from ...capture import full_grad, minibatch_grads
-    from ...memory import release_memory
     from ...variance import gradient_variance, gsnr, normalized_gradient_variance
 
     b, n, t = ctx.config.batch_size, state.n, state.opts["draws"]
@@ -256,8 +255,6 @@ def measure(ctx: StudyContext, model: Any, state: _State, step: int) -> dict[str
         .cpu()
         .numpy()
     )  # in the model's dtype: the statistics widen to float64 block by block
-    if ctx.config.max_memory is not None:  # the captures' freed heap pages, before the
-        release_memory()  # P-sized statistics (see gradnoise.memory.release_memory)
     # only summaries are kept: each result's per-coordinate values (P floats) go at once
     var = _summary(gradient_variance(draws, groups=groups))
     ngv = _summary(normalized_gradient_variance(draws, groups=groups))
