@@ -155,3 +155,48 @@ def test_gram_first_block_follows_the_budget():
     assert abs(small - full).max() <= 1e-12 * abs(full).max()
     text = gradnoise.per_sample_gram(net, loss, x, y, max_memory="1MiB")
     assert abs(text - full).max() <= 1e-12 * abs(full).max()
+
+
+@pytest.mark.parametrize("activations", [0, 10**9])
+def test_gram_counts_a_blocks_computation_in_its_budget(monkeypatch, activations):
+    # the features of all N fit max_memory; whether the computation of a block fits beside
+    # them depends on the activations its forward saves: none -> the features stay in memory
+    # (each block computed once); a lot -> pairs of one-example blocks, recomputed
+    import gradnoise.capture.gram as gram
+
+    net = _net().double()
+    x, y = _data()
+    x = x.double()
+    loss = nn.CrossEntropyLoss()
+    full = gradnoise.per_sample_gram(net, loss, x, y)
+    monkeypatch.setattr(gram, "activation_bytes", lambda *a, **k: activations)
+    calls = []
+    real = gram._GramPlan.features
+
+    def counted(self, xb, yb):
+        calls.append(int(xb.shape[0]))
+        return real(self, xb, yb)
+
+    monkeypatch.setattr(gram._GramPlan, "features", counted)
+    got = gradnoise.per_sample_gram(net, loss, x, y, max_memory="64MiB")
+    assert abs(got - full).max() <= 1e-12 * abs(full).max()
+    n = x.shape[0]
+    if activations == 0:
+        assert sum(calls) == n  # every example's features computed once
+    else:
+        assert calls[1:] == [1] * (len(calls) - 1) and sum(calls[1:]) > n  # recomputed
+
+
+def test_gram_memory_plan_arithmetic():
+    from gradnoise.capture.gram import _MemoryPlan
+    from gradnoise.memory import ACTIVATION_COPIES
+
+    plan = _MemoryPlan(budget=1000, checks=100, activations=10)
+    # computing a block of 4: checks + 4 * (features + 2 activations)
+    assert plan.computing(50, 4) == 100 + 4 * (50 + ACTIVATION_COPIES * 10)
+    # 10 examples of 50 bytes (500) + computing a block of 4 (380) = 880 <= 1000
+    assert plan.in_memory(50, 10, 4)
+    assert not plan.in_memory(50, 13, 4)  # 650 + 380 > 1000
+    # bounded: (1000 - 100) // (3 * 50 + 2 * 10) = 900 // 170 = 5
+    assert plan.bounded_block(50) == 5
+    assert _MemoryPlan(budget=10, checks=100, activations=10).bounded_block(50) == 1

@@ -31,8 +31,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import NonFiniteGradientError, PerSampleFallbackWarning
-from ..memory import GRADIENT_COPIES, bytes_per_example, parse_memory
+from ..memory import ACTIVATION_COPIES, GRADIENT_COPIES, bytes_per_example, parse_memory
 from ..selection import ParamSelection
+from ._budget import activation_bytes
 from ._common import (
     ParamsArg,
     check_batchnorm,
@@ -76,7 +77,9 @@ class _Features:
     """Per-example quantities of one block: factored (x, g) pairs and materialised gradients."""
 
     count: int  # examples in the block
-    factored: list[list[tuple[Tensor, Tensor]]]  # per factored module: list of (X, G), float64
+    # per factored module: list of (X, G) in the model's dtype, widened to float64 (exactly)
+    # where a pair of blocks is multiplied, so a held block costs its own dtype's bytes
+    factored: list[list[tuple[Tensor, Tensor]]]
     rows: Tensor | None  # [c, W] materialised per-example gradients (model dtype)
 
 
@@ -229,14 +232,14 @@ class _GramPlan:
     ) -> list[tuple[Tensor, Tensor]]:
         if not recs:  # layer unused in this forward: zero gradient
             return []
-        return [
-            (x.to(torch.float64), g.to(torch.float64)) for x, g in self._sequences(module, recs, c)
-        ]
+        return self._sequences(module, recs, c)
 
     def nbytes_per_example(self, feats: _Features) -> int:
         total = 0 if feats.rows is None else feats.rows[0].numel() * feats.rows.element_size()
         for pairs in feats.factored:
-            total += sum((x[0].numel() + g[0].numel()) * 8 for x, g in pairs)
+            total += sum(
+                x[0].numel() * x.element_size() + g[0].numel() * g.element_size() for x, g in pairs
+            )
         return total
 
 
@@ -259,17 +262,19 @@ def _gram_block(fa: _Features, fb: _Features) -> Tensor:
 
 
 def _factored(xa: Tensor, ga: Tensor, xb: Tensor, gb: Tensor) -> Tensor:
-    """``sum_{s,t} (g_as . g_bt)(x_as . x_bt)`` for all pairs (a, b)."""
+    """``sum_{s,t} (g_as . g_bt)(x_as . x_bt)`` for all pairs (a, b), in float64 (the factors
+    are widened here, exactly)."""
+    f64 = torch.float64
     ca, s, _ = xa.shape
     cb, t, _ = xb.shape
     if s == 1 and t == 1:
-        return (ga[:, 0] @ gb[:, 0].T) * (xa[:, 0] @ xb[:, 0].T)
-    xb2, gb2 = xb.reshape(cb * t, -1), gb.reshape(cb * t, -1)
+        return (ga[:, 0].to(f64) @ gb[:, 0].to(f64).T) * (xa[:, 0].to(f64) @ xb[:, 0].to(f64).T)
+    xb2, gb2 = xb.reshape(cb * t, -1).to(f64), gb.reshape(cb * t, -1).to(f64)
     rows = max(1, _PAIR_BYTES // max(1, 8 * s * cb * t))
     parts = []
     for start in range(0, ca, rows):
-        xa2 = xa[start : start + rows].reshape(-1, xa.shape[2])
-        ga2 = ga[start : start + rows].reshape(-1, ga.shape[2])
+        xa2 = xa[start : start + rows].reshape(-1, xa.shape[2]).to(f64)
+        ga2 = ga[start : start + rows].reshape(-1, ga.shape[2]).to(f64)
         prod = (ga2 @ gb2.T) * (xa2 @ xb2.T)
         parts.append(prod.reshape(-1, s, cb, t).sum(dim=(1, 3)))
     return torch.cat(parts)
@@ -301,12 +306,15 @@ def per_sample_gram(
         params: None (all trainable parameters), glob(s), or a :class:`ParamSelection`; coordinate
             subsets are materialised (not factored).
         block_size: examples per forward/backward.
-        max_memory: bytes (or a size such as ``"4GiB"``) allowed for the per-example features
-            of all N examples; beyond it the Gram matrix is built from pairs of blocks of
-            ``max_memory // (3 * per-example features)`` examples (two held, one being
-            computed), recomputing one side (more compute, bounded memory). The first block
-            (which measures the features' size) holds at most ``max_memory // (2 * 3 * P *
-            itemsize)`` examples (:mod:`gradnoise.memory`), so a large model never
+        max_memory: bytes (or a size such as ``"4GiB"``) for the per-example features of all
+            N examples plus the computation of one block: its checks' gradients (three of P,
+            ``bytes_per_example(params)`` of :mod:`gradnoise.memory`) and, per example, its
+            features again as temporaries and ``ACTIVATION_COPIES`` times the activations its
+            forward saves (measured). Beyond it the Gram matrix is built from pairs of blocks
+            of ``(max_memory - 3 P itemsize) // (3 * features + 2 * activations)`` examples
+            (two held, one being computed), recomputing one side (more compute, bounded
+            memory). The first block (which measures the features' size) holds at most
+            ``max_memory // (2 * 3 * P * itemsize)`` examples, so a large model never
             materialises ``block_size`` full gradients at once.
         factor: ``"auto"`` (factor Linear/Conv weights when cheaper), ``"always"`` or ``"never"``.
         dropout: ``"error"`` or ``"eval"`` (random masks would differ between recomputed blocks).
@@ -337,11 +345,13 @@ def per_sample_gram(
     x0, y0 = inputs[:probe].to(dev), targets[:probe].to(dev)
     result = audit(model, loss_fn, x0, y0, selection, tensors, dropout, "per_sample")
     shard.check_same_data(n, x0, "per_sample_gram")
+    act = activation_bytes(model, loss_fn, (inputs, targets), n, tensors, result, dropout, dev)
+    plan_memory = _MemoryPlan(budget, bytes_per_example(tensors), act)
     with result.randomness(dropout):
         while True:
             plan = _GramPlan(model, loss_fn, selection, tensors, result, dev, factor)
             try:
-                return _assemble(plan, inputs, targets, n, block_size, budget, dev, shard)
+                return _assemble(plan, inputs, targets, n, block_size, plan_memory, dev, shard)
             except _StepAside as err:
                 path: Path = "loop"  # always exact, whatever the model
                 result = demote(model, result, err.names, path, err.reason)
@@ -359,7 +369,7 @@ def _assemble(
     targets: Tensor,
     n: int,
     block_size: int,
-    max_memory: int,
+    memory: _MemoryPlan,
     dev: torch.device,
     shard: Shard,
 ) -> np.ndarray:
@@ -374,7 +384,7 @@ def _assemble(
 
     first = block(0, min(block_size, n))  # every rank: it fixes the layout and the memory plan
     per_example = max(1, plan.nbytes_per_example(first))
-    if per_example * n <= max_memory:
+    if memory.in_memory(per_example, n, block_size):
         starts = list(range(0, n, block_size))
         mine: dict[int, _Features] = {}
         failure = None
@@ -393,10 +403,8 @@ def _assemble(
         for p, (i, j) in enumerate(_pairs(len(starts))):
             if shard.mine(p):
                 _fill(gram, starts[i], starts[j], _gram_block(feats[i], feats[j]))
-    else:  # bounded memory: two blocks of features at a time, recomputing the inner block; the
-        # budget also covers computing a block (its layer inputs, output gradients and rule
-        # temporaries: one more block's worth), so GRADIENT_COPIES blocks in all
-        size = max(1, min(block_size, max_memory // (GRADIENT_COPIES * per_example)))
+    else:  # bounded memory: two blocks of features at a time, recomputing the inner block
+        size = min(block_size, memory.bounded_block(per_example))
         starts = list(range(0, n, size))
         failure = None
         cached: tuple[int, _Features] | None = None
@@ -417,6 +425,33 @@ def _assemble(
             _raise_any(err)
     shard.sum_(torch.from_numpy(gram))
     return _checked(gram)
+
+
+@dataclass(frozen=True)
+class _MemoryPlan:
+    """What ``max_memory`` must hold while the Gram matrix is built (bytes).
+
+    Computing a block holds its checks' gradients (``checks``: the batch gradient and two
+    examples run alone, three gradients of P) and per example the layer inputs, output
+    gradients and rule temporaries (one more copy of its features) and the activations its
+    forward saves (``activations``, measured, ``ACTIVATION_COPIES`` of them during backward)."""
+
+    budget: int
+    checks: int
+    activations: int
+
+    def computing(self, per_example: int, size: int) -> int:
+        return self.checks + size * (per_example + ACTIVATION_COPIES * self.activations)
+
+    def in_memory(self, per_example: int, n: int, block_size: int) -> bool:
+        """Features of all ``n`` examples held besides the computation of one block."""
+        return n * per_example + self.computing(per_example, block_size) <= self.budget
+
+    def bounded_block(self, per_example: int) -> int:
+        """Examples per block when two blocks are held besides the computation of a third
+        (``GRADIENT_COPIES`` blocks of features in all); at least 1."""
+        per_block = GRADIENT_COPIES * per_example + ACTIVATION_COPIES * self.activations
+        return max(1, (self.budget - self.checks) // per_block)
 
 
 def _pairs(blocks: int) -> list[tuple[int, int]]:
