@@ -8,8 +8,15 @@ import torch
 from torch import nn
 
 import gradnoise
+from gradnoise.capture._budget import activation_bytes
 from gradnoise.errors import ConfigError
-from gradnoise.memory import GRADIENT_COPIES, bytes_per_example, chunk_for, parse_memory
+from gradnoise.memory import (
+    ACTIVATION_COPIES,
+    GRADIENT_COPIES,
+    bytes_per_example,
+    chunk_for,
+    parse_memory,
+)
 from gradnoise.study import StudyConfig
 
 
@@ -64,10 +71,19 @@ def test_chunk_sizes_follow_the_budget():
     params = [p for p in net.parameters()]
     per_example = bytes_per_example(params)
     assert per_example == GRADIENT_COPIES * sum(p.numel() for p in params) * 4
+    # a chunk's forward saves activations for its backward (measured): they share the budget
+    act = activation_bytes(
+        net, nn.CrossEntropyLoss(), (x, y), len(x), params, None, "error", torch.device("cpu")
+    )
+    assert act > 0
+    with_act = per_example + ACTIVATION_COPIES * act
     for k in (1, 4, 5, 100):
         whole = gradnoise.per_sample_grads(net, nn.CrossEntropyLoss(), x, y, chunk_size=k)
-        budget = k * per_example + per_example // 2  # k examples fit, k + 1 do not
-        assert chunk_for(params, budget) == k
+        budget = k * with_act + with_act // 2  # k examples fit, k + 1 do not
+        assert chunk_for(params, budget, activation_bytes=act) == k
+        assert chunk_for(params, budget) == budget // per_example  # the gradients alone
+        if k == 100:
+            assert budget // per_example > k
         chunks = [
             (span, g.clone())
             for span, g in gradnoise.iter_per_sample_grads(
@@ -89,6 +105,10 @@ def test_a_budget_below_one_example_is_refused_with_the_fix(tmp_path):
         gradnoise.per_sample_grads(net, nn.CrossEntropyLoss(), x, y, max_memory=need - 1)
     assert "raise max_memory to at least" in str(err.value)
     assert "params=/select=" in str(err.value)
+    # the gradients fit, the activations the forward saves do not: refused, and they are named
+    with pytest.raises(ConfigError, match=r"activations saved for backward") as err:
+        gradnoise.per_sample_grads(net, nn.CrossEntropyLoss(), x, y, max_memory=need)
+    assert "raise max_memory to at least" in str(err.value)
     with pytest.raises(ConfigError, match=r"raise max_memory to at least"):
         gradnoise.Probe(
             tmp_path / "run", net, nn.CrossEntropyLoss(), (x, y), batch_size=4, max_memory="1KiB"
@@ -97,19 +117,34 @@ def test_a_budget_below_one_example_is_refused_with_the_fix(tmp_path):
 
 
 def test_the_probe_captures_in_budgeted_chunks(tmp_path, monkeypatch):
-    import gradnoise.recorder as recorder
+
+    import gradnoise.capture.per_sample as per_sample
 
     seen = []
-    real = recorder.per_sample_grads
+    real = per_sample._plan
 
     def spy(*args, **kwargs):
-        seen.append(kwargs.get("chunk_size"))
-        return real(*args, **kwargs)
+        plan = real(*args, **kwargs)
+        seen.append(plan.chunk)
+        return plan
 
-    monkeypatch.setattr(recorder, "per_sample_grads", spy)
+    monkeypatch.setattr(per_sample, "_plan", spy)
     net = _net()
     x, y = _data(40)
     per_example = bytes_per_example(list(net.parameters()))
+    act = activation_bytes(
+        net,
+        nn.CrossEntropyLoss(),
+        (x, y),
+        40,
+        list(net.parameters()),
+        None,
+        "error",
+        torch.device("cpu"),
+    )
+    # the gradients of three examples fit the budget; with their activations, two do
+    expected = chunk_for(list(net.parameters()), 3 * per_example, activation_bytes=act)
+    assert expected == 2
     probe = gradnoise.Probe(
         tmp_path / "run",
         net,
@@ -126,7 +161,8 @@ def test_the_probe_captures_in_budgeted_chunks(tmp_path, monkeypatch):
     loss.backward()
     probe.step(0, loss=loss.item())
     probe.finish()
-    assert seen == [3]
+    # the checkpoint's per-sample capture, then the gradients analysis's (streamed)
+    assert seen == [expected, expected]
     assert probe.config.max_memory == 3 * per_example
 
 

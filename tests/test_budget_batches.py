@@ -15,7 +15,7 @@ from gradnoise.capture import _budget, batches
 from gradnoise.capture._budget import activation_bytes
 from gradnoise.curvature import HessianOperator
 from gradnoise.errors import ConfigError
-from gradnoise.memory import ACTIVATION_COPIES, batch_for
+from gradnoise.memory import ACTIVATION_COPIES, batch_for, bytes_per_example
 from zoo import CASES
 
 EXACT = [c for c in CASES if c.expect == "exact" and c.dropout in ("error", "eval")]
@@ -328,7 +328,11 @@ def test_the_probe_records_full_gradients_and_noise_within_the_budget(tmp_path, 
     x = torch.cat([x, x, x, x]).float()
     y = torch.cat([y, y, y, y])
     seen = _forward_sizes(monkeypatch)
-    budget = _budget_for(net, loss, x, y, 3)
+    # three examples a forward; at least one per-example gradient with its activations (the
+    # per-sample capture's chunk of one), which still allows no more than three a forward
+    one = bytes_per_example(list(net.parameters())) + _budget_for(net, loss, x, y, 1)
+    budget = max(_budget_for(net, loss, x, y, 3), one)
+    assert budget < _budget_for(net, loss, x, y, 4)
     probe = gradnoise.Probe(
         tmp_path / "run",
         net,

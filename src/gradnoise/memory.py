@@ -10,13 +10,15 @@ subset of a tensor still has its whole per-example gradient computed before the 
 ``itemsize`` is the parameters' dtype size (4 for float32, 8 for float64) and ``GRADIENT_COPIES``
 (3) covers the per-example gradient as a layer rule or ``torch.func`` produces it, its row in the
 output (or the Gram matrix's feature buffer) and one temporary of the same size (an unfolded
-convolution input, a reshaped copy). A chunk then holds::
+convolution input, a reshaped copy). The chunk's forward also saves activations for its
+backward, ``activation_bytes`` per example (measured, as for the batch gradients below). A
+chunk of ``per_sample_grads``/``iter_per_sample_grads`` then holds::
 
-    chunk = max_memory // bytes_per_example     (at least 1; a smaller budget is refused)
+    chunk = max_memory // (bytes_per_example + ACTIVATION_COPIES * activation_bytes)
 
-The budget bounds this per-example working set only: the model, the optimizer, the data held in
-memory, a chunk's activations and the returned arrays (``[N, C]`` per-sample gradients of ``C``
-selected coordinates, ``[K, C]`` SGN) come on top.
+(at least 1; a smaller budget is refused). The budget bounds this per-example working set
+only: the model, the optimizer, the data held in memory and the returned arrays (``[N, C]``
+per-sample gradients of ``C`` selected coordinates, ``[K, C]`` SGN) come on top.
 
 The batch gradients (``full_grad``, ``minibatch_grads``, ``gradient_noise``) and the Hessian
 operator hold one gradient of P and the activations of the examples in one forward. Under
@@ -122,10 +124,15 @@ def bytes_per_example(tensors: Iterable[torch.Tensor]) -> int:
 
 
 def chunk_for(
-    tensors: Iterable[torch.Tensor], max_memory: object, *, what: str = "max_memory"
+    tensors: Iterable[torch.Tensor],
+    max_memory: object,
+    *,
+    what: str = "max_memory",
+    activation_bytes: int = 0,
 ) -> int | None:
-    """Examples per chunk so that their gradient working set fits ``max_memory`` (None: no
-    budget, None back).
+    """Examples per chunk so that their gradient working set, and ``ACTIVATION_COPIES`` times
+    the ``activation_bytes`` each example's forward saves (measured by the caller; 0: not
+    counted), fit ``max_memory`` (None: no budget, None back).
 
     Raises:
         ConfigError: the budget is below one example's working set; the message names the
@@ -135,15 +142,23 @@ def chunk_for(
     if budget is None:
         return None
     tensors = list(tensors)
-    per_example = bytes_per_example(tensors)
-    if per_example == 0:
+    gradients = bytes_per_example(tensors)
+    if gradients == 0:
         return None
+    activations = ACTIVATION_COPIES * max(int(activation_bytes), 0)
+    per_example = gradients + activations
     if budget < per_example:
         params = sum(t.numel() for t in tensors)
         itemsize = max(t.element_size() for t in tensors)
+        saved = (
+            f" + {ACTIVATION_COPIES} x {int(activation_bytes):,} bytes of activations saved "
+            "for backward"
+            if activations
+            else ""
+        )
         raise ConfigError(
             f"{what}={max_memory!r} ({budget:,} bytes) is below one example's gradient working "
-            f"set ({GRADIENT_COPIES} x {params:,} parameters x {itemsize} bytes = "
+            f"set ({GRADIENT_COPIES} x {params:,} parameters x {itemsize} bytes{saved} = "
             f"{per_example:,} bytes, {format_bytes(per_example)}); raise {what} to at least "
             f'"{_round_up(per_example)}", or capture fewer parameters (params=/select=)'
         )

@@ -653,7 +653,7 @@ class Probe:
             x[probe].to(dev),
             y[probe].to(dev),
             dropout=ctx.dropout,
-            chunk_size=ctx.chunk_size(self.model, None, rec.selection),
+            **ctx.per_sample_memory(None),
         )
         rec.record_full(step, self.model, ctx.loss_fn, (x, y), dropout=ctx.dropout, **ctx.memory())
         rec.record_noise(

@@ -36,6 +36,7 @@ from ..errors import (
 )
 from ..memory import chunk_for
 from ..selection import ParamSelection
+from ._budget import activation_bytes
 from ._common import (
     DropoutChoice,
     ParamsArg,
@@ -93,8 +94,9 @@ def per_sample_grads(
         params: None (all trainable parameters), glob(s) of names, or a :class:`ParamSelection`.
         chunk_size: examples per forward/backward; bounds the working memory beyond ``out``.
         max_memory: instead of ``chunk_size``, a budget for the chunk's per-example gradient
-            working set (``"4GiB"``, or bytes): ``chunk = max_memory // (3 * P * itemsize)`` over
-            the selected parameter tensors (see :mod:`gradnoise.memory`); a budget below
+            working set and activations (``"4GiB"``, or bytes): ``chunk = max_memory // (3 * P
+            * itemsize + 2 * activation bytes)`` over the selected parameter tensors, the
+            activation bytes per example measured (see :mod:`gradnoise.memory`); a budget below
             one example is refused. To avoid holding ``[N, C]`` use
             :func:`iter_per_sample_grads`.
         out: optional preallocated ``[N, C]`` tensor to fill (reusing it avoids page faults on big
@@ -245,6 +247,10 @@ def _plan(
         dropout,
         "per_sample",
     )
+    if chunk_size is None and max_memory is not None:
+        # a chunk's forward saves activations for its backward (measured): they share the budget
+        act = activation_bytes(model, loss_fn, (inputs, targets), n, tensors, result, dropout, dev)
+        chunk = chunk_for(tensors, max_memory, activation_bytes=act) or n
     routes = _forced_routes(result, backend)
     engine = _Engine(model, loss_fn, columns_of(selection, tensors), routes, result)
     engine.forced = backend != "auto"

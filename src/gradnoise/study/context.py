@@ -235,16 +235,12 @@ class StudyContext:
         """A generator seeded from the study seed and ``name`` (independent streams per use)."""
         return np.random.default_rng(derive_seed(self.config.seed, name))
 
-    def chunk_size(self, model: Any, default: int | None, params: Any = None) -> int | None:
-        """Examples per per-sample chunk for ``model`` (its ``params`` selection): from the
-        study's ``max_memory`` (:func:`gradnoise.memory.chunk_for`), else ``default``."""
-        if self.config.max_memory is None:
-            return default
-        from ..capture._common import resolve_selection
-        from ..memory import chunk_for
-
-        _, tensors = resolve_selection(model, params)
-        return chunk_for(tensors, self.config.max_memory)
+    def per_sample_memory(self, default: int | None) -> dict[str, Any]:
+        """Chunking of per-sample captures: ``max_memory=`` when the study has a budget (the
+        capture sizes its chunks from the gradient working set and the activations it
+        measures, :mod:`gradnoise.memory`), else ``chunk_size=default``."""
+        budget = self.config.max_memory
+        return {"chunk_size": default} if budget is None else {"max_memory": budget}
 
     def memory(self) -> dict[str, Any]:
         """``max_memory=`` for captures (Gram matrices, batch gradients, Hessian products,

@@ -74,14 +74,15 @@ def per_sample_and_mean(
     selection: ParamSelection,
     dropout: Any = "error",
     chunk_size: int | None = 256,
+    max_memory: int | str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-example gradients of the whole train split on ``selection`` (``[N, C]``, the
     parameters' dtype) and their mean, the full gradient G (``[C]``, float64; summed in float64
-    a block of columns at a time, never a float64 copy of all of them)."""
+    a block of columns at a time, never a float64 copy of all of them). ``max_memory`` (instead
+    of ``chunk_size``) sizes the chunks as :func:`gradnoise.per_sample_grads` does."""
+    chunking = {"chunk_size": chunk_size} if max_memory is None else {"max_memory": max_memory}
     g = (
-        per_sample_grads(
-            model, loss_fn, x, y, params=selection, chunk_size=chunk_size, dropout=dropout
-        )
+        per_sample_grads(model, loss_fn, x, y, params=selection, dropout=dropout, **chunking)
         .cpu()
         .numpy()
     )

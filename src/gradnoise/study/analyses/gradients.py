@@ -37,7 +37,7 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
             ctx.loss_fn,
             x[probe].to(ctx.device),
             y[probe].to(ctx.device),
-            chunk_size=ctx.chunk_size(model, 64),
+            **ctx.per_sample_memory(64),
             dropout=ctx.dropout,
         ):
             ps_parts.append(torch.linalg.vector_norm(g, dim=1))

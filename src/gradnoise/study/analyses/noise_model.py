@@ -266,7 +266,7 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
         need_gamma = bool({"panigrahi", "battash"} & set(studies)) or opts["resampled"]
         gamma = (
             nt.per_sample_and_mean(
-                model, loss_fn, x, y, selection, ctx.dropout, ctx.chunk_size(model, 256, selection)
+                model, loss_fn, x, y, selection, ctx.dropout, **ctx.per_sample_memory(256)
             )
             if need_gamma
             else None
@@ -325,7 +325,7 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
                 bat_layers += [{"step": step, "batch_size": b, **r} for r in layers]
                 arrays.update({f"battash_{key}_{step}_{b}": v for key, v in arr.items()})
             gamma_map = nt.per_sample_and_mean(
-                model, loss_fn, x, y, map_sel, ctx.dropout, ctx.chunk_size(model, 256, map_sel)
+                model, loss_fn, x, y, map_sel, ctx.dropout, **ctx.per_sample_memory(256)
             )
             a_map, s_map, n_deg = ns.map_from_per_sample(
                 gamma_map[0],
@@ -442,7 +442,7 @@ def _arms(
         )
         arrays[f"arm_loss_{arm}"] = losses.astype(np.float32)
         gamma = nt.per_sample_and_mean(
-            model, ctx.loss_fn, x, y, selection, ctx.dropout, ctx.chunk_size(model, 256, selection)
+            model, ctx.loss_fn, x, y, selection, ctx.dropout, **ctx.per_sample_memory(256)
         )
         xi = ns.sgn_from_per_sample(
             gamma[0],
