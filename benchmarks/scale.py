@@ -21,13 +21,13 @@ and data, records its resident memory (``base``), resets the kernel's peak count
 and the wall time. ``peak - base`` is what the operation added. Each line compares it with
 
 * ``budget``: ``max_memory`` (``--max-memory``, default 2GiB): the per-example gradient working
-  set the captures are sized to (chunk = max_memory // (3 P itemsize), ``gradnoise.memory``),
+  set and activations the captures are sized to (chunk = max_memory // (3 P itemsize + 2 x
+  measured activation bytes), ``gradnoise.memory``; the ``chunk`` column is the one used),
   plus what the output holds (``[N, C]`` or ``[K, C]`` of the C = 10^5 followed coordinates;
   for the batch gradients three gradients of P: autograd's, its flattened copy, the running
   sum; for the Hessian the Lanczos basis and four float64 vectors of P: a product's input,
   output, float32 parts and sum). ``sgn``, ``full_grad`` and ``hessian`` pass the same
-  ``max_memory``, which bounds one forward's activations (measured; ``gradnoise.memory``); a
-  per-sample chunk's activations come on top of the formula;
+  ``max_memory``, which bounds one forward's activations (measured; ``gradnoise.memory``);
 * ``N x P``: the bytes of all N per-example (or K minibatch) gradients of all P parameters in
   float32, which a capture that does not stream would hold.
 
@@ -204,7 +204,7 @@ def run_op(model_name: str, op: str, n: int, max_memory: str) -> dict:
     from torch import nn
 
     import gradnoise
-    from gradnoise.memory import chunk_for, parse_memory
+    from gradnoise.memory import parse_memory
 
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
@@ -218,10 +218,11 @@ def run_op(model_name: str, op: str, n: int, max_memory: str) -> dict:
     base = _status("VmRSS")
     t0 = time.perf_counter()
     if op == "per_sample":
-        norms = []
+        norms, chunks = [], []
         for _, g in gradnoise.iter_per_sample_grads(model, loss_fn, x, y, max_memory=budget):
             norms.append(torch.linalg.vector_norm(g, dim=1))
-        info["chunk"] = chunk_for(params, budget)
+            chunks.append(int(g.shape[0]))
+        info["chunk"] = max(chunks)  # what the budget allowed: gradients and activations
         info["median_norm"] = float(torch.cat(norms).median())
         info["held"] = 0
     elif op == "sgn":

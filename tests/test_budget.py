@@ -109,6 +109,11 @@ def test_a_budget_below_one_example_is_refused_with_the_fix(tmp_path):
     with pytest.raises(ConfigError, match=r"activations saved for backward") as err:
         gradnoise.per_sample_grads(net, nn.CrossEntropyLoss(), x, y, max_memory=need)
     assert "raise max_memory to at least" in str(err.value)
+    with pytest.raises(ConfigError, match=r"activations saved for backward"):
+        gradnoise.Probe(
+            tmp_path / "run", net, nn.CrossEntropyLoss(), (x, y), batch_size=4, max_memory=need
+        )
+    assert not (tmp_path / "run").exists()  # refused before anything was written
     with pytest.raises(ConfigError, match=r"raise max_memory to at least"):
         gradnoise.Probe(
             tmp_path / "run", net, nn.CrossEntropyLoss(), (x, y), batch_size=4, max_memory="1KiB"

@@ -399,6 +399,20 @@ class Probe:
         )
         return probe
 
+    def _check_budget(self, model: nn.Module, max_memory: object) -> None:
+        """One example's per-sample gradient working set and activations (measured on the
+        model as it is) must fit ``max_memory`` (:func:`gradnoise.memory.chunk_for`)."""
+        from .capture._budget import activation_bytes
+        from .memory import chunk_for
+
+        tensors = [p for p in model.parameters() if p.requires_grad]
+        chunk_for(tensors, max_memory)  # the gradients alone, before any forward
+        x, y = self.ctx.train_tensors
+        act = activation_bytes(
+            model, self.ctx.loss_fn, (x, y), int(x.shape[0]), tensors, None, None, self.ctx.device
+        )
+        chunk_for(tensors, max_memory, activation_bytes=act)
+
     def _setup(
         self,
         config: StudyConfig,
@@ -421,7 +435,6 @@ class Probe:
     ) -> None:
         from .capture import select_params
         from .capture._dist import shard_of
-        from .memory import chunk_for
         from .recorder import Recorder
         from .study.registry import check_study
         from .study.runner import check_run_dir, create_run_dir
@@ -433,8 +446,6 @@ class Probe:
         #: the captures and write nothing
         self.writes = shard.rank == 0
         self.process_group = process_group if shard.shared else None
-        if config.max_memory is not None:  # refused before anything is written
-            chunk_for((p for p in model.parameters() if p.requires_grad), config.max_memory)
         _on_writer(shard, lambda: check_run_dir(run_dir))
         self.model, self.config, self.run_dir, self.source = model, config, run_dir, source
         self.user_model = source == "probe" or model_factory is not None
@@ -456,6 +467,8 @@ class Probe:
             raise ConfigError(
                 f"the train split has {n_train} examples, fewer than batch_size {config.batch_size}"
             )
+        if config.max_memory is not None:  # refused before anything is written
+            self._check_budget(model, config.max_memory)
         if checks is not None:
             checks(self.ctx, model)
         for analysis in self.analyses:
