@@ -241,3 +241,27 @@ def test_gram_memory_plan_arithmetic():
     # bounded: (1000 - 100) // (3 * 50 + 2 * 10) = 900 // 170 = 5
     assert plan.bounded_block(50) == 5
     assert _MemoryPlan(budget=10, checks=100, activations=10).bounded_block(50) == 1
+
+
+def test_gram_holds_factored_features_in_the_models_dtype(monkeypatch):
+    # held features cost the model's dtype; they are widened to float64 (exactly) only where
+    # a pair of blocks is multiplied, so the Gram matrix is the float64 one either way
+    import gradnoise.capture.gram as gram
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 3))
+    x, y = _data()
+    loss = nn.CrossEntropyLoss()
+    dtypes = set()
+    real = gram._gram_block
+
+    def spy(fa, fb):
+        dtypes.update(t.dtype for pairs in fa.factored for pair in pairs for t in pair)
+        return real(fa, fb)
+
+    monkeypatch.setattr(gram, "_gram_block", spy)
+    got = gradnoise.per_sample_gram(net, loss, x, y, factor="always")
+    assert dtypes == {torch.float32}
+    g = gradnoise.per_sample_grads(net, loss, x, y).double()  # rows rounded to float32
+    want = (g @ g.T).numpy()
+    assert abs(got - want).max() <= 1e-5 * abs(want).max()
