@@ -249,9 +249,10 @@ class Probe:
         tensorboard: write headline scalars along training with
             ``torch.utils.tensorboard.SummaryWriter``: True (into ``<out>/tensorboard``), a
             directory, or a ``SummaryWriter``.
-        max_memory: a budget for the per-example gradient working set of the captures
-            (``"4GiB"``, or bytes): chunk sizes follow it (``max_memory // (3 * P * itemsize)``
-            examples, :mod:`gradnoise.memory`); a budget below one example is refused here.
+        max_memory: a budget for the per-example gradient working set and activations of
+            the captures (``"4GiB"``, or bytes): chunk sizes follow it (``max_memory // (3 * P
+            * itemsize + 2 * activation bytes)`` examples, the activations measured,
+            :mod:`gradnoise.memory`); a budget below one example is refused here.
             None: the built-in chunk sizes.
         process_group: under ``torch.distributed`` (DDP), a group or ``"world"``: every rank
             constructs the probe with the same arguments and data and calls :meth:`step` and

@@ -62,7 +62,8 @@ class StudyConfig:
             split across threads add in a different order. ``0`` leaves the process's setting.
         max_memory: a budget for the per-example gradient working set of captures, as bytes or
             a size string (``"4GiB"``, ``"512MiB"``; stored as bytes): per-sample gradients are
-            computed ``max_memory // (3 * P * itemsize)`` examples at a time and Gram-matrix
+            computed ``max_memory // (3 * P * itemsize + 2 * activation bytes)`` examples at a
+            time (activations measured) and Gram-matrix
             blocks are sized to it (:mod:`gradnoise.memory` states the formula). None (default):
             the built-in chunk sizes. A budget below one example's working set is refused
             before training.
