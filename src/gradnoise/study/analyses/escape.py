@@ -275,7 +275,9 @@ def compute(ctx: StudyContext) -> dict[str, Any]:
     names, groups = net.names, net.layer_of_columns
     n_layers, p = len(names), int(net.theta.numel())
     sel = ParamSelection(tuple(names), tuple(net.shapes), (None,) * n_layers)
-    per_sample, full = nt.per_sample_and_mean(model, loss_fn, x, y, sel, ctx.dropout)
+    per_sample, full = nt.per_sample_and_mean(
+        model, loss_fn, x, y, sel, ctx.dropout, **ctx.per_sample_memory(256)
+    )
     # the largest one-example deviation |g_ij - G_j| bounds every minibatch's |xi_j|
     sgn_bound = np.abs(per_sample - full.astype(per_sample.dtype)).max(0).astype(np.float64)
     loss_star = float(net.loss(net.theta.unsqueeze(0), x, y)[0])
@@ -542,7 +544,9 @@ def _sharp_flat(
         net = et.FlatNet(model, ctx.loss_fn)
         p = int(net.theta.numel())
         sel = ParamSelection(tuple(net.names), tuple(net.shapes), (None,) * len(net.names))
-        per_sample, full = nt.per_sample_and_mean(model, ctx.loss_fn, x, y, sel, ctx.dropout)
+        per_sample, full = nt.per_sample_and_mean(
+            model, ctx.loss_fn, x, y, sel, ctx.dropout, **ctx.per_sample_memory(256)
+        )
         xi = ns.sgn_from_per_sample(
             per_sample,
             full,
@@ -683,7 +687,9 @@ def _decay_arms(
             model, ctx.loss_fn, x, y, optimizer=spec.build(model.parameters(), lr=lr),
             batch_size=b, steps=opts["arm_steps"], rng=ctx.rng(f"{NAME}-arm-{arm}-{seed}"),
         )  # fmt: skip
-        per_sample, full = nt.per_sample_and_mean(model, ctx.loss_fn, x, y, sel, ctx.dropout)
+        per_sample, full = nt.per_sample_and_mean(
+            model, ctx.loss_fn, x, y, sel, ctx.dropout, **ctx.per_sample_memory(256)
+        )
         xi = ns.sgn_from_per_sample(
             per_sample,
             full,
